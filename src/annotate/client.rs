@@ -1,0 +1,155 @@
+//! `POST {endpoint}/v1/{name}:annotate` over HTTPS with a pooled client.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use serde::Deserialize;
+
+use super::auth::Auth;
+use super::retry::{Delivery, RetryCause, classify_status, parse_retry_after};
+use crate::domain::api::AnnotateRequest;
+use crate::domain::assessment::AssessmentName;
+
+/// Longest error detail kept from a response body.
+const MAX_DETAIL: usize = 300;
+
+#[derive(Clone)]
+pub struct AnnotateClient {
+    http: reqwest::Client,
+    base: String,
+    auth: Auth,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorInner,
+}
+
+#[derive(Deserialize)]
+struct ErrorInner {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    details: Vec<ErrorDetail>,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// One call's result with its timing, for metrics.
+#[derive(Debug)]
+pub struct CallResult {
+    pub delivery: Delivery,
+    pub status: Option<u16>,
+    pub elapsed: Duration,
+}
+
+impl AnnotateClient {
+    pub fn new(endpoint: &reqwest::Url, auth: Auth, timeout: Duration, max_idle: usize) -> reqwest::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(max_idle)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .user_agent(concat!("recaptcha-annotator/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http, base: endpoint.as_str().trim_end_matches('/').to_owned(), auth })
+    }
+
+    /// The URL of the annotate call; `name` is validated, so it is one safe path per segment.
+    pub fn url(&self, name: &AssessmentName) -> String {
+        format!("{}/v1/{}:annotate", self.base, name.as_str())
+    }
+
+    /// Serializes a body once; retries reuse the bytes.
+    pub fn body(request: &AnnotateRequest) -> Bytes {
+        // Serializing plain data with string keys cannot fail.
+        Bytes::from(serde_json::to_vec(request).unwrap_or_else(|_| b"{}".to_vec()))
+    }
+
+    /// Sends one annotate call and classifies the answer.
+    pub async fn annotate(&self, name: &AssessmentName, body: Bytes) -> CallResult {
+        let started = Instant::now();
+        let headers = match self.auth.headers().await {
+            Ok(h) => h,
+            Err(e) => {
+                return CallResult {
+                    delivery: Delivery::Retry { cause: RetryCause::Auth, after: None },
+                    status: None,
+                    elapsed: started.elapsed(),
+                }
+                .with_log(&e);
+            }
+        };
+        let response = self
+            .http
+            .post(self.url(name))
+            .headers(headers)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body)
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                let cause = if e.is_timeout() { RetryCause::Timeout } else { RetryCause::Connection };
+                return CallResult {
+                    delivery: Delivery::Retry { cause, after: None },
+                    status: None,
+                    elapsed: started.elapsed(),
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        // Read the body so the connection returns to the pool.
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                let cause = if e.is_timeout() { RetryCause::Timeout } else { RetryCause::Connection };
+                return CallResult {
+                    delivery: Delivery::Retry { cause, after: None },
+                    status: Some(status),
+                    elapsed: started.elapsed(),
+                };
+            }
+        };
+        let (reason, detail) = if (200..300).contains(&status) {
+            (None, String::new())
+        } else {
+            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => {
+                    let reason = body.error.details.into_iter().find_map(|d| d.reason);
+                    let mut detail = format!("{} {}", body.error.status, body.error.message);
+                    detail.truncate(detail.floor_char_boundary(MAX_DETAIL));
+                    (reason, detail)
+                }
+                Err(_) => (None, format!("HTTP {status}")),
+            }
+        };
+        CallResult {
+            delivery: classify_status(status, retry_after, reason.as_deref(), detail),
+            status: Some(status),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+impl CallResult {
+    fn with_log(self, err: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %err, "could not get credentials for the annotate call");
+        self
+    }
+}

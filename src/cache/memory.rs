@@ -1,0 +1,50 @@
+//! In-process cache: lost on restart. For tests and demos.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{Cache, CacheError, Lookup};
+use crate::domain::assessment::{AssessmentName, CorrelationKey};
+
+#[derive(Default)]
+pub struct MemoryCache {
+    entries: Mutex<HashMap<String, (AssessmentName, Instant)>>,
+}
+
+impl MemoryCache {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, (AssessmentName, Instant)>>, CacheError> {
+        self.entries.lock().map_err(|_| CacheError("memory cache lock poisoned".into()))
+    }
+}
+
+#[async_trait]
+impl Cache for MemoryCache {
+    async fn get(&self, key: &CorrelationKey) -> Result<Lookup, CacheError> {
+        let entries = self.lock()?;
+        Ok(match entries.get(key.as_str()) {
+            Some((name, expires)) if *expires > Instant::now() => Lookup::Hit(name.clone()),
+            _ => Lookup::Miss,
+        })
+    }
+
+    async fn put(&self, key: &CorrelationKey, assessment: &AssessmentName, ttl: Duration) -> Result<(), CacheError> {
+        let mut entries = self.lock()?;
+        let now = Instant::now();
+        if entries.len() > 100_000 {
+            entries.retain(|_, (_, expires)| *expires > now);
+        }
+        entries.insert(key.as_str().to_owned(), (assessment.clone(), now + ttl));
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), CacheError> {
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}

@@ -1,0 +1,69 @@
+//! Redis backend: shared by every instance of the consumer group.
+//!
+//! Contract for producers that write mappings themselves:
+//! `SET <cache.redis_prefix><key> <assessment name> EX <ttl seconds>`; the value is the full
+//! name `projects/<p>/assessments/<id>`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::AsyncCommands as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::{ExposeSecret as _, SecretString};
+
+use super::{Cache, CacheError, Lookup, parse_stored};
+use crate::domain::assessment::{AssessmentName, CorrelationKey};
+
+pub struct RedisCache {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+/// Redis errors can quote the URL; keep only the kind and the server's category.
+fn redis_error(err: &redis::RedisError) -> CacheError {
+    CacheError(format!("redis {:?}: {}", err.kind(), err.category()))
+}
+
+impl RedisCache {
+    pub async fn connect(url: &SecretString, prefix: &str) -> Result<Self, CacheError> {
+        let client = redis::Client::open(url.expose_secret()).map_err(|e| redis_error(&e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(|e| redis_error(&e))?;
+        Ok(Self { conn, prefix: prefix.to_owned() })
+    }
+
+    fn key(&self, key: &CorrelationKey) -> String {
+        format!("{}{}", self.prefix, key.as_str())
+    }
+}
+
+#[async_trait]
+impl Cache for RedisCache {
+    async fn get(&self, key: &CorrelationKey) -> Result<Lookup, CacheError> {
+        let mut conn = self.conn.clone();
+        let value: Option<String> = conn.get(self.key(key)).await.map_err(|e| redis_error(&e))?;
+        Ok(value.as_deref().map_or(Lookup::Miss, parse_stored))
+    }
+
+    async fn put(&self, key: &CorrelationKey, assessment: &AssessmentName, ttl: Duration) -> Result<(), CacheError> {
+        let mut conn = self.conn.clone();
+        let () = conn
+            .set_ex(self.key(key), assessment.as_str(), ttl.as_secs().max(1))
+            .await
+            .map_err(|e| redis_error(&e))?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), CacheError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| redis_error(&e))?;
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}

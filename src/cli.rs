@@ -1,0 +1,111 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::{app, demo, sandbox, telemetry, tools};
+
+#[derive(Debug, Parser)]
+#[command(name = "recaptcha-annotator", version, about = "Kafka outcome events -> reCAPTCHA Enterprise annotations")]
+pub struct Cli {
+    /// Log format (overrides `log.format`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Run {
+        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Decide and log every annotation, call nothing, still commit.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Serve a local annotate endpoint that behaves like Google's.
+    Sandbox {
+        #[arg(long, default_value = "127.0.0.1:8085")]
+        listen: String,
+        /// The only API key accepted (others get 400 API_KEY_INVALID); any when unset.
+        #[arg(long, env = "SANDBOX_API_KEY")]
+        api_key: Option<String>,
+        /// Added latency of every answer, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// How many accepted requests are kept for GET /sandbox/requests.
+        #[arg(long, default_value_t = 100_000)]
+        record_limit: usize,
+    },
+    /// Create the configured topics (consumed ones and the dead-letter topic).
+    CreateTopics {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+    },
+    /// End-to-end demo on local defaults: sandbox endpoint, fresh topics, sample events for
+    /// every rule, the service running until all of them are committed.
+    Demo {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config, dry_run } => {
+            let mut config = load(config.as_deref())?;
+            config.dry_run |= dry_run;
+            telemetry::init_logging(cli.log_format.unwrap_or(config.log.format), &config.log.level);
+            app::run(config, app::shutdown_on_signals()).await
+        }
+        Command::Sandbox { listen, api_key, latency_ms, record_limit } => {
+            telemetry::init_logging(cli.log_format.unwrap_or(LogFormat::Text), "info");
+            let sandbox = sandbox::Sandbox::new(api_key, record_limit);
+            sandbox.set_script(sandbox::Script {
+                responses: vec![],
+                default: Some(sandbox::DefaultAnswer { delay_ms: latency_ms, ..Default::default() }),
+            });
+            let listener = tokio::net::TcpListener::bind(&listen).await?;
+            tracing::info!(listen = %listener.local_addr()?, "sandbox annotate endpoint listening");
+            sandbox::serve(listener, sandbox).await?;
+            Ok(())
+        }
+        Command::CreateTopics { config, partitions } => {
+            let config = load(config.as_deref())?;
+            let t = &config.kafka.topics;
+            let mut all = t.consumed().to_vec();
+            all.push(&t.dead_letter);
+            tools::create_topics(&config.kafka.brokers, &all, partitions).await?;
+            println!("topics ready: {}", all.join(", "));
+            Ok(())
+        }
+        Command::Demo { config } => {
+            let config = load(config.as_deref())?;
+            telemetry::init_logging(cli.log_format.unwrap_or(config.log.format), "warn");
+            demo::run(config).await
+        }
+    }
+}

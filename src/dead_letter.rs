@@ -1,0 +1,100 @@
+//! Dead-letter records (SPEC section 4): the original key and value, the reason in headers.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// Why an event was set aside; the value of the `annotator.error` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    Decode,
+    UnknownOutcome,
+    InvalidReference,
+    Unjoined,
+    Rejected,
+}
+
+impl DeadLetterReason {
+    pub const ALL: [Self; 5] =
+        [Self::Decode, Self::UnknownOutcome, Self::InvalidReference, Self::Unjoined, Self::Rejected];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decode => "decode",
+            Self::UnknownOutcome => "unknown_outcome",
+            Self::InvalidReference => "invalid_reference",
+            Self::Unjoined => "unjoined",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// One event to set aside.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub reason: DeadLetterReason,
+    /// Human-readable; never carries secrets or account data.
+    pub detail: String,
+    /// HTTP status, for `rejected`.
+    pub status: Option<u16>,
+}
+
+/// Where a message came from.
+#[derive(Debug, Clone)]
+pub struct Source<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+}
+
+#[derive(Clone)]
+pub struct DeadLetterWriter {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl DeadLetterWriter {
+    /// `properties` are the deployment's librdkafka passthrough (TLS, SASL) minus consumer keys.
+    pub fn new(brokers: &str, properties: &[(String, String)], topic: &str) -> Result<Self, KafkaError> {
+        let mut config = ClientConfig::new();
+        for (k, v) in properties {
+            config.set(k, v);
+        }
+        config
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .set("linger.ms", "5");
+        Ok(Self { producer: config.create()?, topic: topic.to_owned() })
+    }
+
+    /// Writes one record and waits for the broker's acknowledgement.
+    pub async fn write(&self, source: &Source<'_>, letter: &DeadLetter) -> Result<(), KafkaError> {
+        let origin = format!("{}/{}/{}", source.topic, source.partition, source.offset);
+        let status = letter.status.map(|s| s.to_string());
+        let mut headers = OwnedHeaders::new_with_capacity(4)
+            .insert(Header { key: "annotator.error", value: Some(letter.reason.as_str()) })
+            .insert(Header { key: "annotator.detail", value: Some(letter.detail.as_str()) })
+            .insert(Header { key: "annotator.source", value: Some(origin.as_str()) });
+        if let Some(status) = &status {
+            headers = headers.insert(Header { key: "annotator.status", value: Some(status.as_str()) });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        if let Some(key) = source.key {
+            record = record.key(key);
+        }
+        if let Some(payload) = source.payload {
+            record = record.payload(payload);
+        }
+        self.producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}

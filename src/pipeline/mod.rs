@@ -1,0 +1,280 @@
+//! The only place that knows Kafka: the consumer, the poll loop, commits, backpressure and
+//! shutdown.
+//!
+//! - [`offsets`]: which offsets are finished; the commit offset.
+//! - [`lanes`]: per-assessment ordering.
+//! - [`partition`]: one event from decode to release.
+//! - [`rebalance`]: assignment, revocation, commit results.
+
+pub mod lanes;
+pub mod offsets;
+pub mod partition;
+pub mod rebalance;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message as _};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::lanes::Lanes;
+use self::offsets::{OffsetBook, TopicPartition};
+use self::partition::{Message, Shared, TopicKind};
+use self::rebalance::{AnnotatorContext, PartitionTokens, commit_list};
+use crate::admin::Health;
+use crate::annotate::AnnotateClient;
+use crate::cache::Cache;
+use crate::config::{Config, RESERVED_KAFKA_PROPERTIES, Validated};
+use crate::dead_letter::DeadLetterWriter;
+use crate::domain::rules::OutcomeTopic;
+use crate::telemetry::Metrics;
+
+type Consumer = StreamConsumer<AnnotatorContext>;
+
+/// The librdkafka configuration of the consumer: passthrough properties first, then the
+/// keys that define offset semantics, which cannot be overridden.
+pub fn consumer_config(config: &Config) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    for (key, value) in &config.kafka.properties {
+        if RESERVED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+            tracing::warn!(key = %key, "kafka.properties cannot override this key; ignored");
+            continue;
+        }
+        cc.set(key, value);
+    }
+    cc.set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    cc
+}
+
+/// Passthrough properties that also apply to the dead-letter producer (security, client id).
+fn producer_properties(config: &Config) -> Vec<(String, String)> {
+    config
+        .kafka
+        .properties
+        .iter()
+        .filter(|(k, _)| {
+            ["security.", "sasl.", "ssl.", "client.id", "socket.", "broker.address.family"]
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Everything built from the config before the loop starts.
+pub struct Service {
+    consumer: Consumer,
+    shared: Arc<Shared>,
+    tokens: Arc<PartitionTokens>,
+    abandon_all: CancellationToken,
+    kinds: Vec<(Arc<str>, TopicKind)>,
+    config: ServiceTuning,
+}
+
+struct ServiceTuning {
+    commit_interval: Duration,
+    max_pending: usize,
+    shutdown_timeout: Duration,
+}
+
+impl Service {
+    pub fn build(
+        config: &Config,
+        validated: &Validated,
+        cache: Arc<dyn Cache>,
+        client: AnnotateClient,
+        metrics: Metrics,
+        health: Arc<Health>,
+    ) -> anyhow::Result<Self> {
+        let book = Arc::new(OffsetBook::default());
+        let tokens = Arc::new(PartitionTokens::default());
+        let abandon_all = CancellationToken::new();
+        let context = AnnotatorContext {
+            book: Arc::clone(&book),
+            tokens: Arc::clone(&tokens),
+            metrics: metrics.clone(),
+            health: Arc::clone(&health),
+            rebalance_timeout: config.delivery.rebalance_timeout,
+            abandon_all: abandon_all.clone(),
+        };
+        let consumer: Consumer = consumer_config(config)
+            .create_with_context(context)
+            .context("creating the Kafka consumer")?;
+        let topics = &config.kafka.topics;
+        consumer.subscribe(&topics.consumed()).context("subscribing to the topics")?;
+        let dead_letter = DeadLetterWriter::new(&config.kafka.brokers, &producer_properties(config), &topics.dead_letter)
+            .context("creating the dead-letter producer")?;
+        let limiter = std::num::NonZeroU32::new(config.delivery.rate_limit)
+            .map(|rate| governor::RateLimiter::direct(governor::Quota::per_second(rate)));
+        let mut kinds = vec![(Arc::from(topics.assessments.as_str()), TopicKind::Assessments)];
+        for t in OutcomeTopic::ALL {
+            kinds.push((Arc::from(topics.outcome(t)), TopicKind::Outcome(t)));
+        }
+        let shared = Arc::new(Shared {
+            rules: validated.rules.clone(),
+            project: validated.project.clone(),
+            allowed: validated.allowed.clone(),
+            dry_run: config.dry_run,
+            delivery: config.delivery.clone(),
+            cache_ttl: config.cache.ttl,
+            cache,
+            client,
+            dead_letter,
+            metrics,
+            health,
+            book,
+            lanes: Arc::new(Lanes::default()),
+            in_flight: Semaphore::new(config.delivery.max_in_flight),
+            limiter,
+            halted: watch::Sender::new(false),
+            probe: Arc::new(tokio::sync::Mutex::new(())),
+        });
+        Ok(Self {
+            consumer,
+            shared,
+            tokens,
+            abandon_all,
+            kinds,
+            config: ServiceTuning {
+                commit_interval: config.kafka.commit_interval,
+                max_pending: config.delivery.max_pending,
+                shutdown_timeout: config.delivery.shutdown_timeout,
+            },
+        })
+    }
+
+    fn copy(&self, m: &BorrowedMessage<'_>) -> Option<Message> {
+        let (topic, kind) = self.kinds.iter().find(|(name, _)| **name == *m.topic())?;
+        Some(Message {
+            tp: TopicPartition { topic: Arc::clone(topic), partition: m.partition() },
+            kind: *kind,
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            timestamp_ms: m.timestamp().to_millis(),
+        })
+    }
+
+    fn commit(&self, mode: CommitMode) {
+        let commits = self.shared.book.take_commits(None);
+        if commits.is_empty() {
+            return;
+        }
+        let result = commit_list(&commits).and_then(|tpl| self.consumer.commit(&tpl, mode));
+        match result {
+            Ok(()) if matches!(mode, CommitMode::Sync) => self.consumer.context().record_committed(&commits),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "offset commit failed; it will be retried");
+                let tps: Vec<_> = commits.into_iter().map(|(tp, _)| tp).collect();
+                self.shared.book.commit_failed(&tps);
+            }
+        }
+    }
+
+    fn set_paused(&self, pause: bool) {
+        let result = self.consumer.assignment().and_then(|tpl| {
+            if pause { self.consumer.pause(&tpl) } else { self.consumer.resume(&tpl) }
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, pause, "could not pause or resume fetching");
+        }
+    }
+
+    /// Consumes until `shutdown` is cancelled, then drains within `shutdown_timeout`,
+    /// commits synchronously and leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tasks = TaskTracker::new();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let mut commit_tick = tokio::time::interval(self.config.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pause_tick = tokio::time::interval(Duration::from_millis(20));
+        let mut paused = false;
+        let resume_below = self.config.max_pending / 2;
+        tracing::info!("consuming");
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                _ = commit_tick.tick() => {
+                    self.commit(CommitMode::Async);
+                    self.shared.metrics.pending.set(i64::try_from(pending.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+                }
+                _ = pause_tick.tick(), if paused => {
+                    if pending.load(Ordering::Relaxed) <= resume_below {
+                        self.set_paused(false);
+                        paused = false;
+                    }
+                }
+                received = self.consumer.recv() => {
+                    let m = match received {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "kafka consumer error");
+                            continue;
+                        }
+                    };
+                    let Some(msg) = self.copy(&m) else { continue };
+                    drop(m);
+                    let Some(ticket) = self.shared.book.register(&msg.tp, msg.offset) else { continue };
+                    let Some(abandon) = self.tokens.get(&msg.tp) else { continue };
+                    let plan = self.shared.plan(&msg);
+                    let slot = plan.lane().map(|lane| self.shared.lanes.enter(lane));
+                    let counter = PendingGuard::new(&pending);
+                    let shared = Arc::clone(&self.shared);
+                    tasks.spawn(async move {
+                        shared.run(msg, ticket, plan, slot, abandon).await;
+                        drop(counter);
+                    });
+                    if !paused && pending.load(Ordering::Relaxed) >= self.config.max_pending {
+                        self.set_paused(true);
+                        paused = true;
+                    }
+                }
+            }
+        }
+
+        tracing::info!(pending = pending.load(Ordering::Relaxed), "shutting down: draining");
+        tasks.close();
+        if tokio::time::timeout(self.config.shutdown_timeout, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                pending = pending.load(Ordering::Relaxed),
+                "drain deadline passed; abandoning unfinished events (they will be redelivered)"
+            );
+            self.abandon_all.cancel();
+            tasks.wait().await;
+        }
+        self.commit(CommitMode::Sync);
+        self.consumer.unsubscribe();
+        drop(self.consumer);
+        tracing::info!("left the group; stopped");
+        Ok(())
+    }
+}
+
+/// Counts an event as pending for as long as it lives.
+struct PendingGuard(Arc<AtomicUsize>);
+
+impl PendingGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(counter))
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,309 @@
+//! Offset bookkeeping: which offsets of each owned partition are finished, and the offset
+//! that may be committed.
+//!
+//! Kafka convention, kept in this file only: a *message offset* is the offset of a record;
+//! the *commit offset* is the next offset to read, i.e. the last finished message offset + 1.
+//! Only offsets that were actually delivered are awaited, so gaps (compaction, transaction
+//! markers) never stall the commit point.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A topic and partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: &str, partition: i32) -> Self {
+        Self { topic: Arc::from(topic), partition }
+    }
+}
+
+/// One partition's finished and unfinished offsets.
+#[derive(Debug, Default, Clone)]
+pub struct PartitionOffsets {
+    pending: BTreeSet<i64>,
+    /// One past the highest message offset seen.
+    next: Option<i64>,
+    /// The commit offset last handed out for committing.
+    committed: Option<i64>,
+}
+
+impl PartitionOffsets {
+    /// Records a delivered message. Returns false for an offset at or below one already seen
+    /// (a redelivery within the same assignment), which is not tracked twice.
+    pub fn seen(&mut self, offset: i64) -> bool {
+        if self.next.is_some_and(|next| offset < next) {
+            return false;
+        }
+        self.pending.insert(offset);
+        self.next = Some(offset + 1);
+        true
+    }
+
+    /// Marks a message finished.
+    pub fn done(&mut self, offset: i64) {
+        self.pending.remove(&offset);
+    }
+
+    /// The commit offset: everything below it is finished.
+    pub fn committable(&self) -> Option<i64> {
+        self.pending.first().copied().or(self.next)
+    }
+
+    /// The commit offset if it moved since the last call.
+    pub fn take_commit(&mut self) -> Option<i64> {
+        let offset = self.committable()?;
+        if self.committed.is_some_and(|c| c >= offset) {
+            return None;
+        }
+        self.committed = Some(offset);
+        Some(offset)
+    }
+
+    /// Forgets what was handed out, so the next [`Self::take_commit`] repeats it (after a
+    /// failed commit).
+    pub fn reset_committed(&mut self) {
+        self.committed = None;
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// Proof that a message was registered under one assignment of its partition.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub tp: TopicPartition,
+    pub offset: i64,
+    generation: u64,
+}
+
+struct Owned {
+    generation: u64,
+    offsets: PartitionOffsets,
+}
+
+/// Every owned partition's offsets. Completions for a partition that was revoked (or revoked
+/// and assigned again: a new generation) are ignored, so no offset is ever committed for a
+/// partition this instance does not own.
+#[derive(Default)]
+pub struct OffsetBook {
+    owned: Mutex<HashMap<TopicPartition, Owned>>,
+    changed: Condvar,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl OffsetBook {
+    fn lock(&self) -> MutexGuard<'_, HashMap<TopicPartition, Owned>> {
+        // A panic while holding this lock leaves consistent data (every operation is one
+        // map or set update), so a poisoned lock is still usable.
+        self.owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn assign(&self, tp: TopicPartition) {
+        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.lock().insert(tp, Owned { generation, offsets: PartitionOffsets::default() });
+    }
+
+    /// Stops tracking `tp`; later completions for it are ignored. Returns its state.
+    pub fn revoke(&self, tp: &TopicPartition) -> Option<PartitionOffsets> {
+        let removed = self.lock().remove(tp).map(|o| o.offsets);
+        self.changed.notify_all();
+        removed
+    }
+
+    pub fn owns(&self, tp: &TopicPartition) -> bool {
+        self.lock().contains_key(tp)
+    }
+
+    pub fn owned(&self) -> Vec<TopicPartition> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Registers a delivered message. `None` when the partition is not owned or the offset is
+    /// a redelivery already tracked.
+    pub fn register(&self, tp: &TopicPartition, offset: i64) -> Option<Ticket> {
+        let mut owned = self.lock();
+        let entry = owned.get_mut(tp)?;
+        entry
+            .offsets
+            .seen(offset)
+            .then(|| Ticket { tp: tp.clone(), offset, generation: entry.generation })
+    }
+
+    /// Marks a message finished; ignored when its assignment has ended.
+    pub fn done(&self, ticket: &Ticket) {
+        let mut owned = self.lock();
+        if let Some(entry) = owned.get_mut(&ticket.tp).filter(|e| e.generation == ticket.generation) {
+            entry.offsets.done(ticket.offset);
+        }
+        drop(owned);
+        self.changed.notify_all();
+    }
+
+    /// Commit offsets that moved since the last call, for `only` or every owned partition.
+    pub fn take_commits(&self, only: Option<&[TopicPartition]>) -> Vec<(TopicPartition, i64)> {
+        let mut owned = self.lock();
+        owned
+            .iter_mut()
+            .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
+            .filter_map(|(tp, e)| e.offsets.take_commit().map(|o| (tp.clone(), o)))
+            .collect()
+    }
+
+    /// After a failed commit: hand the offsets out again next time.
+    pub fn commit_failed(&self, tps: &[TopicPartition]) {
+        for (tp, entry) in self.lock().iter_mut() {
+            if tps.contains(tp) {
+                entry.offsets.reset_committed();
+            }
+        }
+    }
+
+    /// Unfinished messages of `tps` (all owned partitions when `None`).
+    pub fn pending(&self, tps: Option<&[TopicPartition]>) -> usize {
+        self.lock()
+            .iter()
+            .filter(|(tp, _)| tps.is_none_or(|t| t.contains(tp)))
+            .map(|(_, e)| e.offsets.pending())
+            .sum()
+    }
+
+    /// Blocks the calling thread until `tps` have no unfinished message or `deadline` passes.
+    /// Returns whether they drained. For the synchronous rebalance callback.
+    pub fn wait_drained(&self, tps: &[TopicPartition], deadline: Instant) -> bool {
+        let mut owned = self.lock();
+        loop {
+            let pending: usize = owned
+                .iter()
+                .filter(|(tp, _)| tps.contains(tp))
+                .map(|(_, e)| e.offsets.pending())
+                .sum();
+            if pending == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            owned = self
+                .changed
+                .wait_timeout(owned, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn releases_only_the_contiguous_prefix() {
+        let mut p = PartitionOffsets::default();
+        assert_eq!(p.committable(), None);
+        for o in 0..4 {
+            assert!(p.seen(o));
+        }
+        p.done(1);
+        p.done(2);
+        assert_eq!(p.committable(), Some(0));
+        p.done(0);
+        assert_eq!(p.committable(), Some(3));
+        p.done(3);
+        assert_eq!(p.take_commit(), Some(4));
+        assert_eq!(p.take_commit(), None);
+    }
+
+    #[test]
+    fn gaps_do_not_stall() {
+        let mut p = PartitionOffsets::default();
+        for o in [10, 11, 15, 20] {
+            p.seen(o);
+        }
+        for o in [20, 15, 11, 10] {
+            p.done(o);
+        }
+        assert_eq!(p.committable(), Some(21));
+    }
+
+    #[test]
+    fn redelivered_offsets_are_not_tracked_twice() {
+        let mut p = PartitionOffsets::default();
+        assert!(p.seen(5));
+        assert!(!p.seen(5));
+        assert!(!p.seen(3));
+        p.done(5);
+        assert_eq!(p.committable(), Some(6));
+    }
+
+    #[test]
+    fn revoked_partitions_ignore_late_completions() {
+        let book = OffsetBook::default();
+        let tp = TopicPartition::new("t", 0);
+        book.assign(tp.clone());
+        let old = book.register(&tp, 0).unwrap();
+        book.revoke(&tp);
+        assert!(book.register(&tp, 1).is_none());
+        book.assign(tp.clone());
+        let fresh = book.register(&tp, 7).unwrap();
+        book.done(&old);
+        assert!(book.take_commits(None).iter().all(|(_, o)| *o == 7), "old generation moved the offset");
+        book.done(&fresh);
+        assert_eq!(book.take_commits(None), vec![(tp, 8)]);
+    }
+
+    #[test]
+    fn failed_commits_are_handed_out_again() {
+        let book = OffsetBook::default();
+        let tp = TopicPartition::new("t", 1);
+        book.assign(tp.clone());
+        let t = book.register(&tp, 0).unwrap();
+        book.done(&t);
+        assert_eq!(book.take_commits(None).len(), 1);
+        assert!(book.take_commits(None).is_empty());
+        book.commit_failed(&[tp.clone()]);
+        assert_eq!(book.take_commits(Some(&[tp.clone()])), vec![(tp, 1)]);
+    }
+
+    proptest! {
+        /// Whatever the gaps and completion order, the commit offset is exactly one past the
+        /// longest finished prefix of the delivered offsets, and never moves backwards.
+        #[test]
+        fn commit_offset_is_the_finished_prefix(
+            gaps in prop::collection::vec(1i64..4, 1..60),
+            order in prop::collection::vec(any::<prop::sample::Index>(), 0..80),
+        ) {
+            let mut offsets = Vec::new();
+            let mut o = 0;
+            for g in gaps { o += g; offsets.push(o); }
+            let mut p = PartitionOffsets::default();
+            for o in &offsets { p.seen(*o); }
+            let mut open: Vec<i64> = offsets.clone();
+            let mut finished = BTreeSet::new();
+            let mut last = None;
+            for idx in order {
+                if open.is_empty() { break; }
+                let o = open.remove(idx.index(open.len()));
+                p.done(o);
+                finished.insert(o);
+                let expect = offsets.iter().find(|o| !finished.contains(o)).copied()
+                    .unwrap_or(offsets[offsets.len() - 1] + 1);
+                prop_assert_eq!(p.committable(), Some(expect));
+                if let Some(c) = p.take_commit() {
+                    prop_assert!(last.is_none_or(|l| c > l));
+                    last = Some(c);
+                }
+            }
+        }
+    }
+}

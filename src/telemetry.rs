@@ -1,0 +1,198 @@
+//! The metric catalogue (one place for every name and help text) and the logging setup.
+//!
+//! Labels are bounded: topic (four configured names), partition, result, status class,
+//! retry cause, dead-letter reason. Never keys, ids or account data.
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::config::LogFormat;
+
+/// Every metric the service exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// `annotator_events_total{topic, result}`.
+    pub events: IntCounterVec,
+    /// `annotator_annotate_requests_total{status_class}`.
+    pub requests: IntCounterVec,
+    pub request_duration: Histogram,
+    /// `annotator_retries_total{cause}`.
+    pub retries: IntCounterVec,
+    /// `annotator_dead_letters_total{reason}`.
+    pub dead_letters: IntCounterVec,
+    /// `annotator_join_total{result}`.
+    pub joins: IntCounterVec,
+    pub join_wait: Histogram,
+    pub in_flight: IntGauge,
+    pub parked: IntGauge,
+    pub pending: IntGauge,
+    pub committed_offset: IntGaugeVec,
+    pub consumer_lag: IntGaugeVec,
+    /// `annotator_rebalances_total{kind}`.
+    pub rebalances: IntCounterVec,
+    pub halted: IntGauge,
+    pub cache_errors: IntCounter,
+    pub end_to_end: HistogramVec,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("metric definition is valid");
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("metric definition is valid");
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    // The `expect`s above are invariants: the names and labels are constants of this function.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new("annotator_build_info", "Build information; always 1"),
+            &["version"],
+        )
+        .expect("metric definition is valid");
+        registry.register(Box::new(build.clone())).expect("metric names are unique");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let latency = vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        Self {
+            events: counter_vec(
+                &registry,
+                "annotator_events_total",
+                "Events finished, by topic and result (annotated, dead_lettered, skipped, cached, dry_run, duplicate)",
+                &["topic", "result"],
+            ),
+            requests: counter_vec(
+                &registry,
+                "annotator_annotate_requests_total",
+                "Annotate calls by HTTP status class (2xx, 4xx, 5xx, other, error)",
+                &["status_class"],
+            ),
+            request_duration: histogram(
+                &registry,
+                "annotator_annotate_duration_seconds",
+                "Duration of one annotate call",
+                latency.clone(),
+            ),
+            retries: counter_vec(&registry, "annotator_retries_total", "Annotate retries by cause", &["cause"]),
+            dead_letters: counter_vec(
+                &registry,
+                "annotator_dead_letters_total",
+                "Events written to the dead-letter topic, by reason",
+                &["reason"],
+            ),
+            joins: counter_vec(
+                &registry,
+                "annotator_join_total",
+                "Assessment resolution by result (inline, token, hit, waited, unjoined)",
+                &["result"],
+            ),
+            join_wait: histogram(
+                &registry,
+                "annotator_join_wait_seconds",
+                "How long outcomes waited for their key to reach the cache",
+                vec![0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0],
+            ),
+            in_flight: gauge(&registry, "annotator_in_flight", "Annotate calls in flight"),
+            parked: gauge(&registry, "annotator_parked", "Outcomes waiting for their key to reach the cache"),
+            pending: gauge(&registry, "annotator_pending", "Events taken from Kafka and not yet finished"),
+            committed_offset: gauge_vec(
+                &registry,
+                "annotator_committed_offset",
+                "Last offset committed (next offset to read), per partition",
+                &["topic", "partition"],
+            ),
+            consumer_lag: gauge_vec(
+                &registry,
+                "annotator_consumer_lag",
+                "High watermark minus committed offset, per partition (never negative)",
+                &["topic", "partition"],
+            ),
+            rebalances: counter_vec(&registry, "annotator_rebalances_total", "Rebalances by kind", &["kind"]),
+            halted: gauge(
+                &registry,
+                "annotator_halted",
+                "1 while sending is halted on credentials (401, 403, invalid API key)",
+            ),
+            cache_errors: {
+                let metric = IntCounter::new("annotator_cache_errors_total", "Failed cache operations (retried)")
+                    .expect("metric definition is valid");
+                registry.register(Box::new(metric.clone())).expect("metric names are unique");
+                metric
+            },
+            end_to_end: {
+                let metric = HistogramVec::new(
+                    HistogramOpts::new(
+                        "annotator_event_latency_seconds",
+                        "Time from the Kafka message timestamp to the event being finished",
+                    )
+                    .buckets(latency),
+                    &["topic"],
+                )
+                .expect("metric definition is valid");
+                registry.register(Box::new(metric.clone())).expect("metric names are unique");
+                metric
+            },
+            registry,
+        }
+    }
+
+    /// Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn status_class(status: Option<u16>) -> &'static str {
+        match status {
+            Some(200..=299) => "2xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            Some(_) => "other",
+            None => "error",
+        }
+    }
+}
+
+/// Installs the global subscriber: text or JSON, filter from `RUST_LOG` or `level`.
+pub fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if result.is_err() {
+        tracing::debug!("logging was already initialised");
+    }
+}
