@@ -22,7 +22,7 @@ pub fn sample_events(rules: &Rules, topic_name: impl Fn(OutcomeTopic) -> String)
     let mut assessments = Vec::new();
     let mut outcomes = Vec::new();
     for (i, (topic, outcome)) in rules.outcomes().into_iter().enumerate() {
-        let id = format!("DEMO{i:04}aaaaaaaaaaaa");
+        let id = format!("DEMO{i:04}aaaaaaaa");
         let name = format!("projects/{PROJECT}/assessments/{id}");
         let key = format!("{}-{i}", topic.as_str());
         let mut event = json!({"event_id": format!("demo-{i}"), "outcome": outcome, "occurred_at": "2026-11-25T12:00:04Z"});

@@ -90,9 +90,10 @@ impl Plan {
     pub fn lane(&self) -> Option<String> {
         match self {
             Self::Skip | Self::DeadLetter(_) => None,
-            Self::Store { key, .. } | Self::Annotate { target: Target::Join(key), .. } => {
-                Some(format!("key\u{0}{}", key.as_str()))
-            }
+            // Writes for one key keep their order; they never wait behind the joins that
+            // need them.
+            Self::Store { key, .. } => Some(format!("store\u{0}{}", key.as_str())),
+            Self::Annotate { target: Target::Join(key), .. } => Some(format!("key\u{0}{}", key.as_str())),
             Self::Annotate { target: Target::Known(name), .. } => Some(name.as_str().to_owned()),
         }
     }

@@ -1,0 +1,251 @@
+//! Shared helpers: each test gets its own topics, group, cache and sandbox endpoint, against
+//! the real broker (`ANNOTATOR_TEST_BROKERS`, default 127.0.0.1:9092; `.ci/run` starts one).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use recaptcha_annotator::config::{CacheBackend, Config};
+use recaptcha_annotator::sandbox::{DefaultAnswer, Sandbox, Script, Scripted};
+use recaptcha_annotator::{app, tools};
+use secrecy::SecretString;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const API_KEY: &str = "test-api-key";
+pub const PROJECT: &str = "123456789";
+
+pub fn brokers() -> String {
+    std::env::var("ANNOTATOR_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct TestEnv {
+    pub prefix: String,
+    pub config_base: ConfigBase,
+    pub sandbox: Sandbox,
+    pub endpoint: String,
+    pub admin_port: u16,
+    pub partitions: i32,
+}
+
+/// What each test may tweak before starting the service.
+#[derive(Clone)]
+pub struct ConfigBase {
+    pub topics: [String; 5],
+    pub group: String,
+}
+
+pub struct Running {
+    pub stop: CancellationToken,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("service stops within 60 s")
+            .expect("service task")
+            .expect("service result");
+    }
+}
+
+impl TestEnv {
+    pub async fn new(name: &str) -> Self {
+        Self::with_partitions(name, 2).await
+    }
+
+    pub async fn with_partitions(name: &str, partitions: i32) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let prefix = format!("t-{name}-{nanos}-{n}-");
+        let topics = ["assessments", "logins", "registrations", "fraud-signals", "annotator-dead-letter"]
+            .map(|t| format!("{prefix}{t}"));
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        tools::create_topics(&brokers(), &refs, partitions).await.expect("create topics");
+        let sandbox = Sandbox::new(Some(API_KEY.into()), 1_000_000);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(recaptcha_annotator::sandbox::serve(listener, sandbox.clone()));
+        Self {
+            config_base: ConfigBase { topics, group: format!("{prefix}group") },
+            prefix,
+            sandbox,
+            endpoint,
+            admin_port: free_port(),
+            partitions,
+        }
+    }
+
+    pub fn topic(&self, short: &str) -> String {
+        format!("{}{short}", self.prefix)
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        self.config_base.topics[4].clone()
+    }
+
+    /// The service config for this test: memory cache, short timeouts.
+    pub fn config(&self) -> Config {
+        let mut c = Config::from_toml("").unwrap();
+        c.kafka.brokers = brokers();
+        c.kafka.group_id = self.config_base.group.clone();
+        let [a, l, r, f, d] = self.config_base.topics.clone();
+        c.kafka.topics.assessments = a;
+        c.kafka.topics.logins = l;
+        c.kafka.topics.registrations = r;
+        c.kafka.topics.fraud_signals = f;
+        c.kafka.topics.dead_letter = d;
+        c.kafka.properties.insert("session.timeout.ms".into(), "3000".into());
+        c.kafka.properties.insert("heartbeat.interval.ms".into(), "300".into());
+        c.kafka.commit_interval = Duration::from_millis(200);
+        c.recaptcha.endpoint = self.endpoint.clone();
+        c.recaptcha.api_key = Some(SecretString::from(API_KEY));
+        c.recaptcha.project = Some(PROJECT.into());
+        c.recaptcha.request_timeout = Duration::from_secs(2);
+        c.cache.backend = CacheBackend::Memory;
+        c.admin.listen = format!("127.0.0.1:{}", self.admin_port);
+        c.delivery.retry_initial = Duration::from_millis(50);
+        c.delivery.retry_max = Duration::from_millis(500);
+        c.delivery.halt_retry = Duration::from_millis(500);
+        c.delivery.join_grace = Duration::from_secs(5);
+        c.delivery.join_retry = Duration::from_millis(100);
+        c
+    }
+
+    pub fn start(&self, config: Config) -> Running {
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(app::run(config, stop.clone()));
+        Running { stop, handle }
+    }
+
+    pub fn script(&self, responses: Vec<Scripted>, default: Option<DefaultAnswer>) {
+        self.sandbox.set_script(Script { responses, default });
+    }
+
+    pub async fn produce(&self, topic_short: &str, key: Option<&str>, value: Option<&str>) {
+        let producer = tools::producer(&brokers()).unwrap();
+        tools::produce(&producer, &self.topic(topic_short), key, value.map(str::as_bytes)).await.unwrap();
+    }
+
+    pub async fn produce_many(&self, records: &[(String, Option<String>, Option<String>)]) {
+        let producer = tools::producer(&brokers()).unwrap();
+        for (topic, key, value) in records {
+            tools::produce(&producer, &self.topic(topic), key.as_deref(), value.as_deref().map(str::as_bytes))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// (end offsets, committed offsets) of the consumed topics.
+    pub fn offsets(&self) -> (BTreeMap<(String, i32), i64>, BTreeMap<(String, i32), i64>) {
+        let reader = tools::offset_reader(&brokers(), &self.config_base.group).unwrap();
+        let topics: Vec<&str> = self.config_base.topics[..4].iter().map(String::as_str).collect();
+        let ends = tools::end_offsets(&reader, &topics).unwrap();
+        let parts: Vec<_> = ends.keys().cloned().collect();
+        let committed = tools::committed_offsets(&reader, &parts).unwrap();
+        (ends, committed)
+    }
+
+    /// Waits until every consumed partition's committed offset reaches its end offset.
+    pub async fn wait_all_committed(&self, within: Duration) {
+        let started = Instant::now();
+        loop {
+            let (ends, committed) = tokio::task::block_in_place(|| self.offsets());
+            let done = ends.iter().all(|(tp, end)| *end == 0 || committed.get(tp).is_some_and(|c| c >= end));
+            if done {
+                return;
+            }
+            assert!(started.elapsed() < within, "not committed within {within:?}: ends {ends:?} committed {committed:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the sandbox accepted `n` calls.
+    pub async fn wait_accepted(&self, n: u64, within: Duration) {
+        let started = Instant::now();
+        while self.sandbox.accepted_count() < n {
+            assert!(started.elapsed() < within, "only {} of {n} accepted", self.sandbox.accepted_count());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every record of the dead-letter topic.
+    pub fn dead_letters(&self, expect: usize, within: Duration) -> Vec<DeadLetterRecord> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", format!("{}reader", self.prefix))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition_offset(&self.dead_letter_topic(), p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let started = Instant::now();
+        let mut out = Vec::new();
+        while out.len() < expect && started.elapsed() < within {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for header in h.iter() {
+                        headers.insert(
+                            header.key.to_owned(),
+                            String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push(DeadLetterRecord {
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+                    headers,
+                });
+            }
+        }
+        // Give a surplus record a moment to show up, so "exactly" assertions mean it.
+        let extra_until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < extra_until {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(DeadLetterRecord { key: None, value: None, headers: BTreeMap::new() });
+            }
+        }
+        out
+    }
+
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://127.0.0.1:{}{path}", self.admin_port)).await;
+        match r {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetterRecord {
+    pub key: Option<String>,
+    pub value: Option<String>,
+    pub headers: BTreeMap<String, String>,
+}
+
+pub fn scripted(status: u16, times: u32) -> Scripted {
+    Scripted { status, times, retry_after: None, delay_ms: 0 }
+}
+
+pub fn answer(status: u16, delay_ms: u64) -> DefaultAnswer {
+    DefaultAnswer { status, delay_ms, jitter_ms: 0, retry_after: None }
+}
