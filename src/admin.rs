@@ -49,9 +49,15 @@ impl Health {
             reasons.push("cache unreachable");
         }
         if self.halted.load(Ordering::Relaxed) {
-            reasons.push("halted: the annotate endpoint refuses our credentials (401/403/invalid key)");
+            reasons.push(
+                "halted: the annotate endpoint refuses our credentials (401/403/invalid key)",
+            );
         }
-        if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
     }
 }
 
@@ -70,13 +76,19 @@ pub fn router(health: Arc<Health>, metrics: Metrics) -> Router {
 }
 
 async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 async fn ready_handler(State(state): State<AdminState>) -> impl IntoResponse {
     match state.health.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(reasons) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", reasons.join("; "))),
+        Err(reasons) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", reasons.join("; ")),
+        ),
     }
 }
 
@@ -87,7 +99,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 
 /// Serves until `stop` is cancelled.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
-    let result = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "admin server failed");
     }

@@ -9,7 +9,11 @@ use crate::config::{Config, LogFormat};
 use crate::{app, demo, sandbox, telemetry, tools};
 
 #[derive(Debug, Parser)]
-#[command(name = "recaptcha-annotator", version, about = "Kafka outcome events -> reCAPTCHA Enterprise annotations")]
+#[command(
+    name = "recaptcha-annotator",
+    version,
+    about = "Kafka outcome events -> reCAPTCHA Enterprise annotations"
+)]
 pub struct Cli {
     /// Log format (overrides `log.format`).
     #[arg(long, global = true, value_enum)]
@@ -78,15 +82,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config, dry_run } => {
             let mut config = load(config.as_deref())?;
             config.dry_run |= dry_run;
-            telemetry::init_logging(cli.log_format.unwrap_or(config.log.format), &config.log.level);
+            telemetry::init_logging(
+                cli.log_format.unwrap_or(config.log.format),
+                &config.log.level,
+            );
             app::run(config, app::shutdown_on_signals()).await
         }
-        Command::Sandbox { listen, api_key, latency_ms, record_limit } => {
+        Command::Sandbox {
+            listen,
+            api_key,
+            latency_ms,
+            record_limit,
+        } => {
             telemetry::init_logging(cli.log_format.unwrap_or(LogFormat::Text), "info");
             let sandbox = sandbox::Sandbox::new(api_key, record_limit);
             sandbox.set_script(sandbox::Script {
                 responses: vec![],
-                default: Some(sandbox::DefaultAnswer { delay_ms: latency_ms, ..Default::default() }),
+                default: Some(sandbox::DefaultAnswer {
+                    delay_ms: latency_ms,
+                    ..Default::default()
+                }),
             });
             let listener = tokio::net::TcpListener::bind(&listen).await?;
             tracing::info!(listen = %listener.local_addr()?, "sandbox annotate endpoint listening");

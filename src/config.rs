@@ -55,11 +55,14 @@ fn opt_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String
 fn vec_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     struct Item(#[serde(deserialize_with = "string_or_number")] String);
-    Ok(Vec::<Item>::deserialize(d)?.into_iter().map(|i| i.0).collect())
+    Ok(Vec::<Item>::deserialize(d)?
+        .into_iter()
+        .map(|i| i.0)
+        .collect())
 }
 
 /// The whole configuration.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -73,21 +76,6 @@ pub struct Config {
     pub rules: RulesConfig,
     /// Decide and log every annotation, call nothing, still commit.
     pub dry_run: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            kafka: KafkaConfig::default(),
-            recaptcha: RecaptchaConfig::default(),
-            cache: CacheConfig::default(),
-            delivery: DeliveryConfig::default(),
-            admin: AdminConfig::default(),
-            log: LogConfig::default(),
-            rules: RulesConfig::default(),
-            dry_run: false,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,7 +146,12 @@ impl TopicsConfig {
 
     /// The four consumed topics.
     pub fn consumed(&self) -> [&str; 4] {
-        [&self.assessments, &self.logins, &self.registrations, &self.fraud_signals]
+        [
+            &self.assessments,
+            &self.logins,
+            &self.registrations,
+            &self.fraud_signals,
+        ]
     }
 }
 
@@ -295,7 +288,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9464".into() }
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
     }
 }
 
@@ -317,7 +312,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -330,8 +328,12 @@ pub struct RulesConfig {
 }
 
 /// The librdkafka keys the service owns.
-pub const RESERVED_KAFKA_PROPERTIES: &[&str] =
-    &["enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"];
+pub const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+];
 
 /// Checked values derived from the config.
 #[derive(Debug, Clone)]
@@ -357,7 +359,10 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment.merge(env).extract().map_err(|e| ConfigError::Load(Box::new(e)))
+        figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))
     }
 
     /// Parses a TOML string (tests and examples).
@@ -377,8 +382,16 @@ impl Config {
             }
         }
 
-        require(&mut errors, !self.kafka.brokers.trim().is_empty(), "kafka.brokers: must not be empty");
-        require(&mut errors, !self.kafka.group_id.trim().is_empty(), "kafka.group_id: must not be empty");
+        require(
+            &mut errors,
+            !self.kafka.brokers.trim().is_empty(),
+            "kafka.brokers: must not be empty",
+        );
+        require(
+            &mut errors,
+            !self.kafka.group_id.trim().is_empty(),
+            "kafka.group_id: must not be empty",
+        );
         let t = &self.kafka.topics;
         let named = [
             ("assessments", &t.assessments),
@@ -390,18 +403,30 @@ impl Config {
         for (i, (key, name)) in named.iter().enumerate() {
             let legal = !name.is_empty()
                 && name.len() <= 249
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
             if !(legal) {
-            errors.push(format!("kafka.topics.{key}: {name:?} is not a legal topic name"));
-        }
+                errors.push(format!(
+                    "kafka.topics.{key}: {name:?} is not a legal topic name"
+                ));
+            }
             if let Some((other, _)) = named[..i].iter().find(|(_, n)| n == name) {
-                errors.push(format!("kafka.topics.{key}: same topic as kafka.topics.{other}"));
+                errors.push(format!(
+                    "kafka.topics.{key}: same topic as kafka.topics.{other}"
+                ));
             }
         }
-        require(&mut errors, !self.kafka.commit_interval.is_zero(), "kafka.commit_interval: must be above zero");
+        require(
+            &mut errors,
+            !self.kafka.commit_interval.is_zero(),
+            "kafka.commit_interval: must be above zero",
+        );
 
         let endpoint = match reqwest::Url::parse(&self.recaptcha.endpoint) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Some(url)
+            }
             Ok(_) => {
                 errors.push("recaptcha.endpoint: must be an http or https URL with a host".into());
                 None
@@ -411,7 +436,13 @@ impl Config {
                 None
             }
         };
-        let project = match self.recaptcha.project.as_deref().map(ProjectRef::parse).transpose() {
+        let project = match self
+            .recaptcha
+            .project
+            .as_deref()
+            .map(ProjectRef::parse)
+            .transpose()
+        {
             Ok(p) => p,
             Err(e) => {
                 errors.push(format!("recaptcha.project: {e}"));
@@ -425,23 +456,59 @@ impl Config {
                 Err(e) => errors.push(format!("recaptcha.allowed_projects[{i}]: {e}")),
             }
         }
-        if let (Some(p), false) = (&project, allowed.is_empty()) {
-            if !allowed.contains(p) {
-                errors.push("recaptcha.project: not in recaptcha.allowed_projects".into());
-            }
+        if let (Some(p), false) = (&project, allowed.is_empty())
+            && !allowed.contains(p)
+        {
+            errors.push("recaptcha.project: not in recaptcha.allowed_projects".into());
         }
-        require(&mut errors, !self.recaptcha.request_timeout.is_zero(), "recaptcha.request_timeout: must be above zero");
+        require(
+            &mut errors,
+            !self.recaptcha.request_timeout.is_zero(),
+            "recaptcha.request_timeout: must be above zero",
+        );
 
-        require(&mut errors, self.cache.ttl >= Duration::from_secs(1), "cache.ttl: must be at least 1s");
-        require(&mut errors, !self.cache.redis_prefix.is_empty(), "cache.redis_prefix: must not be empty");
+        require(
+            &mut errors,
+            self.cache.ttl >= Duration::from_secs(1),
+            "cache.ttl: must be at least 1s",
+        );
+        require(
+            &mut errors,
+            !self.cache.redis_prefix.is_empty(),
+            "cache.redis_prefix: must not be empty",
+        );
 
         let d = &self.delivery;
-        require(&mut errors, d.max_in_flight >= 1, "delivery.max_in_flight: must be at least 1");
-        require(&mut errors, d.max_pending >= d.max_in_flight, "delivery.max_pending: must be at least delivery.max_in_flight");
-        require(&mut errors, !d.join_retry.is_zero(), "delivery.join_retry: must be above zero");
-        require(&mut errors, !d.retry_initial.is_zero(), "delivery.retry_initial: must be above zero");
-        require(&mut errors, d.retry_max >= d.retry_initial, "delivery.retry_max: must be at least delivery.retry_initial");
-        require(&mut errors, !d.halt_retry.is_zero(), "delivery.halt_retry: must be above zero");
+        require(
+            &mut errors,
+            d.max_in_flight >= 1,
+            "delivery.max_in_flight: must be at least 1",
+        );
+        require(
+            &mut errors,
+            d.max_pending >= d.max_in_flight,
+            "delivery.max_pending: must be at least delivery.max_in_flight",
+        );
+        require(
+            &mut errors,
+            !d.join_retry.is_zero(),
+            "delivery.join_retry: must be above zero",
+        );
+        require(
+            &mut errors,
+            !d.retry_initial.is_zero(),
+            "delivery.retry_initial: must be above zero",
+        );
+        require(
+            &mut errors,
+            d.retry_max >= d.retry_initial,
+            "delivery.retry_max: must be at least delivery.retry_initial",
+        );
+        require(
+            &mut errors,
+            !d.halt_retry.is_zero(),
+            "delivery.halt_retry: must be above zero",
+        );
 
         let admin_listen = match self.admin.listen.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -481,7 +548,12 @@ impl Config {
     /// The effective config as TOML-ish text with secrets redacted, for `check`.
     pub fn redacted(&self) -> String {
         let mut text = format!("{self:#?}");
-        for (key, _) in self.kafka.properties.iter().filter(|(k, _)| is_secret_property(k)) {
+        for (key, _) in self
+            .kafka
+            .properties
+            .iter()
+            .filter(|(k, _)| is_secret_property(k))
+        {
             text = text.replace(
                 &format!("{key:?}: {:?}", self.kafka.properties[key]),
                 &format!("{key:?}: \"[redacted]\""),
@@ -494,9 +566,16 @@ impl Config {
 /// librdkafka properties that hold secrets.
 pub fn is_secret_property(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "key.pem", "token", "sasl.oauthbearer.config", "ssl.key"]
-        .iter()
-        .any(|s| key.contains(s))
+    [
+        "password",
+        "secret",
+        "key.pem",
+        "token",
+        "sasl.oauthbearer.config",
+        "ssl.key",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
 }
 
 #[cfg(test)]
@@ -514,9 +593,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = Config::from_toml("[kafka]\nbrokerz = \"x\"").unwrap_err().to_string();
+        let err = Config::from_toml("[kafka]\nbrokerz = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("brokerz"), "{err}");
-        let err = Config::from_toml("[recaptcha]\napi_kee = \"x\"").unwrap_err().to_string();
+        let err = Config::from_toml("[recaptcha]\napi_kee = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("api_kee"), "{err}");
     }
 
@@ -527,30 +610,49 @@ mod tests {
         )
         .unwrap();
         let err = config.validate().unwrap_err().to_string();
-        for key in ["recaptcha.endpoint", "recaptcha.project", "delivery.max_in_flight", "admin.listen"] {
+        for key in [
+            "recaptcha.endpoint",
+            "recaptcha.project",
+            "delivery.max_in_flight",
+            "admin.listen",
+        ] {
             assert!(err.contains(key), "{key} missing from {err}");
         }
-        let err = Config::from_toml("[cache]\nttl = \"forever\"").unwrap_err().to_string();
+        let err = Config::from_toml("[cache]\nttl = \"forever\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ttl"), "{err}");
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn environment_overrides_every_level() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("c.toml", "[kafka]\nbrokers = \"file:1\"\n[recaptcha]\nproject = \"p\"")?;
+            jail.create_file(
+                "c.toml",
+                "[kafka]\nbrokers = \"file:1\"\n[recaptcha]\nproject = \"p\"",
+            )?;
             jail.set_env("ANNOTATOR__KAFKA__BROKERS", "127.0.0.1:19092");
             jail.set_env("ANNOTATOR__KAFKA__TOPICS__LOGINS", "my-logins");
             jail.set_env("ANNOTATOR__RECAPTCHA__PROJECT", "123456789");
-            jail.set_env("ANNOTATOR__RECAPTCHA__ALLOWED_PROJECTS", "[123456789, \"other\"]");
+            jail.set_env(
+                "ANNOTATOR__RECAPTCHA__ALLOWED_PROJECTS",
+                "[123456789, \"other\"]",
+            );
             jail.set_env("ANNOTATOR__DRY_RUN", "true");
             let config = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.kafka.brokers, "127.0.0.1:19092");
             assert_eq!(config.kafka.topics.logins, "my-logins");
             assert_eq!(config.recaptcha.project.as_deref(), Some("123456789"));
-            assert_eq!(config.recaptcha.allowed_projects, vec!["123456789", "other"]);
+            assert_eq!(
+                config.recaptcha.allowed_projects,
+                vec!["123456789", "other"]
+            );
             assert!(config.dry_run);
             jail.set_env("ANNOTATOR__KAFKA__NOPE", "1");
-            let err = Config::load(Some(Path::new("c.toml"))).unwrap_err().to_string();
+            let err = Config::load(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("nope"), "{err}");
             Ok(())
         });
@@ -563,8 +665,14 @@ mod tests {
         )
         .unwrap();
         let v = config.validate().unwrap();
-        assert!(v.rules.get(OutcomeTopic::Logins, "captcha_solved").is_some());
-        let err = Config::from_toml("[rules.logins.x]\nannotation = \"MAYBE\"").unwrap_err().to_string();
+        assert!(
+            v.rules
+                .get(OutcomeTopic::Logins, "captcha_solved")
+                .is_some()
+        );
+        let err = Config::from_toml("[rules.logins.x]\nannotation = \"MAYBE\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("MAYBE"), "{err}");
     }
 
@@ -575,6 +683,9 @@ mod tests {
         )
         .unwrap();
         let text = config.redacted();
-        assert!(!text.contains("AIzaSECRET") && !text.contains("hunter2") && !text.contains(":pw@"), "{text}");
+        assert!(
+            !text.contains("AIzaSECRET") && !text.contains("hunter2") && !text.contains(":pw@"),
+            "{text}"
+        );
     }
 }

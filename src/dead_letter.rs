@@ -18,8 +18,13 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
-    pub const ALL: [Self; 5] =
-        [Self::Decode, Self::UnknownOutcome, Self::InvalidReference, Self::Unjoined, Self::Rejected];
+    pub const ALL: [Self; 5] = [
+        Self::Decode,
+        Self::UnknownOutcome,
+        Self::InvalidReference,
+        Self::Unjoined,
+        Self::Rejected,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,7 +65,11 @@ pub struct DeadLetterWriter {
 
 impl DeadLetterWriter {
     /// `properties` are the deployment's librdkafka passthrough (TLS, SASL) minus consumer keys.
-    pub fn new(brokers: &str, properties: &[(String, String)], topic: &str) -> Result<Self, KafkaError> {
+    pub fn new(
+        brokers: &str,
+        properties: &[(String, String)],
+        topic: &str,
+    ) -> Result<Self, KafkaError> {
         let mut config = ClientConfig::new();
         for (k, v) in properties {
             config.set(k, v);
@@ -70,7 +79,10 @@ impl DeadLetterWriter {
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "5");
-        Ok(Self { producer: config.create()?, topic: topic.to_owned() })
+        Ok(Self {
+            producer: config.create()?,
+            topic: topic.to_owned(),
+        })
     }
 
     /// Writes one record and waits for the broker's acknowledgement.
@@ -78,13 +90,26 @@ impl DeadLetterWriter {
         let origin = format!("{}/{}/{}", source.topic, source.partition, source.offset);
         let status = letter.status.map(|s| s.to_string());
         let mut headers = OwnedHeaders::new_with_capacity(4)
-            .insert(Header { key: "annotator.error", value: Some(letter.reason.as_str()) })
-            .insert(Header { key: "annotator.detail", value: Some(letter.detail.as_str()) })
-            .insert(Header { key: "annotator.source", value: Some(origin.as_str()) });
+            .insert(Header {
+                key: "annotator.error",
+                value: Some(letter.reason.as_str()),
+            })
+            .insert(Header {
+                key: "annotator.detail",
+                value: Some(letter.detail.as_str()),
+            })
+            .insert(Header {
+                key: "annotator.source",
+                value: Some(origin.as_str()),
+            });
         if let Some(status) = &status {
-            headers = headers.insert(Header { key: "annotator.status", value: Some(status.as_str()) });
+            headers = headers.insert(Header {
+                key: "annotator.status",
+                value: Some(status.as_str()),
+            });
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).headers(headers);
         if let Some(key) = source.key {
             record = record.key(key);
         }

@@ -16,9 +16,12 @@ use crate::{app, sandbox, tools};
 const DEMO_KEY: &str = "demo-api-key";
 const PROJECT: &str = "123456789";
 
+/// `(key, value)` of assessment events and `(topic, key, value)` of outcome events.
+type Samples = (Vec<(String, String)>, Vec<(String, String, String)>);
+
 /// Sample events: for every rule, one outcome event, the reference form rotating between the
 /// inline name, the WAF token and the key join; plus two bad events for the dead-letter topic.
-pub fn sample_events(rules: &Rules, topic_name: impl Fn(OutcomeTopic) -> String) -> (Vec<(String, String)>, Vec<(String, String, String)>) {
+pub fn sample_events(rules: &Rules, topic_name: impl Fn(OutcomeTopic) -> String) -> Samples {
     let mut assessments = Vec::new();
     let mut outcomes = Vec::new();
     for (i, (topic, outcome)) in rules.outcomes().into_iter().enumerate() {
@@ -31,7 +34,11 @@ pub fn sample_events(rules: &Rules, topic_name: impl Fn(OutcomeTopic) -> String)
             1 => event["recaptcha_token"] = json!(format!("03AFcWeA-demo-token:U={id}")),
             _ => {
                 event["key"] = json!(key);
-                assessments.push((key.clone(), json!({"key": key, "assessment": name, "created_at": "2026-11-25T12:00:00Z"}).to_string()));
+                assessments.push((
+                    key.clone(),
+                    json!({"key": key, "assessment": name, "created_at": "2026-11-25T12:00:00Z"})
+                        .to_string(),
+                ));
             }
         }
         if topic == OutcomeTopic::FraudSignals {
@@ -40,7 +47,11 @@ pub fn sample_events(rules: &Rules, topic_name: impl Fn(OutcomeTopic) -> String)
         event["account_id"] = json!(format!("u-{i}"));
         outcomes.push((topic_name(topic), key, event.to_string()));
     }
-    outcomes.push((topic_name(OutcomeTopic::Logins), "bad-1".into(), "not json".into()));
+    outcomes.push((
+        topic_name(OutcomeTopic::Logins),
+        "bad-1".into(),
+        "not json".into(),
+    ));
     outcomes.push((
         topic_name(OutcomeTopic::Logins),
         "bad-2".into(),
@@ -50,16 +61,33 @@ pub fn sample_events(rules: &Rules, topic_name: impl Fn(OutcomeTopic) -> String)
 }
 
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
     let prefix = format!("demo-{stamp}-");
     let t = &mut config.kafka.topics;
-    for name in [&mut t.assessments, &mut t.logins, &mut t.registrations, &mut t.fraud_signals, &mut t.dead_letter] {
+    for name in [
+        &mut t.assessments,
+        &mut t.logins,
+        &mut t.registrations,
+        &mut t.fraud_signals,
+        &mut t.dead_letter,
+    ] {
         *name = format!("{prefix}{name}");
     }
     config.kafka.group_id = format!("{prefix}group");
-    config.kafka.properties.entry("session.timeout.ms".into()).or_insert_with(|| "6000".into());
-    config.kafka.properties.entry("heartbeat.interval.ms".into()).or_insert_with(|| "500".into());
-    let data_dir = tempfile::tempdir().context("creating a temporary folder for the embedded store")?;
+    config
+        .kafka
+        .properties
+        .entry("session.timeout.ms".into())
+        .or_insert_with(|| "6000".into());
+    config
+        .kafka
+        .properties
+        .entry("heartbeat.interval.ms".into())
+        .or_insert_with(|| "500".into());
+    let data_dir =
+        tempfile::tempdir().context("creating a temporary folder for the embedded store")?;
     config.cache.path = data_dir.path().join("cache.redb");
     config.admin.listen = "127.0.0.1:0".into();
     config.delivery.join_grace = Duration::from_secs(10);
@@ -73,7 +101,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let brokers = config.kafka.brokers.clone();
     let topics = config.kafka.topics.clone();
-    println!("broker {brokers}; sandbox endpoint {}; topics {prefix}*", config.recaptcha.endpoint);
+    println!(
+        "broker {brokers}; sandbox endpoint {}; topics {prefix}*",
+        config.recaptcha.endpoint
+    );
     let mut all = topics.consumed().to_vec();
     all.push(&topics.dead_letter);
     tools::create_topics(&brokers, &all, 2).await?;
@@ -82,12 +113,22 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let (assessments, outcomes) = sample_events(&rules, |t| topics.outcome(t).to_owned());
     let producer = tools::producer(&brokers)?;
     for (key, value) in &assessments {
-        tools::produce(&producer, &topics.assessments, Some(key), Some(value.as_bytes())).await?;
+        tools::produce(
+            &producer,
+            &topics.assessments,
+            Some(key),
+            Some(value.as_bytes()),
+        )
+        .await?;
     }
     for (topic, key, value) in &outcomes {
         tools::produce(&producer, topic, Some(key), Some(value.as_bytes())).await?;
     }
-    println!("produced {} assessment events and {} outcome events", assessments.len(), outcomes.len());
+    println!(
+        "produced {} assessment events and {} outcome events",
+        assessments.len(),
+        outcomes.len()
+    );
 
     let group = config.kafka.group_id.clone();
     let stop = CancellationToken::new();
@@ -101,7 +142,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let mut last_print = 0;
     while started.elapsed() < Duration::from_secs(90) {
         committed = tools::committed_offsets(&reader, &partitions)?;
-        let done: i64 = ends.iter().map(|(tp, end)| committed.get(tp).copied().unwrap_or(0).min(*end)).sum();
+        let done: i64 = ends
+            .iter()
+            .map(|(tp, end)| committed.get(tp).copied().unwrap_or(0).min(*end))
+            .sum();
         let total: i64 = ends.values().sum();
         if done != last_print {
             println!("committed {done}/{total} messages");
@@ -115,7 +159,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     stop.cancel();
     service.await.context("service task")??;
 
-    println!("\nannotated ({} calls accepted by the sandbox):", sandbox.accepted_count());
+    println!(
+        "\nannotated ({} calls accepted by the sandbox):",
+        sandbox.accepted_count()
+    );
     for r in sandbox.recorded() {
         println!("  POST /v1/{}:annotate {}", r.name, r.body);
     }
@@ -124,9 +171,17 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     for (tp, end) in &ends {
         let c = committed.get(tp).copied();
         all_done &= c.unwrap_or(0) >= *end;
-        println!("  {}/{}: {} / {end}", tp.0, tp.1, c.map_or("-".into(), |c| c.to_string()));
+        println!(
+            "  {}/{}: {} / {end}",
+            tp.0,
+            tp.1,
+            c.map_or("-".into(), |c| c.to_string())
+        );
     }
-    println!("\ndead-lettered: 2 bad events are expected in {}", topics.dead_letter);
+    println!(
+        "\ndead-lettered: 2 bad events are expected in {}",
+        topics.dead_letter
+    );
     anyhow::ensure!(all_done, "not every message was committed within 90 s");
     println!("\nok: every event annotated or dead-lettered, every offset committed");
     Ok(())

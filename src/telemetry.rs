@@ -4,8 +4,8 @@
 //! retry cause, dead-letter reason. Never keys, ids or account data.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::config::LogFormat;
@@ -39,26 +39,37 @@ pub struct Metrics {
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
-    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    let metric =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
     metric
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::new(name, help).expect("metric definition is valid");
-    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
     metric
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
-    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    let metric =
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
     metric
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("metric definition is valid");
-    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("metric definition is valid");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
     metric
 }
 
@@ -77,9 +88,13 @@ impl Metrics {
             &["version"],
         )
         .expect("metric definition is valid");
-        registry.register(Box::new(build.clone())).expect("metric names are unique");
+        registry
+            .register(Box::new(build.clone()))
+            .expect("metric names are unique");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let latency = vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        let latency = vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
         Self {
             events: counter_vec(
                 &registry,
@@ -99,7 +114,12 @@ impl Metrics {
                 "Duration of one annotate call",
                 latency.clone(),
             ),
-            retries: counter_vec(&registry, "annotator_retries_total", "Annotate retries by cause", &["cause"]),
+            retries: counter_vec(
+                &registry,
+                "annotator_retries_total",
+                "Annotate retries by cause",
+                &["cause"],
+            ),
             dead_letters: counter_vec(
                 &registry,
                 "annotator_dead_letters_total",
@@ -119,8 +139,16 @@ impl Metrics {
                 vec![0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0],
             ),
             in_flight: gauge(&registry, "annotator_in_flight", "Annotate calls in flight"),
-            parked: gauge(&registry, "annotator_parked", "Outcomes waiting for their key to reach the cache"),
-            pending: gauge(&registry, "annotator_pending", "Events taken from Kafka and not yet finished"),
+            parked: gauge(
+                &registry,
+                "annotator_parked",
+                "Outcomes waiting for their key to reach the cache",
+            ),
+            pending: gauge(
+                &registry,
+                "annotator_pending",
+                "Events taken from Kafka and not yet finished",
+            ),
             committed_offset: gauge_vec(
                 &registry,
                 "annotator_committed_offset",
@@ -133,16 +161,26 @@ impl Metrics {
                 "High watermark minus committed offset, per partition (never negative)",
                 &["topic", "partition"],
             ),
-            rebalances: counter_vec(&registry, "annotator_rebalances_total", "Rebalances by kind", &["kind"]),
+            rebalances: counter_vec(
+                &registry,
+                "annotator_rebalances_total",
+                "Rebalances by kind",
+                &["kind"],
+            ),
             halted: gauge(
                 &registry,
                 "annotator_halted",
                 "1 while sending is halted on credentials (401, 403, invalid API key)",
             ),
             cache_errors: {
-                let metric = IntCounter::new("annotator_cache_errors_total", "Failed cache operations (retried)")
-                    .expect("metric definition is valid");
-                registry.register(Box::new(metric.clone())).expect("metric names are unique");
+                let metric = IntCounter::new(
+                    "annotator_cache_errors_total",
+                    "Failed cache operations (retried)",
+                )
+                .expect("metric definition is valid");
+                registry
+                    .register(Box::new(metric.clone()))
+                    .expect("metric names are unique");
                 metric
             },
             end_to_end: {
@@ -155,7 +193,9 @@ impl Metrics {
                     &["topic"],
                 )
                 .expect("metric definition is valid");
-                registry.register(Box::new(metric.clone())).expect("metric names are unique");
+                registry
+                    .register(Box::new(metric.clone()))
+                    .expect("metric names are unique");
                 metric
             },
             registry,
@@ -187,7 +227,9 @@ impl Metrics {
 pub fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

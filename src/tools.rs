@@ -19,9 +19,16 @@ pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> a
         .set("bootstrap.servers", brokers)
         .create()
         .context("creating the Kafka admin client")?;
-    let new: Vec<_> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let new: Vec<_> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&new, &opts).await.context("creating topics")? {
+    for result in admin
+        .create_topics(&new, &opts)
+        .await
+        .context("creating topics")?
+    {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
@@ -43,7 +50,12 @@ pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
 }
 
 /// Produces one record and waits for the broker.
-pub async fn produce(producer: &FutureProducer, topic: &str, key: Option<&str>, value: Option<&[u8]>) -> anyhow::Result<()> {
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    value: Option<&[u8]>,
+) -> anyhow::Result<()> {
     let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic);
     if let Some(k) = key {
         record = record.key(k);
@@ -69,7 +81,10 @@ pub fn offset_reader(brokers: &str, group: &str) -> anyhow::Result<BaseConsumer>
 }
 
 /// Partition -> high watermark for each topic.
-pub fn end_offsets(reader: &BaseConsumer, topics: &[&str]) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
+pub fn end_offsets(
+    reader: &BaseConsumer,
+    topics: &[&str],
+) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
     let mut out = BTreeMap::new();
     for topic in topics {
         let metadata = reader.fetch_metadata(Some(topic), Duration::from_secs(5))?;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! End to end against the real broker and the sandbox endpoint: every rule across the three
 //! outcome topics and all three reference forms, bad input, commit-point behaviour.
 
@@ -12,25 +13,95 @@ use serde_json::{Value, json};
 /// SPEC 2.3, written out independently of the code's table.
 const TABLE: &[(&str, &str, Option<&str>, &[&str])] = &[
     ("logins", "password_correct", None, &["CORRECT_PASSWORD"]),
-    ("logins", "password_incorrect", None, &["INCORRECT_PASSWORD"]),
-    ("logins", "two_factor_initiated", None, &["INITIATED_TWO_FACTOR"]),
-    ("logins", "two_factor_passed", Some("LEGITIMATE"), &["PASSED_TWO_FACTOR"]),
+    (
+        "logins",
+        "password_incorrect",
+        None,
+        &["INCORRECT_PASSWORD"],
+    ),
+    (
+        "logins",
+        "two_factor_initiated",
+        None,
+        &["INITIATED_TWO_FACTOR"],
+    ),
+    (
+        "logins",
+        "two_factor_passed",
+        Some("LEGITIMATE"),
+        &["PASSED_TWO_FACTOR"],
+    ),
     ("logins", "two_factor_failed", None, &["FAILED_TWO_FACTOR"]),
     ("logins", "account_takeover", Some("FRAUDULENT"), &[]),
     ("registrations", "verified", Some("LEGITIMATE"), &[]),
-    ("registrations", "spam_reported", Some("FRAUDULENT"), &["SOCIAL_SPAM"]),
+    (
+        "registrations",
+        "spam_reported",
+        Some("FRAUDULENT"),
+        &["SOCIAL_SPAM"],
+    ),
     ("registrations", "abuse_confirmed", Some("FRAUDULENT"), &[]),
-    ("fraud-signals", "chargeback", Some("FRAUDULENT"), &["CHARGEBACK"]),
-    ("fraud-signals", "chargeback_fraud", Some("FRAUDULENT"), &["CHARGEBACK_FRAUD"]),
-    ("fraud-signals", "chargeback_dispute", None, &["CHARGEBACK_DISPUTE"]),
+    (
+        "fraud-signals",
+        "chargeback",
+        Some("FRAUDULENT"),
+        &["CHARGEBACK"],
+    ),
+    (
+        "fraud-signals",
+        "chargeback_fraud",
+        Some("FRAUDULENT"),
+        &["CHARGEBACK_FRAUD"],
+    ),
+    (
+        "fraud-signals",
+        "chargeback_dispute",
+        None,
+        &["CHARGEBACK_DISPUTE"],
+    ),
     ("fraud-signals", "refund", None, &["REFUND"]),
-    ("fraud-signals", "refund_fraud", Some("FRAUDULENT"), &["REFUND_FRAUD"]),
-    ("fraud-signals", "payment_accepted", Some("LEGITIMATE"), &["TRANSACTION_ACCEPTED"]),
-    ("fraud-signals", "payment_declined", None, &["TRANSACTION_DECLINED"]),
-    ("fraud-signals", "payment_suspected", None, &["PAYMENT_HEURISTICS"]),
-    ("fraud-signals", "spam_reported", Some("FRAUDULENT"), &["SOCIAL_SPAM"]),
-    ("fraud-signals", "support_case_login", Some("LEGITIMATE"), &[]),
-    ("fraud-signals", "purchase_completed", Some("LEGITIMATE"), &[]),
+    (
+        "fraud-signals",
+        "refund_fraud",
+        Some("FRAUDULENT"),
+        &["REFUND_FRAUD"],
+    ),
+    (
+        "fraud-signals",
+        "payment_accepted",
+        Some("LEGITIMATE"),
+        &["TRANSACTION_ACCEPTED"],
+    ),
+    (
+        "fraud-signals",
+        "payment_declined",
+        None,
+        &["TRANSACTION_DECLINED"],
+    ),
+    (
+        "fraud-signals",
+        "payment_suspected",
+        None,
+        &["PAYMENT_HEURISTICS"],
+    ),
+    (
+        "fraud-signals",
+        "spam_reported",
+        Some("FRAUDULENT"),
+        &["SOCIAL_SPAM"],
+    ),
+    (
+        "fraud-signals",
+        "support_case_login",
+        Some("LEGITIMATE"),
+        &[],
+    ),
+    (
+        "fraud-signals",
+        "purchase_completed",
+        Some("LEGITIMATE"),
+        &[],
+    ),
 ];
 
 fn expected_body(annotation: Option<&str>, reasons: &[&str], extra: &Value) -> Value {
@@ -67,7 +138,11 @@ async fn every_rule_every_topic_every_reference_form_sends_the_exact_body() {
                         event["key"] = json!(key);
                     }
                     let mapping = json!({"key": key, "assessment": name, "created_at": "2026-11-25T12:00:00Z"});
-                    records.push(("assessments".to_owned(), Some(key.clone()), Some(mapping.to_string())));
+                    records.push((
+                        "assessments".to_owned(),
+                        Some(key.clone()),
+                        Some(mapping.to_string()),
+                    ));
                 }
             }
             let mut extra = json!({});
@@ -92,10 +167,16 @@ async fn every_rule_every_topic_every_reference_form_sends_the_exact_body() {
     records.push((
         "logins".into(),
         None,
-        Some(json!({"event_id": "ov", "outcome": "password_correct", "assessment": name,
-                    "annotation": "FRAUDULENT", "reasons": ["PAYMENT_HEURISTICS"]}).to_string()),
+        Some(
+            json!({"event_id": "ov", "outcome": "password_correct", "assessment": name,
+                    "annotation": "FRAUDULENT", "reasons": ["PAYMENT_HEURISTICS"]})
+            .to_string(),
+        ),
     ));
-    expected.insert(name, json!({"annotation": "FRAUDULENT", "reasons": ["PAYMENT_HEURISTICS"]}));
+    expected.insert(
+        name,
+        json!({"annotation": "FRAUDULENT", "reasons": ["PAYMENT_HEURISTICS"]}),
+    );
     // Mappings first, so the join does not depend on the grace period.
     records.sort_by_key(|(topic, _, _)| topic != "assessments");
     env.produce_many(&records).await;
@@ -105,19 +186,28 @@ async fn every_rule_every_topic_every_reference_form_sends_the_exact_body() {
     service.stop().await;
 
     let recorded = env.sandbox.recorded();
-    let got: BTreeMap<String, Value> = recorded.iter().map(|r| (r.name.clone(), r.body.clone())).collect();
+    let got: BTreeMap<String, Value> = recorded
+        .iter()
+        .map(|r| (r.name.clone(), r.body.clone()))
+        .collect();
     assert_eq!(recorded.len(), expected.len(), "exactly one call per event");
     assert_eq!(got, expected);
-    assert!(recorded.iter().all(|r| r.auth == "api_key_header"), "API key goes in x-goog-api-key");
+    assert!(
+        recorded.iter().all(|r| r.auth == "api_key_header"),
+        "API key goes in x-goog-api-key"
+    );
     assert!(env.dead_letters(0, Duration::from_secs(1)).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_is_dead_lettered_with_its_headers_and_the_partition_goes_on() {
     let env = TestEnv::new("bad").await;
-    let ok = |id: &str| json!({"event_id": id, "outcome": "password_correct", "assessment": format!("projects/{PROJECT}/assessments/{id}")}).to_string();
-    let with_assessment =
-        |a: &str| json!({"event_id": "x", "outcome": "password_correct", "assessment": a}).to_string();
+    let ok = |id: &str| {
+        json!({"event_id": id, "outcome": "password_correct", "assessment": format!("projects/{PROJECT}/assessments/{id}")}).to_string()
+    };
+    let with_assessment = |a: &str| {
+        json!({"event_id": "x", "outcome": "password_correct", "assessment": a}).to_string()
+    };
     let cases: Vec<(&str, String, &str)> = vec![
         ("not-json", "this is not json".into(), "decode"),
         ("array", "[1,2]".into(), "decode"),
@@ -138,9 +228,17 @@ async fn every_bad_input_is_dead_lettered_with_its_headers_and_the_partition_goe
     ];
     let mut records = Vec::new();
     for (i, (label, payload, _)) in cases.iter().enumerate() {
-        records.push(("logins".to_owned(), Some((*label).to_owned()), Some(payload.clone())));
+        records.push((
+            "logins".to_owned(),
+            Some((*label).to_owned()),
+            Some(payload.clone()),
+        ));
         // A good event after each bad one: the partition goes on.
-        records.push(("logins".to_owned(), Some(format!("good-{i}")), Some(ok(&format!("good{i:02}")))));
+        records.push((
+            "logins".to_owned(),
+            Some(format!("good-{i}")),
+            Some(ok(&format!("good{i:02}"))),
+        ));
     }
     env.produce_many(&records).await;
 
@@ -150,21 +248,40 @@ async fn every_bad_input_is_dead_lettered_with_its_headers_and_the_partition_goe
     env.wait_all_committed(Duration::from_secs(60)).await;
     service.stop().await;
 
-    assert_eq!(env.sandbox.accepted_count(), cases.len() as u64, "every good event annotated, no bad one");
+    assert_eq!(
+        env.sandbox.accepted_count(),
+        cases.len() as u64,
+        "every good event annotated, no bad one"
+    );
     let letters = env.dead_letters(cases.len(), Duration::from_secs(20));
-    assert_eq!(letters.len(), cases.len(), "exactly one dead letter per bad event");
+    assert_eq!(
+        letters.len(),
+        cases.len(),
+        "exactly one dead letter per bad event"
+    );
     let logins = env.topic("logins");
     for (label, payload, reason) in &cases {
         let letter = letters
             .iter()
             .find(|l| l.key.as_deref() == Some(label))
             .unwrap_or_else(|| panic!("no dead letter for {label}"));
-        assert_eq!(letter.value.as_deref(), Some(payload.as_str()), "{label}: original value kept");
+        assert_eq!(
+            letter.value.as_deref(),
+            Some(payload.as_str()),
+            "{label}: original value kept"
+        );
         assert_eq!(letter.headers["annotator.error"], *reason, "{label}");
         assert!(!letter.headers["annotator.detail"].is_empty(), "{label}");
         let source = &letter.headers["annotator.source"];
-        assert!(source.starts_with(&format!("{logins}/")), "{label}: {source}");
-        assert_eq!(source.split('/').count(), 3, "{label}: topic/partition/offset");
+        assert!(
+            source.starts_with(&format!("{logins}/")),
+            "{label}: {source}"
+        );
+        assert_eq!(
+            source.split('/').count(),
+            3,
+            "{label}: topic/partition/offset"
+        );
         assert!(!letter.headers.contains_key("annotator.status"), "{label}");
     }
 }
@@ -175,7 +292,8 @@ async fn rejected_calls_are_dead_lettered_with_the_status() {
     env.script(vec![scripted(400, 1), scripted(404, 1)], None);
     for (i, key) in ["first", "second"].iter().enumerate() {
         let event = json!({"event_id": key, "outcome": "verified", "assessment": format!("projects/{PROJECT}/assessments/same")});
-        env.produce("registrations", Some(key), Some(&event.to_string())).await;
+        env.produce("registrations", Some(key), Some(&event.to_string()))
+            .await;
         let _ = i;
     }
     let service = env.start(env.config());
@@ -183,7 +301,10 @@ async fn rejected_calls_are_dead_lettered_with_the_status() {
     service.stop().await;
     let letters = env.dead_letters(2, Duration::from_secs(20));
     assert_eq!(letters.len(), 2);
-    let by_key: BTreeMap<_, _> = letters.iter().map(|l| (l.key.clone().unwrap(), l.headers.clone())).collect();
+    let by_key: BTreeMap<_, _> = letters
+        .iter()
+        .map(|l| (l.key.clone().unwrap(), l.headers.clone()))
+        .collect();
     // Same assessment: sent in offset order, so the first gets the 400 and the second the 404.
     assert_eq!(by_key["first"]["annotator.error"], "rejected");
     assert_eq!(by_key["first"]["annotator.status"], "400");
@@ -196,7 +317,8 @@ async fn commit_point_holds_while_the_endpoint_fails_or_stalls() {
         let env = TestEnv::new(&format!("hold-{label}")).await;
         env.script(vec![], Some(default));
         let first = json!({"event_id": "a", "outcome": "chargeback", "assessment": format!("projects/{PROJECT}/assessments/held")});
-        env.produce("fraud-signals", Some("k"), Some(&first.to_string())).await;
+        env.produce("fraud-signals", Some("k"), Some(&first.to_string()))
+            .await;
         let mut config = env.config();
         config.recaptcha.request_timeout = Duration::from_millis(500);
         let service = env.start(config);
@@ -206,13 +328,22 @@ async fn commit_point_holds_while_the_endpoint_fails_or_stalls() {
             let (ends, committed) = tokio::task::block_in_place(|| env.offsets());
             for (tp, end) in &ends {
                 if *end > 0 {
-                    assert!(committed.get(tp).is_none_or(|c| c < end), "{label}: committed before a 2xx: {committed:?}");
+                    assert!(
+                        committed.get(tp).is_none_or(|c| c < end),
+                        "{label}: committed before a 2xx: {committed:?}"
+                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        assert!(env.sandbox.attempts().len() >= 2 || label == "stalled", "{label}: retried");
-        assert!(env.dead_letters(0, Duration::from_millis(100)).is_empty(), "{label}: never dead-lettered");
+        assert!(
+            env.sandbox.attempts().len() >= 2 || label == "stalled",
+            "{label}: retried"
+        );
+        assert!(
+            env.dead_letters(0, Duration::from_millis(100)).is_empty(),
+            "{label}: never dead-lettered"
+        );
 
         env.script(vec![], Some(answer(200, 0)));
         env.wait_all_committed(Duration::from_secs(30)).await;
@@ -225,7 +356,8 @@ async fn commit_point_holds_while_the_endpoint_fails_or_stalls() {
 async fn dry_run_calls_nothing_and_still_commits() {
     let env = TestEnv::new("dry").await;
     let event = json!({"event_id": "d", "outcome": "refund", "assessment": format!("projects/{PROJECT}/assessments/dry")});
-    env.produce("fraud-signals", None, Some(&event.to_string())).await;
+    env.produce("fraud-signals", None, Some(&event.to_string()))
+        .await;
     let mut config = env.config();
     config.dry_run = true;
     let service = env.start(config);

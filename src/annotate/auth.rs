@@ -35,7 +35,8 @@ impl std::fmt::Debug for Auth {
 
 impl Auth {
     pub fn api_key(key: &SecretString) -> Result<Self, AuthError> {
-        let mut value = HeaderValue::from_str(key.expose_secret()).map_err(|_| AuthError::BadKey)?;
+        let mut value =
+            HeaderValue::from_str(key.expose_secret()).map_err(|_| AuthError::BadKey)?;
         value.set_sensitive(true);
         Ok(Self::ApiKey(value))
     }
@@ -58,15 +59,13 @@ impl Auth {
                 headers.insert("x-goog-api-key", value.clone());
                 Ok(headers)
             }
-            Self::Google(credentials) => {
-                match credentials.headers(http::Extensions::new()).await {
-                    Ok(google_cloud_auth::credentials::CacheableResource::New { data, .. }) => Ok(data),
-                    Ok(google_cloud_auth::credentials::CacheableResource::NotModified) => {
-                        Err(AuthError::Google("credentials returned no headers".into()))
-                    }
-                    Err(e) => Err(AuthError::Google(e.to_string())),
+            Self::Google(credentials) => match credentials.headers(http::Extensions::new()).await {
+                Ok(google_cloud_auth::credentials::CacheableResource::New { data, .. }) => Ok(data),
+                Ok(google_cloud_auth::credentials::CacheableResource::NotModified) => {
+                    Err(AuthError::Google("credentials returned no headers".into()))
                 }
-            }
+                Err(e) => Err(AuthError::Google(e.to_string())),
+            },
         }
     }
 }

@@ -51,7 +51,12 @@ pub struct CallResult {
 }
 
 impl AnnotateClient {
-    pub fn new(endpoint: &reqwest::Url, auth: Auth, timeout: Duration, max_idle: usize) -> reqwest::Result<Self> {
+    pub fn new(
+        endpoint: &reqwest::Url,
+        auth: Auth,
+        timeout: Duration,
+        max_idle: usize,
+    ) -> reqwest::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -61,7 +66,11 @@ impl AnnotateClient {
             .tcp_nodelay(true)
             .user_agent(concat!("recaptcha-annotator/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http, base: endpoint.as_str().trim_end_matches('/').to_owned(), auth })
+        Ok(Self {
+            http,
+            base: endpoint.as_str().trim_end_matches('/').to_owned(),
+            auth,
+        })
     }
 
     /// The URL of the annotate call; `name` is validated, so it is one safe path per segment.
@@ -82,7 +91,10 @@ impl AnnotateClient {
             Ok(h) => h,
             Err(e) => {
                 return CallResult {
-                    delivery: Delivery::Retry { cause: RetryCause::Auth, after: None },
+                    delivery: Delivery::Retry {
+                        cause: RetryCause::Auth,
+                        after: None,
+                    },
                     status: None,
                     elapsed: started.elapsed(),
                 }
@@ -100,7 +112,11 @@ impl AnnotateClient {
         let response = match response {
             Ok(r) => r,
             Err(e) => {
-                let cause = if e.is_timeout() { RetryCause::Timeout } else { RetryCause::Connection };
+                let cause = if e.is_timeout() {
+                    RetryCause::Timeout
+                } else {
+                    RetryCause::Connection
+                };
                 return CallResult {
                     delivery: Delivery::Retry { cause, after: None },
                     status: None,
@@ -118,7 +134,11 @@ impl AnnotateClient {
         let bytes = match response.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                let cause = if e.is_timeout() { RetryCause::Timeout } else { RetryCause::Connection };
+                let cause = if e.is_timeout() {
+                    RetryCause::Timeout
+                } else {
+                    RetryCause::Connection
+                };
                 return CallResult {
                     delivery: Delivery::Retry { cause, after: None },
                     status: Some(status),

@@ -34,7 +34,10 @@ pub enum Delivery {
     /// 2xx: done, commit.
     Accepted,
     /// Try again after backoff (no sooner than `after`); keep the commit point.
-    Retry { cause: RetryCause, after: Option<Duration> },
+    Retry {
+        cause: RetryCause,
+        after: Option<Duration>,
+    },
     /// This event is refused (400, 404 ...): dead-letter it as `rejected`, then commit.
     Reject { status: u16, detail: String },
     /// The service itself is misconfigured (401, 403, invalid API key): stop sending.
@@ -51,7 +54,10 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let delta = when.signed_duration_since(chrono::Utc::now()).to_std().unwrap_or_default();
+    let delta = when
+        .signed_duration_since(chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
     Some(delta.min(MAX_RETRY_AFTER))
 }
 
@@ -67,10 +73,22 @@ pub fn classify_status(
         200..=299 => Delivery::Accepted,
         400 if error_reason == Some("API_KEY_INVALID") => Delivery::Halt { status, detail },
         401 | 403 => Delivery::Halt { status, detail },
-        408 => Delivery::Retry { cause: RetryCause::Timeout, after: retry_after },
-        429 => Delivery::Retry { cause: RetryCause::RateLimited, after: retry_after },
-        500..=599 => Delivery::Retry { cause: RetryCause::ServerError, after: retry_after },
-        300..=399 => Delivery::Retry { cause: RetryCause::Redirect, after: None },
+        408 => Delivery::Retry {
+            cause: RetryCause::Timeout,
+            after: retry_after,
+        },
+        429 => Delivery::Retry {
+            cause: RetryCause::RateLimited,
+            after: retry_after,
+        },
+        500..=599 => Delivery::Retry {
+            cause: RetryCause::ServerError,
+            after: retry_after,
+        },
+        300..=399 => Delivery::Retry {
+            cause: RetryCause::Redirect,
+            after: None,
+        },
         _ => Delivery::Reject { status, detail },
     }
 }
@@ -86,7 +104,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, cap: Duration) -> Self {
-        Self { initial, cap, attempt: 0 }
+        Self {
+            initial,
+            cap,
+            attempt: 0,
+        }
     }
 
     pub fn attempts(&self) -> u32 {
@@ -118,12 +140,27 @@ mod tests {
         assert_eq!(c(200, None), Delivery::Accepted);
         assert!(matches!(c(400, None), Delivery::Reject { status: 400, .. }));
         assert!(matches!(c(404, None), Delivery::Reject { status: 404, .. }));
-        assert!(matches!(c(400, Some("API_KEY_INVALID")), Delivery::Halt { status: 400, .. }));
+        assert!(matches!(
+            c(400, Some("API_KEY_INVALID")),
+            Delivery::Halt { status: 400, .. }
+        ));
         assert!(matches!(c(401, None), Delivery::Halt { .. }));
         assert!(matches!(c(403, None), Delivery::Halt { .. }));
-        assert!(matches!(c(429, None), Delivery::Retry { cause: RetryCause::RateLimited, .. }));
+        assert!(matches!(
+            c(429, None),
+            Delivery::Retry {
+                cause: RetryCause::RateLimited,
+                ..
+            }
+        ));
         for s in [500, 502, 503, 504] {
-            assert!(matches!(c(s, None), Delivery::Retry { cause: RetryCause::ServerError, .. }));
+            assert!(matches!(
+                c(s, None),
+                Delivery::Retry {
+                    cause: RetryCause::ServerError,
+                    ..
+                }
+            ));
         }
         assert!(matches!(c(302, None), Delivery::Retry { .. }));
     }
@@ -132,7 +169,10 @@ mod tests {
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after("100000"), Some(MAX_RETRY_AFTER));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 

@@ -26,7 +26,9 @@ fn db_error(err: impl std::fmt::Display) -> CacheError {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl EmbeddedCache {
@@ -90,14 +92,22 @@ impl Cache for EmbeddedCache {
         .map_err(db_error)?
     }
 
-    async fn put(&self, key: &CorrelationKey, assessment: &AssessmentName, ttl: Duration) -> Result<(), CacheError> {
+    async fn put(
+        &self,
+        key: &CorrelationKey,
+        assessment: &AssessmentName,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
         let db = Arc::clone(&self.db);
         let key = key.as_str().to_owned();
         let mut value = (now_secs() + ttl.as_secs()).to_be_bytes().to_vec();
         value.extend_from_slice(assessment.as_str().as_bytes());
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_write().map_err(db_error)?;
-            txn.open_table(MAPPINGS).map_err(db_error)?.insert(key.as_str(), value.as_slice()).map_err(db_error)?;
+            txn.open_table(MAPPINGS)
+                .map_err(db_error)?
+                .insert(key.as_str(), value.as_slice())
+                .map_err(db_error)?;
             txn.commit().map_err(db_error)
         })
         .await

@@ -9,14 +9,18 @@ use async_trait::async_trait;
 use super::{Cache, CacheError, Lookup};
 use crate::domain::assessment::{AssessmentName, CorrelationKey};
 
+type Entries = HashMap<String, (AssessmentName, Instant)>;
+
 #[derive(Default)]
 pub struct MemoryCache {
-    entries: Mutex<HashMap<String, (AssessmentName, Instant)>>,
+    entries: Mutex<Entries>,
 }
 
 impl MemoryCache {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, (AssessmentName, Instant)>>, CacheError> {
-        self.entries.lock().map_err(|_| CacheError("memory cache lock poisoned".into()))
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Entries>, CacheError> {
+        self.entries
+            .lock()
+            .map_err(|_| CacheError("memory cache lock poisoned".into()))
     }
 }
 
@@ -30,7 +34,12 @@ impl Cache for MemoryCache {
         })
     }
 
-    async fn put(&self, key: &CorrelationKey, assessment: &AssessmentName, ttl: Duration) -> Result<(), CacheError> {
+    async fn put(
+        &self,
+        key: &CorrelationKey,
+        assessment: &AssessmentName,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
         let mut entries = self.lock()?;
         let now = Instant::now();
         if entries.len() > 100_000 {

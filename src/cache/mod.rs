@@ -36,7 +36,12 @@ pub trait Cache: Send + Sync + 'static {
     /// Looks up the assessment mapped to `key`.
     async fn get(&self, key: &CorrelationKey) -> Result<Lookup, CacheError>;
     /// Maps `key` to `assessment` for `ttl`, replacing any earlier mapping.
-    async fn put(&self, key: &CorrelationKey, assessment: &AssessmentName, ttl: Duration) -> Result<(), CacheError>;
+    async fn put(
+        &self,
+        key: &CorrelationKey,
+        assessment: &AssessmentName,
+        ttl: Duration,
+    ) -> Result<(), CacheError>;
     /// Checks that the backend answers (readiness).
     async fn ping(&self) -> Result<(), CacheError>;
     /// Backend name for logs and metrics.
@@ -52,6 +57,8 @@ pub async fn open(config: &CacheConfig) -> Result<Arc<dyn Cache>, CacheError> {
     Ok(match config.backend {
         CacheBackend::Memory => Arc::new(memory::MemoryCache::default()),
         CacheBackend::Embedded => Arc::new(embedded::EmbeddedCache::open(&config.path)?),
-        CacheBackend::Redis => Arc::new(redis::RedisCache::connect(&config.redis_url, &config.redis_prefix).await?),
+        CacheBackend::Redis => {
+            Arc::new(redis::RedisCache::connect(&config.redis_url, &config.redis_prefix).await?)
+        }
     })
 }

@@ -31,8 +31,13 @@ impl RedisCache {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config).await.map_err(|e| redis_error(&e))?;
-        Ok(Self { conn, prefix: prefix.to_owned() })
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+        })
     }
 
     fn key(&self, key: &CorrelationKey) -> String {
@@ -48,7 +53,12 @@ impl Cache for RedisCache {
         Ok(value.as_deref().map_or(Lookup::Miss, parse_stored))
     }
 
-    async fn put(&self, key: &CorrelationKey, assessment: &AssessmentName, ttl: Duration) -> Result<(), CacheError> {
+    async fn put(
+        &self,
+        key: &CorrelationKey,
+        assessment: &AssessmentName,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();
         let () = conn
             .set_ex(self.key(key), assessment.as_str(), ttl.as_secs().max(1))
@@ -59,7 +69,10 @@ impl Cache for RedisCache {
 
     async fn ping(&self) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| redis_error(&e))?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(&e))?;
         Ok(())
     }
 

@@ -186,7 +186,10 @@ pub enum WireError {
 }
 
 fn wire_value_error(field: &str, detail: impl Into<String>) -> WireError {
-    WireError::Value { field: field.to_owned(), detail: detail.into() }
+    WireError::Value {
+        field: field.to_owned(),
+        detail: detail.into(),
+    }
 }
 
 /// Maps a camelCase or snake_case field name to its canonical camelCase form.
@@ -234,7 +237,10 @@ fn wire_time(field: &str, value: &Value) -> Result<Option<String>, WireError> {
     Ok(text)
 }
 
-fn wire_object<'v>(field: &str, value: &'v Value) -> Result<Option<&'v Map<String, Value>>, WireError> {
+fn wire_object<'v>(
+    field: &str,
+    value: &'v Value,
+) -> Result<Option<&'v Map<String, Value>>, WireError> {
     match value {
         Value::Null => Ok(None),
         Value::Object(map) => Ok(Some(map)),
@@ -249,7 +255,12 @@ fn wire_transaction(map: &Map<String, Value>) -> Result<TransactionEvent, WireEr
         ("value", "value"),
         ("eventTime", "event_time"),
     ];
-    let mut event = TransactionEvent { event_type: None, reason: None, value: None, event_time: None };
+    let mut event = TransactionEvent {
+        event_type: None,
+        reason: None,
+        value: None,
+        event_time: None,
+    };
     for (name, value) in map {
         match canonical(name, FIELDS) {
             Some("eventType") => {
@@ -268,10 +279,17 @@ fn wire_transaction(map: &Map<String, Value>) -> Result<TransactionEvent, WireEr
                     Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => {
                         s.parse().ok()
                     }
-                    _ => return Err(wire_value_error("transaction_event.value", "expected a number")),
+                    _ => {
+                        return Err(wire_value_error(
+                            "transaction_event.value",
+                            "expected a number",
+                        ));
+                    }
                 }
             }
-            Some("eventTime") => event.event_time = wire_time("transaction_event.event_time", value)?,
+            Some("eventTime") => {
+                event.event_time = wire_time("transaction_event.event_time", value)?
+            }
             _ => return Err(WireError::UnknownField(format!("transaction_event.{name}"))),
         }
     }
@@ -284,21 +302,36 @@ fn wire_phone(map: &Map<String, Value>) -> Result<PhoneAuthenticationEvent, Wire
     let mut time = None;
     for (name, value) in map {
         match canonical(name, FIELDS) {
-            Some("phoneNumber") => phone = wire_string("phone_authentication_event.phone_number", value)?,
+            Some("phoneNumber") => {
+                phone = wire_string("phone_authentication_event.phone_number", value)?
+            }
             Some("eventTime") => time = wire_time("phone_authentication_event.event_time", value)?,
-            _ => return Err(WireError::UnknownField(format!("phone_authentication_event.{name}"))),
+            _ => {
+                return Err(WireError::UnknownField(format!(
+                    "phone_authentication_event.{name}"
+                )));
+            }
         }
     }
     let phone_number = phone.ok_or_else(|| {
-        wire_value_error("phone_authentication_event.phone_number", "required field is missing")
+        wire_value_error(
+            "phone_authentication_event.phone_number",
+            "required field is missing",
+        )
     })?;
     let e164 = phone_number.strip_prefix('+').is_some_and(|digits| {
         (1..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
     });
     if !e164 {
-        return Err(wire_value_error("phone_authentication_event.phone_number", "not an E.164 number"));
+        return Err(wire_value_error(
+            "phone_authentication_event.phone_number",
+            "not an E.164 number",
+        ));
     }
-    Ok(PhoneAuthenticationEvent { phone_number, event_time: time })
+    Ok(PhoneAuthenticationEvent {
+        phone_number,
+        event_time: time,
+    })
 }
 
 /// Decodes a request body the way Google's side does under proto3 JSON rules.
@@ -319,14 +352,22 @@ pub fn decode_wire_request(body: &[u8]) -> Result<AnnotateRequest, WireError> {
     for (name, value) in &map {
         match canonical(name, FIELDS) {
             Some("annotation") => {
-                req.annotation = wire_enum("annotation", value, Annotation::from_name, Annotation::from_number)?
+                req.annotation = wire_enum(
+                    "annotation",
+                    value,
+                    Annotation::from_name,
+                    Annotation::from_number,
+                )?
             }
             Some("reasons") => match value {
                 Value::Null => {}
                 Value::Array(items) => {
                     for item in items {
-                        let reason = wire_enum("reasons", item, Reason::from_name, Reason::from_number)?
-                            .ok_or_else(|| wire_value_error("reasons", "null in a repeated field"))?;
+                        let reason =
+                            wire_enum("reasons", item, Reason::from_name, Reason::from_number)?
+                                .ok_or_else(|| {
+                                    wire_value_error("reasons", "null in a repeated field")
+                                })?;
                         req.reasons.push(reason);
                     }
                 }
@@ -388,7 +429,10 @@ mod tests {
             serde_json::to_string(&req).unwrap(),
             r#"{"annotation":"FRAUDULENT","reasons":["CHARGEBACK_FRAUD","PAYMENT_HEURISTICS"],"accountId":"user-123","hashedAccountId":"AQJoYXNoZWQ=","transactionEvent":{"eventType":"CHARGEBACK","reason":"6005","value":12.5,"eventTime":"2026-11-25T10:00:00Z"}}"#
         );
-        assert_eq!(serde_json::to_string(&AnnotateRequest::default()).unwrap(), "{}");
+        assert_eq!(
+            serde_json::to_string(&AnnotateRequest::default()).unwrap(),
+            "{}"
+        );
     }
 
     #[test]
@@ -403,10 +447,22 @@ mod tests {
     fn wire_accepts_numbers_and_snake_case() {
         let a = decode_wire_request(br#"{"reasons":[8,2],"annotation":2,"account_id":"u","transactionEvent":{"event_type":12,"eventTime":"2026-11-25T10:00:00.000Z"}}"#).unwrap();
         assert_eq!(a.annotation, Some(Annotation::Fraudulent));
-        assert_eq!(a.reasons, vec![Reason::ChargebackFraud, Reason::PaymentHeuristics]);
-        assert_eq!(a.transaction_event.unwrap().event_type, Some(TransactionEventType::Chargeback));
-        assert_eq!(decode_wire_request(b"{}").unwrap(), AnnotateRequest::default());
-        assert_eq!(decode_wire_request(br#"{"annotation":null}"#).unwrap(), AnnotateRequest::default());
+        assert_eq!(
+            a.reasons,
+            vec![Reason::ChargebackFraud, Reason::PaymentHeuristics]
+        );
+        assert_eq!(
+            a.transaction_event.unwrap().event_type,
+            Some(TransactionEventType::Chargeback)
+        );
+        assert_eq!(
+            decode_wire_request(b"{}").unwrap(),
+            AnnotateRequest::default()
+        );
+        assert_eq!(
+            decode_wire_request(br#"{"annotation":null}"#).unwrap(),
+            AnnotateRequest::default()
+        );
     }
 
     #[test]
@@ -425,7 +481,11 @@ mod tests {
             br#"[]"#,
             b"not json",
         ] {
-            assert!(decode_wire_request(body).is_err(), "{} accepted", String::from_utf8_lossy(body));
+            assert!(
+                decode_wire_request(body).is_err(),
+                "{} accepted",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }

@@ -38,7 +38,10 @@ fn check_segment(segment: &str, what: &'static str) -> Result<(), ReferenceError
         return Err(ReferenceError::Empty { what });
     }
     if segment.len() > MAX_SEGMENT {
-        return Err(ReferenceError::TooLong { what, max: MAX_SEGMENT });
+        return Err(ReferenceError::TooLong {
+            what,
+            max: MAX_SEGMENT,
+        });
     }
     if segment == "." || segment.contains("..") {
         return Err(ReferenceError::UnsafeSegment { what });
@@ -187,7 +190,10 @@ impl CorrelationKey {
             return Err(ReferenceError::Empty { what: "key" });
         }
         if raw.len() > MAX_KEY_LEN {
-            return Err(ReferenceError::TooLong { what: "key", max: MAX_KEY_LEN });
+            return Err(ReferenceError::TooLong {
+                what: "key",
+                max: MAX_KEY_LEN,
+            });
         }
         if raw.chars().any(char::is_control) {
             return Err(ReferenceError::UnsafeSegment { what: "key" });
@@ -206,9 +212,13 @@ mod tests {
 
     #[test]
     fn parses_a_full_name() {
-        let name = AssessmentName::parse("projects/123456789/assessments/6ZZZZe73fZZZZZZ0").unwrap();
+        let name =
+            AssessmentName::parse("projects/123456789/assessments/6ZZZZe73fZZZZZZ0").unwrap();
         assert_eq!(name.project(), "123456789");
-        assert_eq!(name.as_str(), "projects/123456789/assessments/6ZZZZe73fZZZZZZ0");
+        assert_eq!(
+            name.as_str(),
+            "projects/123456789/assessments/6ZZZZe73fZZZZZZ0"
+        );
     }
 
     #[test]
@@ -242,7 +252,10 @@ mod tests {
         let project = ProjectRef::parse("my-project").unwrap();
         let name = resolve_inline("abc123", Some(&project)).unwrap();
         assert_eq!(name.as_str(), "projects/my-project/assessments/abc123");
-        assert_eq!(resolve_inline("abc123", None), Err(ReferenceError::NoProject));
+        assert_eq!(
+            resolve_inline("abc123", None),
+            Err(ReferenceError::NoProject)
+        );
         assert!(resolve_inline("a?b", Some(&project)).is_err());
     }
 
@@ -258,10 +271,18 @@ mod tests {
     #[test]
     fn allow_list_matches_the_project_segment() {
         let list = ProjectAllowList::new(vec![ProjectRef::parse("123").unwrap()]);
-        assert!(list.check(&AssessmentName::parse("projects/123/assessments/a").unwrap()).is_ok());
-        assert!(list.check(&AssessmentName::parse("projects/1234/assessments/a").unwrap()).is_err());
-        assert!(ProjectAllowList::default()
-            .check(&AssessmentName::parse("projects/x/assessments/a").unwrap())
-            .is_ok());
+        assert!(
+            list.check(&AssessmentName::parse("projects/123/assessments/a").unwrap())
+                .is_ok()
+        );
+        assert!(
+            list.check(&AssessmentName::parse("projects/1234/assessments/a").unwrap())
+                .is_err()
+        );
+        assert!(
+            ProjectAllowList::default()
+                .check(&AssessmentName::parse("projects/x/assessments/a").unwrap())
+                .is_ok()
+        );
     }
 }

@@ -26,11 +26,18 @@ fn json_error(err: &serde_json::Error) -> DecodeError {
         serde_json::error::Category::Data => "wrong type",
         serde_json::error::Category::Eof => "truncated",
     };
-    DecodeError::Json(format!("{kind} at line {} column {}", err.line(), err.column()))
+    DecodeError::Json(format!(
+        "{kind} at line {} column {}",
+        err.line(),
+        err.column()
+    ))
 }
 
 fn invalid(field: &'static str, detail: impl Into<String>) -> DecodeError {
-    DecodeError::Invalid { field, detail: detail.into() }
+    DecodeError::Invalid {
+        field,
+        detail: detail.into(),
+    }
 }
 
 /// An `assessments` topic event: `key -> assessment` for the cache.
@@ -52,8 +59,12 @@ impl AssessmentEvent {
         if payload.is_empty() {
             return Err(DecodeError::Empty);
         }
-        let raw: RawAssessmentEvent = serde_json::from_slice(payload).map_err(|e| json_error(&e))?;
-        Ok(Self { key: raw.key, assessment: raw.assessment.ok_or(DecodeError::Missing("assessment"))? })
+        let raw: RawAssessmentEvent =
+            serde_json::from_slice(payload).map_err(|e| json_error(&e))?;
+        Ok(Self {
+            key: raw.key,
+            assessment: raw.assessment.ok_or(DecodeError::Missing("assessment"))?,
+        })
     }
 }
 
@@ -112,7 +123,8 @@ fn parse_enum<T: std::str::FromStr<Err = super::api::UnknownEnum>>(
     field: &'static str,
     text: &str,
 ) -> Result<T, DecodeError> {
-    text.parse().map_err(|e: super::api::UnknownEnum| invalid(field, e.to_string()))
+    text.parse()
+        .map_err(|e: super::api::UnknownEnum| invalid(field, e.to_string()))
 }
 
 impl OutcomeEvent {
@@ -122,13 +134,20 @@ impl OutcomeEvent {
         }
         let raw: RawOutcomeEvent = serde_json::from_slice(payload).map_err(|e| json_error(&e))?;
         let event_id = raw.event_id.ok_or(DecodeError::Missing("event_id"))?;
-        if event_id.is_empty() || event_id.len() > MAX_EVENT_ID || event_id.chars().any(char::is_control) {
-            return Err(invalid("event_id", "empty, too long or has control characters"));
+        if event_id.is_empty()
+            || event_id.len() > MAX_EVENT_ID
+            || event_id.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                "event_id",
+                "empty, too long or has control characters",
+            ));
         }
         let outcome = raw.outcome.ok_or(DecodeError::Missing("outcome"))?;
         check_time("occurred_at", &raw.occurred_at)?;
         if let Some(hashed) = &raw.hashed_account_id {
-            decode_base64_bytes(hashed).ok_or_else(|| invalid("hashed_account_id", "not base64"))?;
+            decode_base64_bytes(hashed)
+                .ok_or_else(|| invalid("hashed_account_id", "not base64"))?;
         }
         let transaction = match raw.transaction {
             None => None,
@@ -142,7 +161,12 @@ impl OutcomeEvent {
                 if t.value.is_some_and(|v| !v.is_finite()) {
                     return Err(invalid("transaction.value", "not a finite number"));
                 }
-                Some(TransactionEvent { event_type, reason: t.reason, value: t.value, event_time: t.event_time })
+                Some(TransactionEvent {
+                    event_type,
+                    reason: t.reason,
+                    value: t.value,
+                    event_time: t.event_time,
+                })
             }
         };
         let annotation = raw
@@ -190,33 +214,61 @@ mod tests {
         assert_eq!(event.event_id, "e-0001");
         assert_eq!(event.annotation, Some(Annotation::Fraudulent));
         assert_eq!(event.reasons, Some(vec![Reason::PaymentHeuristics]));
-        assert_eq!(event.transaction.unwrap().event_type, Some(TransactionEventType::Chargeback));
+        assert_eq!(
+            event.transaction.unwrap().event_type,
+            Some(TransactionEventType::Chargeback)
+        );
     }
 
     #[test]
     fn bad_events_say_why() {
         assert_eq!(OutcomeEvent::decode(b""), Err(DecodeError::Empty));
-        assert!(matches!(OutcomeEvent::decode(b"nope"), Err(DecodeError::Json(_))));
-        assert!(matches!(OutcomeEvent::decode(b"[1]"), Err(DecodeError::Json(_))));
-        assert_eq!(OutcomeEvent::decode(br#"{"outcome":"x"}"#), Err(DecodeError::Missing("event_id")));
-        assert_eq!(OutcomeEvent::decode(br#"{"event_id":"e"}"#), Err(DecodeError::Missing("outcome")));
+        assert!(matches!(
+            OutcomeEvent::decode(b"nope"),
+            Err(DecodeError::Json(_))
+        ));
+        assert!(matches!(
+            OutcomeEvent::decode(b"[1]"),
+            Err(DecodeError::Json(_))
+        ));
+        assert_eq!(
+            OutcomeEvent::decode(br#"{"outcome":"x"}"#),
+            Err(DecodeError::Missing("event_id"))
+        );
+        assert_eq!(
+            OutcomeEvent::decode(br#"{"event_id":"e"}"#),
+            Err(DecodeError::Missing("outcome"))
+        );
         assert!(matches!(
             OutcomeEvent::decode(br#"{"event_id":"e","outcome":"x","reasons":["NOPE"]}"#),
-            Err(DecodeError::Invalid { field: "reasons", .. })
+            Err(DecodeError::Invalid {
+                field: "reasons",
+                ..
+            })
         ));
         assert!(matches!(
             OutcomeEvent::decode(br#"{"event_id":"e","outcome":"x","annotation":"legitimate"}"#),
-            Err(DecodeError::Invalid { field: "annotation", .. })
+            Err(DecodeError::Invalid {
+                field: "annotation",
+                ..
+            })
         ));
         assert!(matches!(
-            OutcomeEvent::decode(br#"{"event_id":"e","outcome":"x","transaction":{"event_type":"X"}}"#),
-            Err(DecodeError::Invalid { field: "transaction.event_type", .. })
+            OutcomeEvent::decode(
+                br#"{"event_id":"e","outcome":"x","transaction":{"event_type":"X"}}"#
+            ),
+            Err(DecodeError::Invalid {
+                field: "transaction.event_type",
+                ..
+            })
         ));
     }
 
     #[test]
     fn json_errors_do_not_quote_the_payload() {
-        let Err(DecodeError::Json(msg)) = OutcomeEvent::decode(br#"{"event_id": 42, "outcome":"secret-value"}"#) else {
+        let Err(DecodeError::Json(msg)) =
+            OutcomeEvent::decode(br#"{"event_id": 42, "outcome":"secret-value"}"#)
+        else {
             panic!("expected a json error");
         };
         assert!(!msg.contains("secret"), "{msg}");

@@ -53,7 +53,12 @@ const DEFAULT_RULES: &[(OutcomeTopic, &str, Option<Annotation>, &[Reason])] = {
     &[
         (G, "password_correct", None, &[Reason::CorrectPassword]),
         (G, "password_incorrect", None, &[Reason::IncorrectPassword]),
-        (G, "two_factor_initiated", None, &[Reason::InitiatedTwoFactor]),
+        (
+            G,
+            "two_factor_initiated",
+            None,
+            &[Reason::InitiatedTwoFactor],
+        ),
         (G, "two_factor_passed", Some(L), &[Reason::PassedTwoFactor]),
         (G, "two_factor_failed", None, &[Reason::FailedTwoFactor]),
         (G, "account_takeover", Some(F), &[]),
@@ -65,7 +70,12 @@ const DEFAULT_RULES: &[(OutcomeTopic, &str, Option<Annotation>, &[Reason])] = {
         (S, "chargeback_dispute", None, &[Reason::ChargebackDispute]),
         (S, "refund", None, &[Reason::Refund]),
         (S, "refund_fraud", Some(F), &[Reason::RefundFraud]),
-        (S, "payment_accepted", Some(L), &[Reason::TransactionAccepted]),
+        (
+            S,
+            "payment_accepted",
+            Some(L),
+            &[Reason::TransactionAccepted],
+        ),
         (S, "payment_declined", None, &[Reason::TransactionDeclined]),
         (S, "payment_suspected", None, &[Reason::PaymentHeuristics]),
         (S, "spam_reported", Some(F), &[Reason::SocialSpam]),
@@ -85,7 +95,13 @@ impl Default for Rules {
         let table = DEFAULT_RULES
             .iter()
             .map(|(topic, outcome, annotation, reasons)| {
-                ((*topic, (*outcome).to_owned()), Rule { annotation: *annotation, reasons: reasons.to_vec() })
+                (
+                    (*topic, (*outcome).to_owned()),
+                    Rule {
+                        annotation: *annotation,
+                        reasons: reasons.to_vec(),
+                    },
+                )
             })
             .collect();
         Self { table }
@@ -94,7 +110,9 @@ impl Default for Rules {
 
 impl Rules {
     /// The default table with `overrides` added or replacing rules.
-    pub fn with_overrides<'a>(overrides: impl IntoIterator<Item = (OutcomeTopic, &'a str, Rule)>) -> Self {
+    pub fn with_overrides<'a>(
+        overrides: impl IntoIterator<Item = (OutcomeTopic, &'a str, Rule)>,
+    ) -> Self {
         let mut rules = Self::default();
         for (topic, outcome, rule) in overrides {
             rules.table.insert((topic, outcome.to_owned()), rule);
@@ -119,7 +137,10 @@ impl Rules {
         let rule = self.get(topic, &event.outcome)?;
         Some(AnnotateRequest {
             annotation: event.annotation.or(rule.annotation),
-            reasons: event.reasons.clone().unwrap_or_else(|| rule.reasons.clone()),
+            reasons: event
+                .reasons
+                .clone()
+                .unwrap_or_else(|| rule.reasons.clone()),
             account_id: event.account_id.clone(),
             hashed_account_id: event.hashed_account_id.clone(),
             transaction_event: event.transaction.clone(),
@@ -133,20 +154,29 @@ mod tests {
     use super::*;
 
     fn event(outcome: &str) -> OutcomeEvent {
-        OutcomeEvent::decode(format!(r#"{{"event_id":"e","outcome":"{outcome}"}}"#).as_bytes()).unwrap()
+        OutcomeEvent::decode(format!(r#"{{"event_id":"e","outcome":"{outcome}"}}"#).as_bytes())
+            .unwrap()
     }
 
     #[test]
     fn defaults_match_the_spec_table() {
         let rules = Rules::default();
         assert_eq!(rules.outcomes().len(), 20);
-        let req = rules.decide(OutcomeTopic::Logins, &event("two_factor_passed")).unwrap();
+        let req = rules
+            .decide(OutcomeTopic::Logins, &event("two_factor_passed"))
+            .unwrap();
         assert_eq!(req.annotation, Some(Annotation::Legitimate));
         assert_eq!(req.reasons, vec![Reason::PassedTwoFactor]);
-        let req = rules.decide(OutcomeTopic::FraudSignals, &event("chargeback_dispute")).unwrap();
+        let req = rules
+            .decide(OutcomeTopic::FraudSignals, &event("chargeback_dispute"))
+            .unwrap();
         assert_eq!(req.annotation, None);
         assert_eq!(req.reasons, vec![Reason::ChargebackDispute]);
-        assert!(rules.decide(OutcomeTopic::Registrations, &event("chargeback")).is_none());
+        assert!(
+            rules
+                .decide(OutcomeTopic::Registrations, &event("chargeback"))
+                .is_none()
+        );
     }
 
     #[test]
@@ -158,16 +188,46 @@ mod tests {
         assert_eq!(req.annotation, Some(Annotation::Fraudulent));
         assert_eq!(req.reasons, vec![Reason::TransactionDeclined]);
         e.reasons = Some(vec![]);
-        assert!(rules.decide(OutcomeTopic::FraudSignals, &e).unwrap().reasons.is_empty());
+        assert!(
+            rules
+                .decide(OutcomeTopic::FraudSignals, &e)
+                .unwrap()
+                .reasons
+                .is_empty()
+        );
     }
 
     #[test]
     fn overrides_replace_and_add() {
         let rules = Rules::with_overrides([
-            (OutcomeTopic::Logins, "account_takeover", Rule { annotation: None, reasons: vec![Reason::PaymentHeuristics] }),
-            (OutcomeTopic::Logins, "captcha_solved", Rule { annotation: Some(Annotation::Legitimate), reasons: vec![] }),
+            (
+                OutcomeTopic::Logins,
+                "account_takeover",
+                Rule {
+                    annotation: None,
+                    reasons: vec![Reason::PaymentHeuristics],
+                },
+            ),
+            (
+                OutcomeTopic::Logins,
+                "captcha_solved",
+                Rule {
+                    annotation: Some(Annotation::Legitimate),
+                    reasons: vec![],
+                },
+            ),
         ]);
-        assert_eq!(rules.decide(OutcomeTopic::Logins, &event("account_takeover")).unwrap().annotation, None);
-        assert!(rules.decide(OutcomeTopic::Logins, &event("captcha_solved")).is_some());
+        assert_eq!(
+            rules
+                .decide(OutcomeTopic::Logins, &event("account_takeover"))
+                .unwrap()
+                .annotation,
+            None
+        );
+        assert!(
+            rules
+                .decide(OutcomeTopic::Logins, &event("captcha_solved"))
+                .is_some()
+        );
     }
 }

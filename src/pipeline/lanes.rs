@@ -27,7 +27,9 @@ pub struct LaneSlot {
 impl Lanes {
     /// Takes the next place in `lane`. Call in the order the events must run.
     pub fn enter(self: &Arc<Self>, lane: String) -> LaneSlot {
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mine = CancellationToken::new();
         let before = self
             .tails
@@ -35,12 +37,21 @@ impl Lanes {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(lane.clone(), (id, mine.clone()))
             .map(|(_, token)| token);
-        LaneSlot { lanes: Arc::clone(self), lane, id, before, mine }
+        LaneSlot {
+            lanes: Arc::clone(self),
+            lane,
+            id,
+            before,
+            mine,
+        }
     }
 
     /// Lanes with work queued or running.
     pub fn len(&self) -> usize {
-        self.tails.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        self.tails
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -60,7 +71,11 @@ impl LaneSlot {
 impl Drop for LaneSlot {
     fn drop(&mut self) {
         self.mine.cancel();
-        let mut tails = self.lanes.tails.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tails = self
+            .lanes
+            .tails
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if tails.get(&self.lane).is_some_and(|(id, _)| *id == self.id) {
             tails.remove(&self.lane);
         }
@@ -79,7 +94,10 @@ mod tests {
         let lanes = Arc::new(Lanes::default());
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for (i, (lane, work_ms)) in [("a", 50), ("a", 10), ("b", 1), ("a", 1)].into_iter().enumerate() {
+        for (i, (lane, work_ms)) in [("a", 50), ("a", 10), ("b", 1), ("a", 1)]
+            .into_iter()
+            .enumerate()
+        {
             let log = Arc::clone(&log);
             // Enter synchronously, in order, as the pipeline does.
             let slot = lanes.enter(lane.to_owned());
@@ -96,5 +114,4 @@ mod tests {
         assert_eq!(*log.lock().unwrap(), vec![2, 0, 1, 3]);
         assert!(lanes.is_empty());
     }
-
 }

@@ -64,9 +64,16 @@ fn producer_properties(config: &Config) -> Vec<(String, String)> {
         .properties
         .iter()
         .filter(|(k, _)| {
-            ["security.", "sasl.", "ssl.", "client.id", "socket.", "broker.address.family"]
-                .iter()
-                .any(|p| k.starts_with(p))
+            [
+                "security.",
+                "sasl.",
+                "ssl.",
+                "client.id",
+                "socket.",
+                "broker.address.family",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
@@ -112,12 +119,21 @@ impl Service {
             .create_with_context(context)
             .context("creating the Kafka consumer")?;
         let topics = &config.kafka.topics;
-        consumer.subscribe(&topics.consumed()).context("subscribing to the topics")?;
-        let dead_letter = DeadLetterWriter::new(&config.kafka.brokers, &producer_properties(config), &topics.dead_letter)
-            .context("creating the dead-letter producer")?;
+        consumer
+            .subscribe(&topics.consumed())
+            .context("subscribing to the topics")?;
+        let dead_letter = DeadLetterWriter::new(
+            &config.kafka.brokers,
+            &producer_properties(config),
+            &topics.dead_letter,
+        )
+        .context("creating the dead-letter producer")?;
         let limiter = std::num::NonZeroU32::new(config.delivery.rate_limit)
             .map(|rate| governor::RateLimiter::direct(governor::Quota::per_second(rate)));
-        let mut kinds = vec![(Arc::from(topics.assessments.as_str()), TopicKind::Assessments)];
+        let mut kinds = vec![(
+            Arc::from(topics.assessments.as_str()),
+            TopicKind::Assessments,
+        )];
         for t in OutcomeTopic::ALL {
             kinds.push((Arc::from(topics.outcome(t)), TopicKind::Outcome(t)));
         }
@@ -157,7 +173,10 @@ impl Service {
     fn copy(&self, m: &BorrowedMessage<'_>) -> Option<Message> {
         let (topic, kind) = self.kinds.iter().find(|(name, _)| **name == *m.topic())?;
         Some(Message {
-            tp: TopicPartition { topic: Arc::clone(topic), partition: m.partition() },
+            tp: TopicPartition {
+                topic: Arc::clone(topic),
+                partition: m.partition(),
+            },
             kind: *kind,
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
@@ -173,7 +192,9 @@ impl Service {
         }
         let result = commit_list(&commits).and_then(|tpl| self.consumer.commit(&tpl, mode));
         match result {
-            Ok(()) if matches!(mode, CommitMode::Sync) => self.consumer.context().record_committed(&commits),
+            Ok(()) if matches!(mode, CommitMode::Sync) => {
+                self.consumer.context().record_committed(&commits)
+            }
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "offset commit failed; it will be retried");
@@ -185,7 +206,11 @@ impl Service {
 
     fn set_paused(&self, pause: bool) {
         let result = self.consumer.assignment().and_then(|tpl| {
-            if pause { self.consumer.pause(&tpl) } else { self.consumer.resume(&tpl) }
+            if pause {
+                self.consumer.pause(&tpl)
+            } else {
+                self.consumer.resume(&tpl)
+            }
         });
         if let Err(e) = result {
             tracing::warn!(error = %e, pause, "could not pause or resume fetching");
@@ -245,9 +270,15 @@ impl Service {
             }
         }
 
-        tracing::info!(pending = pending.load(Ordering::Relaxed), "shutting down: draining");
+        tracing::info!(
+            pending = pending.load(Ordering::Relaxed),
+            "shutting down: draining"
+        );
         tasks.close();
-        if tokio::time::timeout(self.config.shutdown_timeout, tasks.wait()).await.is_err() {
+        if tokio::time::timeout(self.config.shutdown_timeout, tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 pending = pending.load(Ordering::Relaxed),
                 "drain deadline passed; abandoning unfinished events (they will be redelivered)"

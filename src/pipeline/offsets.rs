@@ -19,7 +19,10 @@ pub struct TopicPartition {
 
 impl TopicPartition {
     pub fn new(topic: &str, partition: i32) -> Self {
-        Self { topic: Arc::from(topic), partition }
+        Self {
+            topic: Arc::from(topic),
+            partition,
+        }
     }
 }
 
@@ -103,12 +106,23 @@ impl OffsetBook {
     fn lock(&self) -> MutexGuard<'_, HashMap<TopicPartition, Owned>> {
         // A panic while holding this lock leaves consistent data (every operation is one
         // map or set update), so a poisoned lock is still usable.
-        self.owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn assign(&self, tp: TopicPartition) {
-        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        self.lock().insert(tp, Owned { generation, offsets: PartitionOffsets::default() });
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.lock().insert(
+            tp,
+            Owned {
+                generation,
+                offsets: PartitionOffsets::default(),
+            },
+        );
     }
 
     /// Stops tracking `tp`; later completions for it are ignored. Returns its state.
@@ -131,16 +145,20 @@ impl OffsetBook {
     pub fn register(&self, tp: &TopicPartition, offset: i64) -> Option<Ticket> {
         let mut owned = self.lock();
         let entry = owned.get_mut(tp)?;
-        entry
-            .offsets
-            .seen(offset)
-            .then(|| Ticket { tp: tp.clone(), offset, generation: entry.generation })
+        entry.offsets.seen(offset).then(|| Ticket {
+            tp: tp.clone(),
+            offset,
+            generation: entry.generation,
+        })
     }
 
     /// Marks a message finished; ignored when its assignment has ended.
     pub fn done(&self, ticket: &Ticket) {
         let mut owned = self.lock();
-        if let Some(entry) = owned.get_mut(&ticket.tp).filter(|e| e.generation == ticket.generation) {
+        if let Some(entry) = owned
+            .get_mut(&ticket.tp)
+            .filter(|e| e.generation == ticket.generation)
+        {
             entry.offsets.done(ticket.offset);
         }
         drop(owned);
@@ -257,7 +275,10 @@ mod tests {
         book.assign(tp.clone());
         let fresh = book.register(&tp, 7).unwrap();
         book.done(&old);
-        assert!(book.take_commits(None).iter().all(|(_, o)| *o == 7), "old generation moved the offset");
+        assert!(
+            book.take_commits(None).iter().all(|(_, o)| *o == 7),
+            "old generation moved the offset"
+        );
         book.done(&fresh);
         assert_eq!(book.take_commits(None), vec![(tp, 8)]);
     }
@@ -271,8 +292,11 @@ mod tests {
         book.done(&t);
         assert_eq!(book.take_commits(None).len(), 1);
         assert!(book.take_commits(None).is_empty());
-        book.commit_failed(&[tp.clone()]);
-        assert_eq!(book.take_commits(Some(&[tp.clone()])), vec![(tp, 1)]);
+        book.commit_failed(std::slice::from_ref(&tp));
+        assert_eq!(
+            book.take_commits(Some(std::slice::from_ref(&tp))),
+            vec![(tp, 1)]
+        );
     }
 
     proptest! {

@@ -17,7 +17,8 @@ use crate::cache::{Cache, Lookup};
 use crate::config::DeliveryConfig;
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetterWriter, Source};
 use crate::domain::assessment::{
-    AssessmentId, AssessmentName, CorrelationKey, ProjectAllowList, ProjectRef, ReferenceError, resolve_inline,
+    AssessmentId, AssessmentName, CorrelationKey, ProjectAllowList, ProjectRef, ReferenceError,
+    resolve_inline,
 };
 use crate::domain::event::{AssessmentEvent, OutcomeEvent};
 use crate::domain::rules::{OutcomeTopic, Rules};
@@ -64,7 +65,9 @@ impl Message {
     }
 
     fn kafka_key(&self) -> Option<&str> {
-        self.key.as_deref().and_then(|k| std::str::from_utf8(k).ok())
+        self.key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
     }
 }
 
@@ -81,8 +84,15 @@ pub enum Plan {
     /// A tombstone (no value): nothing to do.
     Skip,
     DeadLetter(DeadLetter),
-    Store { key: CorrelationKey, name: AssessmentName },
-    Annotate { event_id: String, target: Target, body: Bytes },
+    Store {
+        key: CorrelationKey,
+        name: AssessmentName,
+    },
+    Annotate {
+        event_id: String,
+        target: Target,
+        body: Bytes,
+    },
 }
 
 impl Plan {
@@ -93,18 +103,31 @@ impl Plan {
             // Writes for one key keep their order; they never wait behind the joins that
             // need them.
             Self::Store { key, .. } => Some(format!("store\u{0}{}", key.as_str())),
-            Self::Annotate { target: Target::Join(key), .. } => Some(format!("key\u{0}{}", key.as_str())),
-            Self::Annotate { target: Target::Known(name), .. } => Some(name.as_str().to_owned()),
+            Self::Annotate {
+                target: Target::Join(key),
+                ..
+            } => Some(format!("key\u{0}{}", key.as_str())),
+            Self::Annotate {
+                target: Target::Known(name),
+                ..
+            } => Some(name.as_str().to_owned()),
         }
     }
 }
 
 fn dead(reason: DeadLetterReason, detail: impl Into<String>) -> Plan {
-    Plan::DeadLetter(DeadLetter { reason, detail: detail.into(), status: None })
+    Plan::DeadLetter(DeadLetter {
+        reason,
+        detail: detail.into(),
+        status: None,
+    })
 }
 
 fn invalid_reference(field: &str, err: &ReferenceError) -> Plan {
-    dead(DeadLetterReason::InvalidReference, format!("{field}: {err}"))
+    dead(
+        DeadLetterReason::InvalidReference,
+        format!("{field}: {err}"),
+    )
 }
 
 /// Everything the event path needs, shared by all tasks.
@@ -148,7 +171,10 @@ impl Shared {
             Err(e) => return dead(DeadLetterReason::Decode, e.to_string()),
         };
         let Some(raw_key) = event.key.as_deref().or(msg.kafka_key()) else {
-            return dead(DeadLetterReason::InvalidReference, "no key field and no Kafka message key");
+            return dead(
+                DeadLetterReason::InvalidReference,
+                "no key field and no Kafka message key",
+            );
         };
         let key = match CorrelationKey::parse(raw_key) {
             Ok(k) => k,
@@ -171,7 +197,10 @@ impl Shared {
         };
         let Some(request) = self.rules.decide(topic, &event) else {
             let outcome: String = event.outcome.chars().take(64).collect();
-            return dead(DeadLetterReason::UnknownOutcome, format!("no rule for outcome {outcome:?} on {topic}"));
+            return dead(
+                DeadLetterReason::UnknownOutcome,
+                format!("no rule for outcome {outcome:?} on {topic}"),
+            );
         };
         let target = if let Some(raw) = &event.assessment {
             match resolve_inline(raw, self.project.as_ref()) {
@@ -193,30 +222,53 @@ impl Shared {
                 Err(e) => return invalid_reference("key", &e),
             }
         } else {
-            return dead(DeadLetterReason::InvalidReference, "no assessment, recaptcha_token, key or Kafka key");
+            return dead(
+                DeadLetterReason::InvalidReference,
+                "no assessment, recaptcha_token, key or Kafka key",
+            );
         };
-        if let Target::Known(name) = &target {
-            if let Err(e) = self.allowed.check(name) {
-                return invalid_reference("assessment", &e);
-            }
+        if let Target::Known(name) = &target
+            && let Err(e) = self.allowed.check(name)
+        {
+            return invalid_reference("assessment", &e);
         }
-        Plan::Annotate { event_id: event.event_id, target, body: AnnotateClient::body(&request) }
+        Plan::Annotate {
+            event_id: event.event_id,
+            target,
+            body: AnnotateClient::body(&request),
+        }
     }
 
     /// The asynchronous part of one event. The offset is released when it finishes; when
     /// `abandon` fires first (revoked partition, shutdown deadline) it is not, and the event
     /// is redelivered to whoever owns the partition next.
-    pub async fn run(self: Arc<Self>, msg: Message, ticket: Ticket, plan: Plan, slot: Option<LaneSlot>, abandon: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        msg: Message,
+        ticket: Ticket,
+        plan: Plan,
+        slot: Option<LaneSlot>,
+        abandon: CancellationToken,
+    ) {
         let work = async {
             if let Some(slot) = &slot {
                 slot.ready().await;
             }
             let result = self.execute(&msg, plan).await;
-            self.metrics.events.with_label_values(&[msg.kind.label(), result]).inc();
+            self.metrics
+                .events
+                .with_label_values(&[msg.kind.label(), result])
+                .inc();
             if let Some(ts) = msg.timestamp_ms {
-                let age = chrono::Utc::now().timestamp_millis().saturating_sub(ts).max(0);
+                let age = chrono::Utc::now()
+                    .timestamp_millis()
+                    .saturating_sub(ts)
+                    .max(0);
                 #[allow(clippy::cast_precision_loss)]
-                self.metrics.end_to_end.with_label_values(&[msg.kind.label()]).observe(age as f64 / 1000.0);
+                self.metrics
+                    .end_to_end
+                    .with_label_values(&[msg.kind.label()])
+                    .observe(age as f64 / 1000.0);
             }
             self.book.done(&ticket);
         };
@@ -242,7 +294,11 @@ impl Shared {
                 self.store(&key, &name).await;
                 "cached"
             }
-            Plan::Annotate { event_id, target, body } => {
+            Plan::Annotate {
+                event_id,
+                target,
+                body,
+            } => {
                 let name = match target {
                     Target::Known(name) => {
                         self.metrics.joins.with_label_values(&["inline"]).inc();
@@ -314,11 +370,15 @@ impl Shared {
                     self.health.set_cache_down(false);
                     let label = if parked { "waited" } else { "hit" };
                     self.metrics.joins.with_label_values(&[label]).inc();
-                    break self.allowed.check(&name).map(|()| name).map_err(|e| DeadLetter {
-                        reason: DeadLetterReason::InvalidReference,
-                        detail: format!("cached assessment: {e}"),
-                        status: None,
-                    });
+                    break self
+                        .allowed
+                        .check(&name)
+                        .map(|()| name)
+                        .map_err(|e| DeadLetter {
+                            reason: DeadLetterReason::InvalidReference,
+                            detail: format!("cached assessment: {e}"),
+                            status: None,
+                        });
                 }
                 Ok(Lookup::Invalid) => {
                     self.health.set_cache_down(false);
@@ -334,7 +394,10 @@ impl Shared {
                         self.metrics.joins.with_label_values(&["unjoined"]).inc();
                         break Err(DeadLetter {
                             reason: DeadLetterReason::Unjoined,
-                            detail: format!("key not in the cache after {}", humantime::format_duration(self.delivery.join_grace)),
+                            detail: format!(
+                                "key not in the cache after {}",
+                                humantime::format_duration(self.delivery.join_grace)
+                            ),
                             status: None,
                         });
                     }
@@ -350,7 +413,9 @@ impl Shared {
         };
         if parked {
             self.metrics.parked.dec();
-            self.metrics.join_wait.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .join_wait
+                .observe(started.elapsed().as_secs_f64());
         }
         result
     }
@@ -378,8 +443,13 @@ impl Shared {
                 self.metrics.in_flight.dec();
                 result
             };
-            self.metrics.requests.with_label_values(&[Metrics::status_class(result.status)]).inc();
-            self.metrics.request_duration.observe(result.elapsed.as_secs_f64());
+            self.metrics
+                .requests
+                .with_label_values(&[Metrics::status_class(result.status)])
+                .inc();
+            self.metrics
+                .request_duration
+                .observe(result.elapsed.as_secs_f64());
             match result.delivery {
                 Delivery::Accepted => {
                     if probing.is_some() {
@@ -391,10 +461,17 @@ impl Shared {
                     if probing.is_some() {
                         self.resume();
                     }
-                    return Err(DeadLetter { reason: DeadLetterReason::Rejected, detail, status: Some(status) });
+                    return Err(DeadLetter {
+                        reason: DeadLetterReason::Rejected,
+                        detail,
+                        status: Some(status),
+                    });
                 }
                 Delivery::Retry { cause, after } => {
-                    self.metrics.retries.with_label_values(&[cause.as_str()]).inc();
+                    self.metrics
+                        .retries
+                        .with_label_values(&[cause.as_str()])
+                        .inc();
                     let delay = backoff.next_delay(after);
                     tracing::debug!(cause = cause.as_str(), status = ?result.status, delay_ms = delay.as_millis() as u64, "annotate failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -437,7 +514,10 @@ impl Shared {
         loop {
             match self.dead_letter.write(&msg.source(), letter).await {
                 Ok(()) => {
-                    self.metrics.dead_letters.with_label_values(&[letter.reason.as_str()]).inc();
+                    self.metrics
+                        .dead_letters
+                        .with_label_values(&[letter.reason.as_str()])
+                        .inc();
                     return;
                 }
                 Err(e) => {

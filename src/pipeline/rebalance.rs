@@ -26,7 +26,9 @@ pub struct PartitionTokens {
 
 impl PartitionTokens {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, CancellationToken>> {
-        self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn get(&self, tp: &TopicPartition) -> Option<CancellationToken> {
@@ -70,7 +72,10 @@ pub struct AnnotatorContext {
 impl ClientContext for AnnotatorContext {}
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
-    tpl.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect()
+    tpl.elements()
+        .iter()
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
 }
 
 impl AnnotatorContext {
@@ -120,7 +125,10 @@ impl ConsumerContext for AnnotatorContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                let tps: Vec<_> = partitions(tpl).into_iter().filter(|tp| self.book.owns(tp)).collect();
+                let tps: Vec<_> = partitions(tpl)
+                    .into_iter()
+                    .filter(|tp| self.book.owns(tp))
+                    .collect();
                 self.revoke(consumer, &tps);
             }
             Rebalance::Assign(tpl) => {
@@ -150,7 +158,9 @@ impl ConsumerContext for AnnotatorContext {
                     .elements()
                     .iter()
                     .filter_map(|e| match e.offset() {
-                        Offset::Offset(o) => Some((TopicPartition::new(e.topic(), e.partition()), o)),
+                        Offset::Offset(o) => {
+                            Some((TopicPartition::new(e.topic(), e.partition()), o))
+                        }
                         _ => None,
                     })
                     .collect();

@@ -62,7 +62,12 @@ pub struct DefaultAnswer {
 
 impl Default for DefaultAnswer {
     fn default() -> Self {
-        Self { status: 200, delay_ms: 0, jitter_ms: 0, retry_after: None }
+        Self {
+            status: 200,
+            delay_ms: 0,
+            jitter_ms: 0,
+            retry_after: None,
+        }
     }
 }
 
@@ -82,7 +87,7 @@ pub struct Recorded {
     pub name: String,
     /// The body exactly as received.
     pub body: Value,
-    /// `api_key_header`, `api_key_query` or `bearer`.
+    /// `api_key_header`, `api_key_query`, `bearer` or `none` (open sandbox only).
     pub auth: String,
     pub at_ms: u64,
 }
@@ -114,7 +119,9 @@ pub struct Sandbox {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn canonical_status(code: u16) -> &'static str {
@@ -134,24 +141,29 @@ fn canonical_status(code: u16) -> &'static str {
 }
 
 /// Google's error shape.
-pub fn google_error(code: u16, message: &str, reason: Option<&str>, retry_after: Option<u64>) -> Response {
+pub fn google_error(
+    code: u16,
+    message: &str,
+    reason: Option<&str>,
+    retry_after: Option<u64>,
+) -> Response {
     let details = reason.map_or_else(Vec::new, |r| {
         vec![json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": r, "domain": "googleapis.com"})]
     });
     let body = json!({"error": {"code": code, "message": message, "status": canonical_status(code), "details": details}});
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, Json(body)).into_response();
-    if let Some(secs) = retry_after {
-        if let Ok(v) = secs.to_string().parse() {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+    if let Some(secs) = retry_after
+        && let Ok(v) = secs.to_string().parse()
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
     }
     response
 }
 
 impl Sandbox {
-    /// `api_key`: when set, the only key accepted (others get 400 `API_KEY_INVALID`); bearer
-    /// tokens are accepted as they are.
+    /// `api_key`: when set, the only key accepted (others get 400 `API_KEY_INVALID`, none at
+    /// all 401); bearer tokens are accepted as they are. When unset, any caller is accepted.
     pub fn new(api_key: Option<String>, record_limit: usize) -> Self {
         Self {
             inner: Arc::default(),
@@ -163,12 +175,18 @@ impl Sandbox {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn set_script(&self, script: Script) {
         let mut inner = self.lock();
-        inner.script = script.responses.into_iter().filter(|s| s.times > 0).collect();
+        inner.script = script
+            .responses
+            .into_iter()
+            .filter(|s| s.times > 0)
+            .collect();
         if let Some(d) = script.default {
             inner.default = d;
         }
@@ -209,14 +227,24 @@ impl Sandbox {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
         if inner.attempts.len() < self.record_limit {
-            inner.attempts.push(Attempt { name: name.to_owned(), status, at_ms: now_ms() });
+            inner.attempts.push(Attempt {
+                name: name.to_owned(),
+                status,
+                at_ms: now_ms(),
+            });
         }
     }
 
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/v1/projects/{project}/assessments/{action}", post(annotate))
-            .route("/sandbox/requests", get(list_requests).delete(clear_requests))
+            .route(
+                "/v1/projects/{project}/assessments/{action}",
+                post(annotate),
+            )
+            .route(
+                "/sandbox/requests",
+                get(list_requests).delete(clear_requests),
+            )
             .route("/sandbox/attempts", get(list_attempts))
             .route("/sandbox/stats", get(stats))
             .route("/sandbox/script", post(script))
@@ -246,7 +274,11 @@ async fn annotate(
             return google_error(s.status, "scripted answer", None, s.retry_after);
         }
     } else {
-        let jitter = if default.jitter_ms > 0 { rand::random_range(0..=default.jitter_ms) } else { 0 };
+        let jitter = if default.jitter_ms > 0 {
+            rand::random_range(0..=default.jitter_ms)
+        } else {
+            0
+        };
         let delay = default.delay_ms + jitter;
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -267,6 +299,9 @@ async fn annotate(
         (Some(k), _, _) => ("api_key_header", Some(k)),
         (None, Some(k), _) => ("api_key_query", Some(k.as_str())),
         (None, None, Some(_)) => ("bearer", None),
+        // Without a configured key the sandbox is open, as for the unauthenticated request
+        // captured from the Rust client.
+        (None, None, None) if sandbox.api_key.is_none() => ("none", None),
         (None, None, None) => {
             sandbox.attempt(&name, 401);
             return google_error(
@@ -277,11 +312,16 @@ async fn annotate(
             );
         }
     };
-    if let (Some(expected), Some(given)) = (&sandbox.api_key, key) {
-        if **expected != *given {
-            sandbox.attempt(&name, 400);
-            return google_error(400, "API key not valid. Please pass a valid API key.", Some("API_KEY_INVALID"), None);
-        }
+    if let (Some(expected), Some(given)) = (&sandbox.api_key, key)
+        && **expected != *given
+    {
+        sandbox.attempt(&name, 400);
+        return google_error(
+            400,
+            "API key not valid. Please pass a valid API key.",
+            Some("API_KEY_INVALID"),
+            None,
+        );
     }
     for alt in [query.get("alt"), query.get("$alt")].into_iter().flatten() {
         if !matches!(alt.as_str(), "json" | "json;enum-encoding=int") {
@@ -299,10 +339,20 @@ async fn annotate(
     {
         let mut inner = sandbox.lock();
         if inner.recorded.len() < sandbox.record_limit {
-            inner.recorded.push(Recorded { name, body, auth: auth.to_owned(), at_ms: now_ms() });
+            inner.recorded.push(Recorded {
+                name,
+                body,
+                auth: auth.to_owned(),
+                at_ms: now_ms(),
+            });
         }
     }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json; charset=UTF-8")], "{}\n").into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
+        "{}\n",
+    )
+        .into_response()
 }
 
 async fn list_requests(State(sandbox): State<Sandbox>) -> Json<Vec<Recorded>> {

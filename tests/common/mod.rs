@@ -1,6 +1,6 @@
 //! Shared helpers: each test gets its own topics, group, cache and sandbox endpoint, against
 //! the real broker (`ANNOTATOR_TEST_BROKERS`, default 127.0.0.1:9092; `.ci/run` starts one).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,6 +17,9 @@ use secrecy::SecretString;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// (topic, partition) -> offset.
+pub type Offsets = BTreeMap<(String, i32), i64>;
+
 pub const API_KEY: &str = "test-api-key";
 pub const PROJECT: &str = "123456789";
 
@@ -28,7 +31,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct TestEnv {
@@ -70,18 +77,35 @@ impl TestEnv {
 
     pub async fn with_partitions(name: &str, partitions: i32) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let prefix = format!("t-{name}-{nanos}-{n}-");
-        let topics = ["assessments", "logins", "registrations", "fraud-signals", "annotator-dead-letter"]
-            .map(|t| format!("{prefix}{t}"));
+        let topics = [
+            "assessments",
+            "logins",
+            "registrations",
+            "fraud-signals",
+            "annotator-dead-letter",
+        ]
+        .map(|t| format!("{prefix}{t}"));
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        tools::create_topics(&brokers(), &refs, partitions).await.expect("create topics");
+        tools::create_topics(&brokers(), &refs, partitions)
+            .await
+            .expect("create topics");
         let sandbox = Sandbox::new(Some(API_KEY.into()), 1_000_000);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(recaptcha_annotator::sandbox::serve(listener, sandbox.clone()));
+        tokio::spawn(recaptcha_annotator::sandbox::serve(
+            listener,
+            sandbox.clone(),
+        ));
         Self {
-            config_base: ConfigBase { topics, group: format!("{prefix}group") },
+            config_base: ConfigBase {
+                topics,
+                group: format!("{prefix}group"),
+            },
             prefix,
             sandbox,
             endpoint,
@@ -109,8 +133,12 @@ impl TestEnv {
         c.kafka.topics.registrations = r;
         c.kafka.topics.fraud_signals = f;
         c.kafka.topics.dead_letter = d;
-        c.kafka.properties.insert("session.timeout.ms".into(), "3000".into());
-        c.kafka.properties.insert("heartbeat.interval.ms".into(), "300".into());
+        c.kafka
+            .properties
+            .insert("session.timeout.ms".into(), "3000".into());
+        c.kafka
+            .properties
+            .insert("heartbeat.interval.ms".into(), "300".into());
         c.kafka.commit_interval = Duration::from_millis(200);
         c.recaptcha.endpoint = self.endpoint.clone();
         c.recaptcha.api_key = Some(SecretString::from(API_KEY));
@@ -138,22 +166,37 @@ impl TestEnv {
 
     pub async fn produce(&self, topic_short: &str, key: Option<&str>, value: Option<&str>) {
         let producer = tools::producer(&brokers()).unwrap();
-        tools::produce(&producer, &self.topic(topic_short), key, value.map(str::as_bytes)).await.unwrap();
+        tools::produce(
+            &producer,
+            &self.topic(topic_short),
+            key,
+            value.map(str::as_bytes),
+        )
+        .await
+        .unwrap();
     }
 
     pub async fn produce_many(&self, records: &[(String, Option<String>, Option<String>)]) {
         let producer = tools::producer(&brokers()).unwrap();
         for (topic, key, value) in records {
-            tools::produce(&producer, &self.topic(topic), key.as_deref(), value.as_deref().map(str::as_bytes))
-                .await
-                .unwrap();
+            tools::produce(
+                &producer,
+                &self.topic(topic),
+                key.as_deref(),
+                value.as_deref().map(str::as_bytes),
+            )
+            .await
+            .unwrap();
         }
     }
 
     /// (end offsets, committed offsets) of the consumed topics.
-    pub fn offsets(&self) -> (BTreeMap<(String, i32), i64>, BTreeMap<(String, i32), i64>) {
+    pub fn offsets(&self) -> (Offsets, Offsets) {
         let reader = tools::offset_reader(&brokers(), &self.config_base.group).unwrap();
-        let topics: Vec<&str> = self.config_base.topics[..4].iter().map(String::as_str).collect();
+        let topics: Vec<&str> = self.config_base.topics[..4]
+            .iter()
+            .map(String::as_str)
+            .collect();
         let ends = tools::end_offsets(&reader, &topics).unwrap();
         let parts: Vec<_> = ends.keys().cloned().collect();
         let committed = tools::committed_offsets(&reader, &parts).unwrap();
@@ -165,11 +208,16 @@ impl TestEnv {
         let started = Instant::now();
         loop {
             let (ends, committed) = tokio::task::block_in_place(|| self.offsets());
-            let done = ends.iter().all(|(tp, end)| *end == 0 || committed.get(tp).is_some_and(|c| c >= end));
+            let done = ends
+                .iter()
+                .all(|(tp, end)| *end == 0 || committed.get(tp).is_some_and(|c| c >= end));
             if done {
                 return;
             }
-            assert!(started.elapsed() < within, "not committed within {within:?}: ends {ends:?} committed {committed:?}");
+            assert!(
+                started.elapsed() < within,
+                "not committed within {within:?}: ends {ends:?} committed {committed:?}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -178,7 +226,11 @@ impl TestEnv {
     pub async fn wait_accepted(&self, n: u64, within: Duration) {
         let started = Instant::now();
         while self.sandbox.accepted_count() < n {
-            assert!(started.elapsed() < within, "only {} of {n} accepted", self.sandbox.accepted_count());
+            assert!(
+                started.elapsed() < within,
+                "only {} of {n} accepted",
+                self.sandbox.accepted_count()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -193,7 +245,8 @@ impl TestEnv {
             .unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.partitions {
-            tpl.add_partition_offset(&self.dead_letter_topic(), p, Offset::Beginning).unwrap();
+            tpl.add_partition_offset(&self.dead_letter_topic(), p, Offset::Beginning)
+                .unwrap();
         }
         consumer.assign(&tpl).unwrap();
         let started = Instant::now();
@@ -220,7 +273,11 @@ impl TestEnv {
         let extra_until = Instant::now() + Duration::from_millis(500);
         while Instant::now() < extra_until {
             if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-                out.push(DeadLetterRecord { key: None, value: None, headers: BTreeMap::new() });
+                out.push(DeadLetterRecord {
+                    key: None,
+                    value: None,
+                    headers: BTreeMap::new(),
+                });
             }
         }
         out
@@ -243,9 +300,19 @@ pub struct DeadLetterRecord {
 }
 
 pub fn scripted(status: u16, times: u32) -> Scripted {
-    Scripted { status, times, retry_after: None, delay_ms: 0 }
+    Scripted {
+        status,
+        times,
+        retry_after: None,
+        delay_ms: 0,
+    }
 }
 
 pub fn answer(status: u16, delay_ms: u64) -> DefaultAnswer {
-    DefaultAnswer { status, delay_ms, jitter_ms: 0, retry_after: None }
+    DefaultAnswer {
+        status,
+        delay_ms,
+        jitter_ms: 0,
+        retry_after: None,
+    }
 }
