@@ -316,3 +316,99 @@ pub fn answer(status: u16, delay_ms: u64) -> DefaultAnswer {
         retry_after: None,
     }
 }
+
+impl TestEnv {
+    /// Produces many records fast: pipelined, still one record per batch.
+    pub async fn produce_bulk(&self, records: Vec<(String, Option<String>, String)>) {
+        let producer = tools::producer(&brokers()).unwrap();
+        for chunk in records.chunks(2000) {
+            let sends = chunk.iter().map(|(topic, key, value)| {
+                let topic = self.topic(topic);
+                let producer = &producer;
+                async move {
+                    let mut record =
+                        rdkafka::producer::FutureRecord::<str, str>::to(&topic).payload(value);
+                    if let Some(k) = key {
+                        record = record.key(k);
+                    }
+                    producer
+                        .send(record, Duration::from_secs(30))
+                        .await
+                        .map_err(|(e, _)| e)
+                        .unwrap();
+                }
+            });
+            futures::future::join_all(sends).await;
+        }
+    }
+
+    /// A TOML file with this test's config, for running the binary as a process.
+    pub fn config_file(&self, extra: &str) -> tempfile::NamedTempFile {
+        use std::io::Write as _;
+        let [a, l, r, f, d] = &self.config_base.topics;
+        let text = format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+commit_interval = "100ms"
+[kafka.topics]
+assessments = "{a}"
+logins = "{l}"
+registrations = "{r}"
+fraud_signals = "{f}"
+dead_letter = "{d}"
+[kafka.properties]
+"session.timeout.ms" = "3000"
+"heartbeat.interval.ms" = "300"
+[recaptcha]
+endpoint = "{endpoint}"
+api_key = "{API_KEY}"
+project = "{PROJECT}"
+request_timeout = "2s"
+[cache]
+backend = "memory"
+[admin]
+listen = "127.0.0.1:{port}"
+{extra}
+"#,
+            brokers = brokers(),
+            group = self.config_base.group,
+            endpoint = self.endpoint,
+            port = free_port(),
+        );
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+}
+
+/// One outcome event per assessment: `n` events named `<tag>-<i>`.
+pub fn unique_events(tag: &str, n: usize) -> Vec<(String, Option<String>, String)> {
+    (0..n)
+        .map(|i| {
+            let event = serde_json::json!({"event_id": format!("{tag}-{i}"), "outcome": "chargeback",
+                "assessment": format!("projects/{PROJECT}/assessments/{tag}{i}")});
+            ("fraud-signals".to_owned(), Some(format!("k{i}")), event.to_string())
+        })
+        .collect()
+}
+
+/// Runs the service binary with a config file.
+pub fn spawn_binary(config: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args(["-s", sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
