@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
-use crate::{app, demo, sandbox, telemetry, tools};
+use crate::{app, bench, demo, sandbox, telemetry, tools};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,6 +53,26 @@ pub enum Command {
         config: Option<PathBuf>,
         #[arg(long, default_value_t = 3)]
         partitions: i32,
+    },
+    /// Benchmark: backlog into the local broker, the service as a child process, the
+    /// sandbox with a chosen latency; prints events/s, latency, CPU and peak RSS.
+    Bench {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        #[arg(long, default_value_t = 1024)]
+        max_in_flight: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Skip the max_in_flight = 1 baseline.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Stall the endpoint and report peak RSS with the backlog (runs 30 s).
+        #[arg(long)]
+        stalled: bool,
     },
     /// End-to-end demo on local defaults: sandbox endpoint, fresh topics, sample events for
     /// every rule, the service running until all of them are committed.
@@ -116,6 +136,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             tools::create_topics(&config.kafka.brokers, &all, partitions).await?;
             println!("topics ready: {}", all.join(", "));
             Ok(())
+        }
+        Command::Bench {
+            brokers,
+            events,
+            latency_ms,
+            max_in_flight,
+            partitions,
+            no_baseline,
+            stalled,
+        } => {
+            telemetry::init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
+            let args = bench::BenchArgs {
+                brokers,
+                events,
+                latency_ms,
+                max_in_flight,
+                partitions,
+                time_limit: std::time::Duration::from_secs(if stalled { 30 } else { 600 }),
+                stalled,
+            };
+            bench::run(args, !no_baseline).await
         }
         Command::Demo { config } => {
             let config = load(config.as_deref())?;

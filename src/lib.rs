@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod annotate;
 pub mod app;
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;

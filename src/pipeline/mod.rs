@@ -37,6 +37,9 @@ use crate::telemetry::Metrics;
 
 type Consumer = StreamConsumer<AnnotatorContext>;
 
+/// Every this many commit ticks, every owned partition is committed again even if unchanged.
+const RECOMMIT_EVERY_TICKS: u64 = 10;
+
 /// The librdkafka configuration of the consumer: passthrough properties first, then the
 /// keys that define offset semantics, which cannot be overridden.
 pub fn consumer_config(config: &Config) -> ClientConfig {
@@ -224,6 +227,7 @@ impl Service {
         let pending = Arc::new(AtomicUsize::new(0));
         let mut commit_tick = tokio::time::interval(self.config.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
         let mut pause_tick = tokio::time::interval(Duration::from_millis(20));
         let mut paused = false;
         let resume_below = self.config.max_pending / 2;
@@ -233,6 +237,10 @@ impl Service {
                 biased;
                 () = shutdown.cancelled() => break,
                 _ = commit_tick.tick() => {
+                    ticks += 1;
+                    if ticks.is_multiple_of(RECOMMIT_EVERY_TICKS) {
+                        self.shared.book.recommit_all();
+                    }
                     self.commit(CommitMode::Async);
                     self.shared.metrics.pending.set(i64::try_from(pending.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
                 }

@@ -175,6 +175,14 @@ impl OffsetBook {
             .collect()
     }
 
+    /// Hands every owned partition's commit offset out again on the next call: a periodic
+    /// refresh, so a commit lost without an error report is repaired.
+    pub fn recommit_all(&self) {
+        for entry in self.lock().values_mut() {
+            entry.offsets.reset_committed();
+        }
+    }
+
     /// After a failed commit: hand the offsets out again next time.
     pub fn commit_failed(&self, tps: &[TopicPartition]) {
         for (tp, entry) in self.lock().iter_mut() {

@@ -151,25 +151,25 @@ impl ConsumerContext for AnnotatorContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let tps = partitions(offsets);
-        match result {
-            Ok(()) => {
-                let commits: Vec<_> = offsets
-                    .elements()
-                    .iter()
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(o) => {
-                            Some((TopicPartition::new(e.topic(), e.partition()), o))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                self.record_committed(&commits);
+        // The request can succeed while single partitions fail (e.g. ILLEGAL_GENERATION
+        // during a rebalance): check each one and hand failed ones out again.
+        let mut failed = Vec::new();
+        let mut committed = Vec::new();
+        for e in offsets.elements() {
+            let tp = TopicPartition::new(e.topic(), e.partition());
+            match (&result, e.error(), e.offset()) {
+                (Ok(()), Ok(()), Offset::Offset(o)) => committed.push((tp, o)),
+                (Ok(()), Ok(()), _) => {}
+                _ => failed.push(tp),
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "offset commit failed; it will be retried");
-                self.book.commit_failed(&tps);
-            }
+        }
+        self.record_committed(&committed);
+        if !failed.is_empty() {
+            let error = result
+                .err()
+                .map_or_else(|| "partition error".to_owned(), |e| e.to_string());
+            tracing::warn!(error = %error, partitions = failed.len(), "offset commit failed; it will be retried");
+            self.book.commit_failed(&failed);
         }
     }
 }

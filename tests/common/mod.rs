@@ -76,6 +76,13 @@ impl TestEnv {
     }
 
     pub async fn with_partitions(name: &str, partitions: i32) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,rdkafka=warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

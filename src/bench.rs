@@ -1,0 +1,249 @@
+//! `recaptcha-annotator bench`: produces a backlog into the local broker, runs the service as
+//! a separate process against the in-process sandbox with a chosen latency, and prints
+//! events/s, produce-to-2xx percentiles, the service's CPU per 1,000 events and peak RSS;
+//! then the same with `max_in_flight = 1` as the baseline.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::{sandbox, tools};
+
+/// One measured run.
+#[derive(Debug)]
+pub struct Figures {
+    pub events: u64,
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub peak_rss_kib: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+}
+
+impl Figures {
+    pub fn rate(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let events = self.events as f64;
+        events / self.seconds
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+/// utime + stime of a process, in seconds (Linux `/proc`).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Peak resident set (`VmHWM`) in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+pub struct BenchArgs {
+    pub brokers: String,
+    pub events: u64,
+    pub latency_ms: u64,
+    pub max_in_flight: usize,
+    pub partitions: i32,
+    /// Stop after this long even if not all are done (the baseline at high latency).
+    pub time_limit: Duration,
+    /// Stall the endpoint and only measure RSS with the backlog.
+    pub stalled: bool,
+}
+
+pub async fn run_once(args: &BenchArgs) -> anyhow::Result<Figures> {
+    let stamp = now_ms();
+    let prefix = format!("bench-{stamp}-");
+    let topics = [
+        "assessments",
+        "logins",
+        "registrations",
+        "fraud-signals",
+        "dead-letter",
+    ]
+    .map(|t| format!("{prefix}{t}"));
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    tools::create_topics(&args.brokers, &refs, args.partitions).await?;
+
+    eprint!("producing {} events ...", args.events);
+    let producer = tools::producer(&args.brokers)?;
+    let mut produced = 0u64;
+    while produced < args.events {
+        let chunk = (args.events - produced).min(5000);
+        let sends = (produced..produced + chunk).map(|i| {
+            let value = json!({"event_id": format!("b{i}"), "outcome": "chargeback",
+                "assessment": format!("projects/1/assessments/b{i}"), "account_id": now_ms().to_string()})
+            .to_string();
+            let producer = &producer;
+            let topic = &topics[3];
+            async move {
+                let record = rdkafka::producer::FutureRecord::<str, str>::to(topic).payload(&value).key("k");
+                producer.send(record, Duration::from_secs(60)).await.map_err(|(e, _)| e)
+            }
+        });
+        for r in futures::future::join_all(sends).await {
+            r.context("producing")?;
+        }
+        produced += chunk;
+    }
+    eprintln!(" done");
+
+    let sandbox = sandbox::Sandbox::new(
+        None,
+        if args.stalled {
+            0
+        } else {
+            usize::try_from(args.events).unwrap_or(usize::MAX)
+        },
+    );
+    let delay = if args.stalled {
+        3_600_000
+    } else {
+        args.latency_ms
+    };
+    sandbox.set_script(sandbox::Script {
+        responses: vec![],
+        default: Some(sandbox::DefaultAnswer {
+            status: 200,
+            delay_ms: delay,
+            jitter_ms: 0,
+            retry_after: None,
+        }),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(sandbox::serve(listener, sandbox.clone()));
+
+    let config = format!(
+        "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{prefix}group\"\n[kafka.topics]\nassessments = \"{}\"\nlogins = \"{}\"\nregistrations = \"{}\"\nfraud_signals = \"{}\"\ndead_letter = \"{}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n[recaptcha]\nendpoint = \"{endpoint}\"\napi_key = \"bench\"\n[cache]\nbackend = \"memory\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[delivery]\nmax_in_flight = {}\nmax_pending = {}\n[log]\nlevel = \"warn\"\n",
+        args.brokers,
+        topics[0],
+        topics[1],
+        topics[2],
+        topics[3],
+        topics[4],
+        args.max_in_flight,
+        (args.max_in_flight * 4).max(10_000)
+    );
+    let mut file = tempfile::NamedTempFile::new()?;
+    file.write_all(config.as_bytes())?;
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let mut child = std::process::Command::new(exe)
+        .args(["run", "--config"])
+        .arg(file.path())
+        .spawn()?;
+    let pid = child.id();
+
+    let reader = tools::offset_reader(&args.brokers, &format!("{prefix}group"))?;
+    let parts: Vec<_> = (0..args.partitions)
+        .map(|p| (topics[3].clone(), p))
+        .collect();
+    let mut done = 0;
+    let mut peak = 0;
+    while started.elapsed() < args.time_limit {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        if args.stalled {
+            continue;
+        }
+        done = sandbox.accepted_count();
+        if done >= args.events {
+            let committed: i64 = tools::committed_offsets(&reader, &parts)?.values().sum();
+            if u64::try_from(committed).unwrap_or(0) >= args.events {
+                break;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid).unwrap_or(0.0);
+    peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+    let _ = std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+
+    let mut latencies: Vec<u64> = sandbox
+        .recorded()
+        .iter()
+        .filter_map(|r| {
+            Some(
+                r.at_ms
+                    .saturating_sub(r.body["accountId"].as_str()?.parse::<u64>().ok()?),
+            )
+        })
+        .collect();
+    latencies.sort_unstable();
+    let pct = |p: usize| {
+        latencies
+            .get(latencies.len().saturating_sub(1) * p / 100)
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok(Figures {
+        events: done,
+        seconds,
+        cpu_seconds: cpu,
+        peak_rss_kib: peak,
+        p50_ms: pct(50),
+        p99_ms: pct(99),
+    })
+}
+
+fn print(label: &str, f: &Figures) {
+    #[allow(clippy::cast_precision_loss)]
+    let cpu_per_k = if f.events > 0 {
+        f.cpu_seconds / f.events as f64 * 1000.0
+    } else {
+        0.0
+    };
+    println!(
+        "{label:<28} events {:>8}  {:>9.0} events/s  p50 {:>6} ms  p99 {:>6} ms  cpu {:.3} s/1000 events  peak RSS {:.1} MB",
+        f.events,
+        f.rate(),
+        f.p50_ms,
+        f.p99_ms,
+        cpu_per_k,
+        f.peak_rss_kib as f64 / 1024.0
+    );
+}
+
+pub async fn run(mut args: BenchArgs, baseline: bool) -> anyhow::Result<()> {
+    println!(
+        "workload: {} events backlog, endpoint latency {} ms, {} partitions (produce-to-2xx includes the backlog wait)",
+        args.events, args.latency_ms, args.partitions
+    );
+    if args.stalled {
+        let f = run_once(&args).await?;
+        println!(
+            "stalled endpoint, backlog {}: peak RSS {:.1} MB",
+            args.events,
+            f.peak_rss_kib as f64 / 1024.0
+        );
+        return Ok(());
+    }
+    let main = run_once(&args).await?;
+    print(&format!("max_in_flight = {}", args.max_in_flight), &main);
+    if baseline {
+        args.max_in_flight = 1;
+        args.time_limit = Duration::from_secs(20);
+        let base = run_once(&args).await?;
+        print("baseline max_in_flight = 1", &base);
+        println!("ratio: {:.1}x", main.rate() / base.rate().max(f64::EPSILON));
+    }
+    Ok(())
+}
