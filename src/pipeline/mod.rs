@@ -295,6 +295,11 @@ impl Service {
             tasks.wait().await;
         }
         self.commit(CommitMode::Sync);
+        // Abandoned events stay unfinished in the book; forget every partition so the
+        // revocation that closing the consumer triggers has nothing left to wait for.
+        for tp in self.shared.book.owned() {
+            self.shared.book.revoke(&tp);
+        }
         self.consumer.unsubscribe();
         drop(self.consumer);
         tracing::info!("left the group; stopped");
