@@ -313,9 +313,15 @@ impl Shared {
                     },
                 };
                 if self.dry_run {
+                    // The decision only: account ids and phone numbers never reach the logs.
+                    let mut decision: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or_default();
+                    if let Some(fields) = decision.as_object_mut() {
+                        fields.retain(|k, _| matches!(k.as_str(), "annotation" | "reasons"));
+                    }
                     tracing::info!(
                         topic = %msg.tp.topic, partition = msg.tp.partition, offset = msg.offset, event_id = %event_id,
-                        assessment = %name, body = %String::from_utf8_lossy(&body),
+                        assessment = %name, decision = %decision,
                         "dry run: would annotate"
                     );
                     return "dry_run";
