@@ -290,11 +290,10 @@ async fn every_bad_input_is_dead_lettered_with_its_headers_and_the_partition_goe
 async fn rejected_calls_are_dead_lettered_with_the_status() {
     let env = TestEnv::new("rejected").await;
     env.script(vec![scripted(400, 1), scripted(404, 1)], None);
-    for (i, key) in ["first", "second"].iter().enumerate() {
+    for key in ["first", "second"] {
         let event = json!({"event_id": key, "outcome": "verified", "assessment": format!("projects/{PROJECT}/assessments/same")});
         env.produce("registrations", Some(key), Some(&event.to_string()))
             .await;
-        let _ = i;
     }
     let service = env.start(env.config());
     env.wait_all_committed(Duration::from_secs(60)).await;
