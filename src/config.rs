@@ -209,6 +209,12 @@ pub struct CacheConfig {
     pub redis_url: SecretString,
     /// Prefix of Redis keys; a mapping is `SET <prefix><key> <assessment name> EX <ttl>`.
     pub redis_prefix: String,
+    /// Prefix of the Redis keys that remember annotated event ids (duplicate suppression).
+    pub redis_done_prefix: String,
+    /// How long an annotated `event_id` is remembered so a redelivered event is not sent
+    /// again; `0s` turns duplicate suppression off.
+    #[serde(with = "humantime_serde")]
+    pub dedup_ttl: Duration,
     /// File of the embedded store.
     pub path: PathBuf,
     /// How long a mapping is kept: chargebacks arrive weeks to months later.
@@ -222,6 +228,8 @@ impl Default for CacheConfig {
             backend: CacheBackend::Embedded,
             redis_url: SecretString::from("redis://127.0.0.1:6379"),
             redis_prefix: "recaptcha-annotator:key:".into(),
+            redis_done_prefix: "recaptcha-annotator:done:".into(),
+            dedup_ttl: Duration::from_secs(7 * 24 * 3600),
             path: PathBuf::from("data/annotator-cache.redb"),
             ttl: Duration::from_secs(90 * 24 * 3600),
         }
@@ -476,6 +484,12 @@ impl Config {
             &mut errors,
             !self.cache.redis_prefix.is_empty(),
             "cache.redis_prefix: must not be empty",
+        );
+        require(
+            &mut errors,
+            !self.cache.redis_done_prefix.is_empty()
+                && self.cache.redis_done_prefix != self.cache.redis_prefix,
+            "cache.redis_done_prefix: must not be empty or equal to cache.redis_prefix",
         );
 
         let d = &self.delivery;

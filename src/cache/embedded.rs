@@ -1,24 +1,64 @@
 //! Embedded persistent backend (redb): the default for a single instance.
 //!
 //! redb is a pure-Rust, ACID, copy-on-write B-tree store with no C dependencies and a stable
-//! file format. Each value is `expires_at (u64 unix seconds) || assessment name`. Expired
-//! entries read as misses and are swept on a timer, so disk use is bounded by the number of
-//! live mappings (one TTL's worth of assessments).
+//! file format. Values are `expires_at (u64 unix seconds, big endian) || payload`.
+//!
+//! Writes go through one writer thread that commits each batch of waiting writes in one
+//! durable transaction (group commit): a write is acknowledged only once it is on disk, so an
+//! offset is never committed for a mapping that a crash could lose, and one fsync serves many
+//! writes. Reads run concurrently on the blocking pool.
+//!
+//! Disk policy: expired entries read as misses and the writer sweeps them every
+//! `SWEEP_EVERY`, so the file holds at most one TTL's worth of mappings (and of remembered
+//! event ids); redb reuses freed pages, so the file stops growing once writes and expiry
+//! balance.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase as _, ReadableTableMetadata as _, TableDefinition};
+use redb::{Database, ReadableDatabase as _, TableDefinition};
+use tokio::sync::oneshot;
 
 use super::{Cache, CacheError, Lookup, parse_stored};
 use crate::domain::assessment::{AssessmentName, CorrelationKey};
 
 const MAPPINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("mappings");
+const DONE: TableDefinition<&str, &[u8]> = TableDefinition::new("done_events");
+
+/// How often expired entries are removed.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Which table a write goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Mapping,
+    Done,
+}
+
+impl Kind {
+    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            Self::Mapping => MAPPINGS,
+            Self::Done => DONE,
+        }
+    }
+}
+
+struct Write {
+    kind: Kind,
+    key: String,
+    value: Vec<u8>,
+    done: oneshot::Sender<Result<(), CacheError>>,
+}
 
 pub struct EmbeddedCache {
     db: Arc<Database>,
+    writes: mpsc::SyncSender<Write>,
 }
 
 fn db_error(err: impl std::fmt::Display) -> CacheError {
@@ -31,65 +71,151 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+fn expiry(value: &[u8]) -> u64 {
+    value
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+fn with_expiry(ttl: Duration, payload: &[u8]) -> Vec<u8> {
+    let mut value = now_secs()
+        .saturating_add(ttl.as_secs())
+        .to_be_bytes()
+        .to_vec();
+    value.extend_from_slice(payload);
+    value
+}
+
+fn commit_batch(db: &Database, batch: &[Write]) -> Result<(), CacheError> {
+    let txn = db.begin_write().map_err(db_error)?;
+    {
+        let mut mappings = txn.open_table(MAPPINGS).map_err(db_error)?;
+        let mut done = txn.open_table(DONE).map_err(db_error)?;
+        for w in batch {
+            let table = if w.kind == Kind::Mapping {
+                &mut mappings
+            } else {
+                &mut done
+            };
+            table
+                .insert(w.key.as_str(), w.value.as_slice())
+                .map_err(db_error)?;
+        }
+    }
+    txn.commit().map_err(db_error)
+}
+
+fn sweep(db: &Database) -> Result<(), CacheError> {
+    let now = now_secs();
+    let txn = db.begin_write().map_err(db_error)?;
+    for table in [MAPPINGS, DONE] {
+        txn.open_table(table)
+            .map_err(db_error)?
+            .retain(|_, v| expiry(v) > now)
+            .map_err(db_error)?;
+    }
+    txn.commit().map_err(db_error)
+}
+
+fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>) {
+    let mut next_sweep = std::time::Instant::now() + SWEEP_EVERY;
+    loop {
+        let first = match rx
+            .recv_timeout(next_sweep.saturating_duration_since(std::time::Instant::now()))
+        {
+            Ok(w) => w,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = sweep(&db) {
+                    tracing::warn!(error = %e, "embedded store sweep failed");
+                }
+                next_sweep = std::time::Instant::now() + SWEEP_EVERY;
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let result = commit_batch(&db, &batch);
+        for w in batch {
+            let _ = w.done.send(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| CacheError(e.0.clone())),
+            );
+        }
+    }
+}
+
 impl EmbeddedCache {
     pub fn open(path: &Path) -> Result<Self, CacheError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(db_error)?;
         }
-        let db = Database::create(path).map_err(db_error)?;
+        let db = Arc::new(Database::create(path).map_err(db_error)?);
         let txn = db.begin_write().map_err(db_error)?;
         txn.open_table(MAPPINGS).map_err(db_error)?;
+        txn.open_table(DONE).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
-        Ok(Self { db: Arc::new(db) })
+        let (writes, rx) = mpsc::sync_channel(MAX_BATCH);
+        let writer_db = Arc::clone(&db);
+        std::thread::Builder::new()
+            .name("embedded-cache-writer".into())
+            .spawn(move || writer(writer_db, rx))
+            .map_err(db_error)?;
+        Ok(Self { db, writes })
     }
 
-    /// Removes expired mappings; returns how many.
-    pub async fn sweep(&self) -> Result<usize, CacheError> {
+    async fn write(&self, kind: Kind, key: String, value: Vec<u8>) -> Result<(), CacheError> {
+        let (done, wait) = oneshot::channel();
+        let writes = self.writes.clone();
+        let write = Write {
+            kind,
+            key,
+            value,
+            done,
+        };
+        // The channel is bounded: a full queue blocks, so send from the blocking pool.
+        tokio::task::spawn_blocking(move || writes.send(write))
+            .await
+            .map_err(db_error)?
+            .map_err(|_| CacheError("embedded store writer stopped".into()))?;
+        wait.await
+            .map_err(|_| CacheError("embedded store writer stopped".into()))?
+    }
+
+    async fn read(&self, kind: Kind, key: String) -> Result<Option<Vec<u8>>, CacheError> {
         let db = Arc::clone(&self.db);
         tokio::task::spawn_blocking(move || {
-            let now = now_secs();
-            let txn = db.begin_write().map_err(db_error)?;
-            let removed = {
-                let mut table = txn.open_table(MAPPINGS).map_err(db_error)?;
-                let before = table.len().map_err(db_error)?;
-                table
-                    .retain(|_, value| value.len() < 8 || expiry(value) > now)
-                    .map_err(db_error)?;
-                before - table.len().map_err(db_error)?
-            };
-            txn.commit().map_err(db_error)?;
-            Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+            let txn = db.begin_read().map_err(db_error)?;
+            let table = txn.open_table(kind.table()).map_err(db_error)?;
+            let value = table.get(key.as_str()).map_err(db_error)?;
+            Ok(value
+                .map(|v| v.value().to_vec())
+                .filter(|v| expiry(v) > now_secs()))
         })
         .await
         .map_err(db_error)?
     }
-}
-
-fn expiry(value: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&value[..8]);
-    u64::from_be_bytes(bytes)
 }
 
 #[async_trait]
 impl Cache for EmbeddedCache {
     async fn get(&self, key: &CorrelationKey) -> Result<Lookup, CacheError> {
-        let db = Arc::clone(&self.db);
-        let key = key.as_str().to_owned();
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(db_error)?;
-            let table = txn.open_table(MAPPINGS).map_err(db_error)?;
-            let Some(value) = table.get(key.as_str()).map_err(db_error)? else {
-                return Ok(Lookup::Miss);
-            };
-            let value = value.value();
-            if value.len() < 8 || expiry(value) <= now_secs() {
-                return Ok(Lookup::Miss);
-            }
-            Ok(std::str::from_utf8(&value[8..]).map_or(Lookup::Invalid, parse_stored))
-        })
-        .await
-        .map_err(db_error)?
+        Ok(
+            match self.read(Kind::Mapping, key.as_str().to_owned()).await? {
+                None => Lookup::Miss,
+                Some(value) => {
+                    std::str::from_utf8(&value[8..]).map_or(Lookup::Invalid, parse_stored)
+                }
+            },
+        )
     }
 
     async fn put(
@@ -98,20 +224,21 @@ impl Cache for EmbeddedCache {
         assessment: &AssessmentName,
         ttl: Duration,
     ) -> Result<(), CacheError> {
-        let db = Arc::clone(&self.db);
-        let key = key.as_str().to_owned();
-        let mut value = (now_secs() + ttl.as_secs()).to_be_bytes().to_vec();
-        value.extend_from_slice(assessment.as_str().as_bytes());
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(db_error)?;
-            txn.open_table(MAPPINGS)
-                .map_err(db_error)?
-                .insert(key.as_str(), value.as_slice())
-                .map_err(db_error)?;
-            txn.commit().map_err(db_error)
-        })
+        self.write(
+            Kind::Mapping,
+            key.as_str().to_owned(),
+            with_expiry(ttl, assessment.as_str().as_bytes()),
+        )
         .await
-        .map_err(db_error)?
+    }
+
+    async fn is_done(&self, event_id: &str) -> Result<bool, CacheError> {
+        Ok(self.read(Kind::Done, event_id.to_owned()).await?.is_some())
+    }
+
+    async fn mark_done(&self, event_id: &str, ttl: Duration) -> Result<(), CacheError> {
+        self.write(Kind::Done, event_id.to_owned(), with_expiry(ttl, b""))
+            .await
     }
 
     async fn ping(&self) -> Result<(), CacheError> {

@@ -14,6 +14,7 @@ type Entries = HashMap<String, (AssessmentName, Instant)>;
 #[derive(Default)]
 pub struct MemoryCache {
     entries: Mutex<Entries>,
+    done: Mutex<HashMap<String, Instant>>,
 }
 
 impl MemoryCache {
@@ -46,6 +47,29 @@ impl Cache for MemoryCache {
             entries.retain(|_, (_, expires)| *expires > now);
         }
         entries.insert(key.as_str().to_owned(), (assessment.clone(), now + ttl));
+        Ok(())
+    }
+
+    async fn is_done(&self, event_id: &str) -> Result<bool, CacheError> {
+        let done = self
+            .done
+            .lock()
+            .map_err(|_| CacheError("memory cache lock poisoned".into()))?;
+        Ok(done
+            .get(event_id)
+            .is_some_and(|expires| *expires > Instant::now()))
+    }
+
+    async fn mark_done(&self, event_id: &str, ttl: Duration) -> Result<(), CacheError> {
+        let mut done = self
+            .done
+            .lock()
+            .map_err(|_| CacheError("memory cache lock poisoned".into()))?;
+        let now = Instant::now();
+        if done.len() > 100_000 {
+            done.retain(|_, expires| *expires > now);
+        }
+        done.insert(event_id.to_owned(), now + ttl);
         Ok(())
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Three backends behind one trait: [`memory`] (tests, demos), [`embedded`] (redb, one
 //! instance, survives restarts) and [`redis`] (shared by every instance of a group).
-//! Values are re-validated when read, since producers may write mappings directly.
+//! Values are re-validated when read, since producers may write mappings directly. The same
+//! store remembers the `event_id`s already annotated, to suppress duplicates on redelivery.
 
 pub mod embedded;
 pub mod memory;
@@ -42,6 +43,10 @@ pub trait Cache: Send + Sync + 'static {
         assessment: &AssessmentName,
         ttl: Duration,
     ) -> Result<(), CacheError>;
+    /// Whether `event_id` was annotated already (duplicate suppression after redelivery).
+    async fn is_done(&self, event_id: &str) -> Result<bool, CacheError>;
+    /// Remembers that `event_id` was annotated, for `ttl`.
+    async fn mark_done(&self, event_id: &str, ttl: Duration) -> Result<(), CacheError>;
     /// Checks that the backend answers (readiness).
     async fn ping(&self) -> Result<(), CacheError>;
     /// Backend name for logs and metrics.
@@ -57,8 +62,13 @@ pub async fn open(config: &CacheConfig) -> Result<Arc<dyn Cache>, CacheError> {
     Ok(match config.backend {
         CacheBackend::Memory => Arc::new(memory::MemoryCache::default()),
         CacheBackend::Embedded => Arc::new(embedded::EmbeddedCache::open(&config.path)?),
-        CacheBackend::Redis => {
-            Arc::new(redis::RedisCache::connect(&config.redis_url, &config.redis_prefix).await?)
-        }
+        CacheBackend::Redis => Arc::new(
+            redis::RedisCache::connect(
+                &config.redis_url,
+                &config.redis_prefix,
+                &config.redis_done_prefix,
+            )
+            .await?,
+        ),
     })
 }

@@ -2,7 +2,8 @@
 //!
 //! Contract for producers that write mappings themselves:
 //! `SET <cache.redis_prefix><key> <assessment name> EX <ttl seconds>`; the value is the full
-//! name `projects/<p>/assessments/<id>`.
+//! name `projects/<p>/assessments/<id>`. Annotated event ids are kept as
+//! `<cache.redis_done_prefix><event_id>` with `cache.dedup_ttl`.
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use crate::domain::assessment::{AssessmentName, CorrelationKey};
 pub struct RedisCache {
     conn: ConnectionManager,
     prefix: String,
+    done_prefix: String,
 }
 
 /// Redis errors can quote the URL; keep only the kind and the server's category.
@@ -25,11 +27,15 @@ fn redis_error(err: &redis::RedisError) -> CacheError {
 }
 
 impl RedisCache {
-    pub async fn connect(url: &SecretString, prefix: &str) -> Result<Self, CacheError> {
+    pub async fn connect(
+        url: &SecretString,
+        prefix: &str,
+        done_prefix: &str,
+    ) -> Result<Self, CacheError> {
         let client = redis::Client::open(url.expose_secret()).map_err(|e| redis_error(&e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_with_config(client, config)
             .await
@@ -37,6 +43,7 @@ impl RedisCache {
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
+            done_prefix: done_prefix.to_owned(),
         })
     }
 
@@ -62,6 +69,26 @@ impl Cache for RedisCache {
         let mut conn = self.conn.clone();
         let () = conn
             .set_ex(self.key(key), assessment.as_str(), ttl.as_secs().max(1))
+            .await
+            .map_err(|e| redis_error(&e))?;
+        Ok(())
+    }
+
+    async fn is_done(&self, event_id: &str) -> Result<bool, CacheError> {
+        let mut conn = self.conn.clone();
+        conn.exists(format!("{}{event_id}", self.done_prefix))
+            .await
+            .map_err(|e| redis_error(&e))
+    }
+
+    async fn mark_done(&self, event_id: &str, ttl: Duration) -> Result<(), CacheError> {
+        let mut conn = self.conn.clone();
+        let () = conn
+            .set_ex(
+                format!("{}{event_id}", self.done_prefix),
+                1,
+                ttl.as_secs().max(1),
+            )
             .await
             .map_err(|e| redis_error(&e))?;
         Ok(())

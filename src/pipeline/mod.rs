@@ -2,10 +2,12 @@
 //! shutdown.
 //!
 //! - [`offsets`]: which offsets are finished; the commit offset.
+//! - [`catchup`]: the join grace waits until owned assessments partitions are read.
 //! - [`lanes`]: per-assessment ordering.
 //! - [`partition`]: one event from decode to release.
 //! - [`rebalance`]: assignment, revocation, commit results.
 
+pub mod catchup;
 pub mod lanes;
 pub mod offsets;
 pub mod partition;
@@ -23,6 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::catchup::CatchUp;
 use self::lanes::Lanes;
 use self::offsets::{OffsetBook, TopicPartition};
 use self::partition::{Message, Shared, TopicKind};
@@ -30,12 +33,15 @@ use self::rebalance::{AnnotatorContext, PartitionTokens, commit_list};
 use crate::admin::Health;
 use crate::annotate::AnnotateClient;
 use crate::cache::Cache;
-use crate::config::{Config, RESERVED_KAFKA_PROPERTIES, Validated};
+use crate::config::{CacheBackend, Config, RESERVED_KAFKA_PROPERTIES, Validated};
 use crate::dead_letter::DeadLetterWriter;
 use crate::domain::rules::OutcomeTopic;
 use crate::telemetry::Metrics;
 
 type Consumer = StreamConsumer<AnnotatorContext>;
+
+/// How often consumer lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// Every this many commit ticks, every owned partition is committed again even if unchanged.
 const RECOMMIT_EVERY_TICKS: u64 = 10;
@@ -85,6 +91,7 @@ fn producer_properties(config: &Config) -> Vec<(String, String)> {
 /// Everything built from the config before the loop starts.
 pub struct Service {
     consumer: Consumer,
+    watermarks: Arc<rdkafka::consumer::BaseConsumer>,
     shared: Arc<Shared>,
     tokens: Arc<PartitionTokens>,
     abandon_all: CancellationToken,
@@ -109,6 +116,19 @@ impl Service {
     ) -> anyhow::Result<Self> {
         let book = Arc::new(OffsetBook::default());
         let tokens = Arc::new(PartitionTokens::default());
+        let catch_up = Arc::new(CatchUp::default());
+        let mut plain = ClientConfig::new();
+        for (k, v) in producer_properties(config) {
+            plain.set(k, v);
+        }
+        let watermarks: Arc<rdkafka::consumer::BaseConsumer> = Arc::new(
+            plain
+                .set("bootstrap.servers", &config.kafka.brokers)
+                .set("group.id", &config.kafka.group_id)
+                .set("enable.auto.commit", "false")
+                .create()
+                .context("creating the watermark client")?,
+        );
         let abandon_all = CancellationToken::new();
         let context = AnnotatorContext {
             book: Arc::clone(&book),
@@ -117,6 +137,17 @@ impl Service {
             health: Arc::clone(&health),
             rebalance_timeout: config.delivery.rebalance_timeout,
             abandon_all: abandon_all.clone(),
+            catch_up: Arc::clone(&catch_up),
+            assessments_topic: Arc::from(config.kafka.topics.assessments.as_str()),
+            watermarks: Arc::clone(&watermarks),
+            topics: config
+                .kafka
+                .topics
+                .consumed()
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
+            local_cache: config.cache.backend != CacheBackend::Redis,
         };
         let consumer: Consumer = consumer_config(config)
             .create_with_context(context)
@@ -147,6 +178,8 @@ impl Service {
             dry_run: config.dry_run,
             delivery: config.delivery.clone(),
             cache_ttl: config.cache.ttl,
+            dedup_ttl: config.cache.dedup_ttl,
+            catch_up,
             cache,
             client,
             dead_letter,
@@ -161,6 +194,7 @@ impl Service {
         });
         Ok(Self {
             consumer,
+            watermarks,
             shared,
             tokens,
             abandon_all,
@@ -207,6 +241,40 @@ impl Service {
         }
     }
 
+    /// Updates the per-partition lag gauges off the poll loop (watermarks are network calls):
+    /// high watermark minus commit offset, never negative.
+    fn spawn_lag_update(&self, running: &Arc<std::sync::atomic::AtomicBool>) {
+        if running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let running = Arc::clone(running);
+        let client = Arc::clone(&self.watermarks);
+        let book = Arc::clone(&self.shared.book);
+        let metrics = self.shared.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            for tp in book.owned() {
+                let Ok((_, high)) =
+                    client.fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(5))
+                else {
+                    continue;
+                };
+                // Read the commit offset after the watermark, so a busy partition reads low,
+                // never negative.
+                let Some(position) = book.committable(&tp) else {
+                    continue;
+                };
+                if !book.owns(&tp) {
+                    continue;
+                }
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[tp.topic.as_ref(), &tp.partition.to_string()])
+                    .set((high - position).max(0));
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
+
     fn set_paused(&self, pause: bool) {
         let result = self.consumer.assignment().and_then(|tpl| {
             if pause {
@@ -228,6 +296,9 @@ impl Service {
         let mut commit_tick = tokio::time::interval(self.config.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
+        let mut lag_tick = tokio::time::interval(LAG_EVERY);
+        lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let lag_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut pause_tick = tokio::time::interval(Duration::from_millis(20));
         let mut paused = false;
         let resume_below = self.config.max_pending / 2;
@@ -244,6 +315,7 @@ impl Service {
                     self.commit(CommitMode::Async);
                     self.shared.metrics.pending.set(i64::try_from(pending.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
                 }
+                _ = lag_tick.tick() => self.spawn_lag_update(&lag_running),
                 _ = pause_tick.tick(), if paused => {
                     if pending.load(Ordering::Relaxed) <= resume_below {
                         self.set_paused(false);

@@ -165,6 +165,11 @@ impl OffsetBook {
         self.changed.notify_all();
     }
 
+    /// The commit offset of `tp` (everything below it is finished), if owned and any seen.
+    pub fn committable(&self, tp: &TopicPartition) -> Option<i64> {
+        self.lock().get(tp).and_then(|e| e.offsets.committable())
+    }
+
     /// Commit offsets that moved since the last call, for `only` or every owned partition.
     pub fn take_commits(&self, only: Option<&[TopicPartition]>) -> Vec<(TopicPartition, i64)> {
         let mut owned = self.lock();

@@ -24,6 +24,9 @@ use crate::domain::event::{AssessmentEvent, OutcomeEvent};
 use crate::domain::rules::{OutcomeTopic, Rules};
 use crate::telemetry::Metrics;
 
+/// Tries to remember an annotated event id before giving up (its offset is not held for it).
+const REMEMBER_ATTEMPTS: u32 = 3;
+
 /// Which of the consumed topics a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicKind {
@@ -138,6 +141,9 @@ pub struct Shared {
     pub dry_run: bool,
     pub delivery: DeliveryConfig,
     pub cache_ttl: Duration,
+    /// How long annotated event ids are remembered; zero = no duplicate suppression.
+    pub dedup_ttl: Duration,
+    pub catch_up: Arc<super::catchup::CatchUp>,
     pub cache: Arc<dyn Cache>,
     pub client: AnnotateClient,
     pub dead_letter: DeadLetterWriter,
@@ -326,8 +332,13 @@ impl Shared {
                     );
                     return "dry_run";
                 }
+                if self.already_done(&event_id).await {
+                    tracing::debug!(topic = %msg.tp.topic, partition = msg.tp.partition, offset = msg.offset, event_id = %event_id, "already annotated; not sent again");
+                    return "duplicate";
+                }
                 match self.deliver(&name, body).await {
                     Ok(()) => {
+                        self.remember_done(&event_id).await;
                         tracing::debug!(topic = %msg.tp.topic, partition = msg.tp.partition, offset = msg.offset, event_id = %event_id, "annotated");
                         "annotated"
                     }
@@ -365,12 +376,52 @@ impl Shared {
         tokio::time::sleep(backoff.next_delay(None)).await;
     }
 
+    /// Whether the event was annotated before (a redelivery); retried while the cache is down.
+    async fn already_done(&self, event_id: &str) -> bool {
+        if self.dedup_ttl.is_zero() {
+            return false;
+        }
+        let mut backoff = self.backoff();
+        loop {
+            match self.cache.is_done(event_id).await {
+                Ok(done) => {
+                    self.health.set_cache_down(false);
+                    return done;
+                }
+                Err(e) => self.cache_failed(&e, &mut backoff).await,
+            }
+        }
+    }
+
+    /// Remembers an annotated event. A failure only weakens duplicate suppression (delivery
+    /// stays at least once), so it is logged and the event finishes.
+    async fn remember_done(&self, event_id: &str) {
+        if self.dedup_ttl.is_zero() {
+            return;
+        }
+        let mut backoff = self.backoff();
+        for attempt in 1..=REMEMBER_ATTEMPTS {
+            match self.cache.mark_done(event_id, self.dedup_ttl).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.metrics.cache_errors.inc();
+                    if attempt == REMEMBER_ATTEMPTS {
+                        tracing::warn!(error = %e, "could not remember an annotated event; a redelivery would be sent again");
+                    } else {
+                        tokio::time::sleep(backoff.next_delay(None)).await;
+                    }
+                }
+            }
+        }
+    }
+
     /// Looks the key up until it is found or the grace period ends (`unjoined`).
     async fn join(&self, key: &CorrelationKey) -> Result<AssessmentName, DeadLetter> {
         let started = Instant::now();
         let mut parked = false;
         let mut backoff = self.backoff();
         let result = loop {
+            let caught_up_before = self.catch_up.caught_up_since(&self.book);
             match self.cache.get(key).await {
                 Ok(Lookup::Hit(name)) => {
                     self.health.set_cache_down(false);
@@ -396,7 +447,13 @@ impl Shared {
                 }
                 Ok(Lookup::Miss) => {
                     self.health.set_cache_down(false);
-                    if started.elapsed() >= self.delivery.join_grace {
+                    // The grace period counts from when this instance has read its
+                    // assessments partitions up to where they ended at assignment; the
+                    // state is taken before the lookup, so a miss after catch-up is real.
+                    let expired = caught_up_before.is_some_and(|since| {
+                        started.max(since).elapsed() >= self.delivery.join_grace
+                    });
+                    if expired {
                         self.metrics.joins.with_label_values(&["unjoined"]).inc();
                         break Err(DeadLetter {
                             reason: DeadLetterReason::Unjoined,
@@ -411,8 +468,7 @@ impl Shared {
                         parked = true;
                         self.metrics.parked.inc();
                     }
-                    let left = self.delivery.join_grace.saturating_sub(started.elapsed());
-                    tokio::time::sleep(self.delivery.join_retry.min(left)).await;
+                    tokio::time::sleep(self.delivery.join_retry).await;
                 }
                 Err(e) => self.cache_failed(&e, &mut backoff).await,
             }

@@ -14,6 +14,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::catchup::CatchUp;
 use super::offsets::{OffsetBook, TopicPartition};
 use crate::admin::Health;
 use crate::telemetry::Metrics;
@@ -67,6 +68,26 @@ pub struct AnnotatorContext {
     pub rebalance_timeout: Duration,
     /// Parent of every partition token.
     pub abandon_all: CancellationToken,
+    pub catch_up: Arc<CatchUp>,
+    pub assessments_topic: Arc<str>,
+    /// A plain client (no group) for watermarks and metadata, queried off the poll thread.
+    pub watermarks: Arc<BaseConsumer>,
+    /// The consumed topics, for the partial-assignment check.
+    pub topics: Vec<String>,
+    /// The cache is local to this instance (embedded, memory): warn when other members own
+    /// partitions, since joins then need a shared backend.
+    pub local_cache: bool,
+}
+
+/// Longest wait for one watermark or metadata answer.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `f` on the blocking pool when a runtime is there (rebalance callbacks also run while
+/// the consumer closes).
+fn off_the_poll_thread(f: impl FnOnce() + Send + 'static) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn_blocking(f);
+    }
 }
 
 impl ClientContext for AnnotatorContext {}
@@ -113,9 +134,13 @@ impl AnnotatorContext {
         }
         for tp in tps {
             self.book.revoke(tp);
+            self.catch_up.revoked(tp);
             if let Some(token) = self.tokens.remove(tp) {
                 token.cancel();
             }
+            let labels = [tp.topic.as_ref(), &tp.partition.to_string()];
+            let _ = self.metrics.consumer_lag.remove_label_values(&labels);
+            let _ = self.metrics.committed_offset.remove_label_values(&labels);
         }
         tracing::info!(partitions = tps.len(), drained, "partitions revoked");
     }
@@ -133,9 +158,35 @@ impl ConsumerContext for AnnotatorContext {
             }
             Rebalance::Assign(tpl) => {
                 self.metrics.rebalances.with_label_values(&["assign"]).inc();
+                let mut assessments = Vec::new();
                 for tp in partitions(tpl) {
                     self.tokens.insert(tp.clone(), &self.abandon_all);
-                    self.book.assign(tp);
+                    self.book.assign(tp.clone());
+                    if tp.topic == self.assessments_topic {
+                        self.catch_up.assigned(tp.clone());
+                        assessments.push(tp);
+                    }
+                }
+                if !assessments.is_empty() {
+                    let client = Arc::clone(&self.watermarks);
+                    let catch_up = Arc::clone(&self.catch_up);
+                    off_the_poll_thread(move || {
+                        for tp in assessments {
+                            let end = client.fetch_watermarks(&tp.topic, tp.partition, QUERY_TIMEOUT).map_or_else(
+                                |e| {
+                                    tracing::warn!(error = %e, partition = tp.partition, "no end offset for catch-up; not waiting for it");
+                                    0
+                                },
+                                |(_, high)| high,
+                            );
+                            tracing::info!(
+                                partition = tp.partition,
+                                end,
+                                "assessments partition: catching up to its end offset"
+                            );
+                            catch_up.target(&tp, end);
+                        }
+                    });
                 }
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
             }
@@ -147,7 +198,31 @@ impl ConsumerContext for AnnotatorContext {
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
-        self.health.set_assigned(!self.book.owned().is_empty());
+        let owned = self.book.owned().len();
+        self.health.set_assigned(owned > 0);
+        if self.local_cache && owned > 0 {
+            let client = Arc::clone(&self.watermarks);
+            let topics = self.topics.clone();
+            off_the_poll_thread(move || {
+                let total: usize = topics
+                    .iter()
+                    .filter_map(|t| client.fetch_metadata(Some(t), QUERY_TIMEOUT).ok())
+                    .flat_map(|m| {
+                        m.topics()
+                            .iter()
+                            .map(|t| t.partitions().len())
+                            .collect::<Vec<_>>()
+                    })
+                    .sum();
+                if owned < total {
+                    tracing::warn!(
+                        owned,
+                        total,
+                        "this instance owns only part of the partitions: other members exist, and joins need a shared cache (cache.backend = \"redis\")"
+                    );
+                }
+            });
+        }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {

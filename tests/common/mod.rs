@@ -2,7 +2,7 @@
 //! the real broker (`ANNOTATOR_TEST_BROKERS`, default 127.0.0.1:9092; `.ci/run` starts one).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -242,12 +242,14 @@ impl TestEnv {
         }
     }
 
-    /// Every record of the dead-letter topic.
+    /// Every record of the dead-letter topic: reads from the beginning until every partition
+    /// reports its end (and at least `expect` records, within `within`).
     pub fn dead_letters(&self, expect: usize, within: Duration) -> Vec<DeadLetterRecord> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers())
             .set("group.id", format!("{}reader", self.prefix))
             .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
@@ -258,35 +260,39 @@ impl TestEnv {
         consumer.assign(&tpl).unwrap();
         let started = Instant::now();
         let mut out = Vec::new();
-        while out.len() < expect && started.elapsed() < within {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                let mut headers = BTreeMap::new();
-                if let Some(h) = m.headers() {
-                    for header in h.iter() {
-                        headers.insert(
-                            header.key.to_owned(),
-                            String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
-                        );
+        let mut at_end = BTreeSet::new();
+        while (out.len() < expect || at_end.len() < self.partitions as usize)
+            && started.elapsed() < within.max(Duration::from_secs(5))
+        {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let mut headers = BTreeMap::new();
+                    if let Some(h) = m.headers() {
+                        for header in h.iter() {
+                            headers.insert(
+                                header.key.to_owned(),
+                                String::from_utf8_lossy(header.value.unwrap_or_default())
+                                    .into_owned(),
+                            );
+                        }
                     }
+                    out.push(DeadLetterRecord {
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+                        headers,
+                    });
                 }
-                out.push(DeadLetterRecord {
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
-                    headers,
-                });
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                _ => {}
             }
         }
-        // Give a surplus record a moment to show up, so "exactly" assertions mean it.
-        let extra_until = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < extra_until {
-            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-                out.push(DeadLetterRecord {
-                    key: None,
-                    value: None,
-                    headers: BTreeMap::new(),
-                });
-            }
-        }
+        assert_eq!(
+            at_end.len(),
+            self.partitions as usize,
+            "dead-letter topic not read to its end"
+        );
         out
     }
 
@@ -373,8 +379,7 @@ endpoint = "{endpoint}"
 api_key = "{API_KEY}"
 project = "{PROJECT}"
 request_timeout = "2s"
-[cache]
-backend = "memory"
+{cache}
 [admin]
 listen = "127.0.0.1:{port}"
 {extra}
@@ -383,6 +388,11 @@ listen = "127.0.0.1:{port}"
             group = self.config_base.group,
             endpoint = self.endpoint,
             port = free_port(),
+            cache = if extra.contains("[cache]") {
+                ""
+            } else {
+                "[cache]\nbackend = \"memory\""
+            },
         );
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(text.as_bytes()).unwrap();
@@ -418,4 +428,90 @@ pub fn signal(child: &std::process::Child, sig: &str) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// The Redis server of the suite (`ANNOTATOR_TEST_REDIS`; `scripts/test.sh` starts one).
+pub fn redis_url() -> String {
+    std::env::var("ANNOTATOR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+impl TestEnv {
+    /// Points `config` at Redis under this test's own key prefixes.
+    pub fn use_redis(&self, config: &mut Config, url: &str) {
+        config.cache.backend = CacheBackend::Redis;
+        config.cache.redis_url = SecretString::from(url.to_owned());
+        config.cache.redis_prefix = format!("{}key:", self.prefix);
+        config.cache.redis_done_prefix = format!("{}done:", self.prefix);
+    }
+
+    /// The TOML lines for the same, for `config_file`.
+    pub fn redis_toml(&self, url: &str) -> String {
+        format!(
+            "[cache]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{p}key:\"\nredis_done_prefix = \"{p}done:\"\n",
+            p = self.prefix
+        )
+    }
+}
+
+/// A private redis-server on a spare port, persisting to `dir` (append-only, fsync always),
+/// so it can be stopped and started again with its data.
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub fn start(dir: &std::path::Path) -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            dir: dir.to_owned(),
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
