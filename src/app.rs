@@ -35,13 +35,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let cache = cache::open(&config.cache)
         .await
         .with_context(|| format!("cache.backend = {:?}", config.cache.backend))?;
-    let client = AnnotateClient::new(
-        &validated.endpoint,
-        auth(&config)?,
-        config.recaptcha.request_timeout,
-        config.recaptcha.max_idle_connections,
-    )
-    .context("building the HTTP client")?;
+    let client = AnnotateClient::new(&validated.endpoint, auth(&config)?, &config.recaptcha)
+        .context("building the HTTP client")?;
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
         listener,

@@ -73,6 +73,20 @@ pub enum Command {
         /// Stall the endpoint and report peak RSS with the backlog (runs 30 s).
         #[arg(long)]
         stalled: bool,
+        /// Outcomes reference their assessment by key, joined through the cache.
+        #[arg(long)]
+        join: bool,
+        /// Cache backend of the service: memory, embedded or redis.
+        #[arg(long, default_value = "memory")]
+        backend: String,
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+        /// delivery.max_pending (the service default when not given).
+        #[arg(long)]
+        max_pending: Option<usize>,
+        /// Talk HTTP/1.1 to the sandbox instead of HTTP/2.
+        #[arg(long)]
+        http1: bool,
     },
     /// End-to-end demo on local defaults: sandbox endpoint, fresh topics, sample events for
     /// every rule, the service running until all of them are committed.
@@ -145,6 +159,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             partitions,
             no_baseline,
             stalled,
+            join,
+            backend,
+            redis_url,
+            max_pending,
+            http1,
         } => {
             telemetry::init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
             let args = bench::BenchArgs {
@@ -155,6 +174,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 partitions,
                 time_limit: std::time::Duration::from_secs(if stalled { 30 } else { 600 }),
                 stalled,
+                join,
+                backend,
+                redis_url,
+                max_pending,
+                http2: !http1,
             };
             bench::run(args, !no_baseline).await
         }

@@ -171,8 +171,15 @@ pub struct RecaptchaConfig {
     /// Deadline of one annotate call.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Connections kept open to the endpoint per host.
+    /// Connections kept open to the endpoint per HTTP client.
     pub max_idle_connections: usize,
+    /// Independent HTTP clients used in turn. With HTTP/2 each keeps one connection whose
+    /// concurrent streams the server caps (about 100 at Google), so in-flight calls are
+    /// bounded by about `clients` x 100: raise it with `delivery.max_in_flight`.
+    pub clients: usize,
+    /// Speak HTTP/2 without TLS negotiation to a plain `http://` endpoint (the sandbox
+    /// supports it). `https://` endpoints negotiate HTTP/2 by ALPN whatever this says.
+    pub http2_prior_knowledge: bool,
 }
 
 impl Default for RecaptchaConfig {
@@ -184,6 +191,8 @@ impl Default for RecaptchaConfig {
             api_key: None,
             request_timeout: Duration::from_secs(10),
             max_idle_connections: 512,
+            clients: 16,
+            http2_prior_knowledge: false,
         }
     }
 }
@@ -274,7 +283,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             max_in_flight: 1024,
-            max_pending: 20_000,
+            max_pending: 4096,
             join_grace: Duration::from_secs(60),
             join_retry: Duration::from_millis(500),
             retry_initial: Duration::from_secs(1),
@@ -522,6 +531,12 @@ impl Config {
             &mut errors,
             !d.halt_retry.is_zero(),
             "delivery.halt_retry: must be above zero",
+        );
+
+        require(
+            &mut errors,
+            self.recaptcha.clients >= 1,
+            "recaptcha.clients: must be at least 1",
         );
 
         let admin_listen = match self.admin.listen.parse::<SocketAddr>() {

@@ -1,5 +1,7 @@
 //! `POST {endpoint}/v1/{name}:annotate` over HTTPS with a pooled client.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -8,6 +10,7 @@ use serde::Deserialize;
 
 use super::auth::Auth;
 use super::retry::{Delivery, RetryCause, classify_status, parse_retry_after};
+use crate::config::RecaptchaConfig;
 use crate::domain::api::AnnotateRequest;
 use crate::domain::assessment::AssessmentName;
 
@@ -16,7 +19,11 @@ const MAX_DETAIL: usize = 300;
 
 #[derive(Clone)]
 pub struct AnnotateClient {
-    http: reqwest::Client,
+    /// Independent clients used in turn: an HTTP/2 client multiplexes on one connection, and
+    /// servers cap the streams per connection (100-200), so several are needed to keep
+    /// thousands of calls in flight.
+    http: Arc<[reqwest::Client]>,
+    next: Arc<AtomicUsize>,
     base: String,
     auth: Auth,
 }
@@ -54,20 +61,27 @@ impl AnnotateClient {
     pub fn new(
         endpoint: &reqwest::Url,
         auth: Auth,
-        timeout: Duration,
-        max_idle: usize,
+        config: &RecaptchaConfig,
     ) -> reqwest::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(max_idle)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .user_agent(concat!("recaptcha-annotator/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = (0..config.clients.max(1))
+            .map(|_| {
+                let mut builder = reqwest::Client::builder()
+                    .timeout(config.request_timeout)
+                    .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .pool_max_idle_per_host(config.max_idle_connections)
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .tcp_nodelay(true)
+                    .user_agent(concat!("recaptcha-annotator/", env!("CARGO_PKG_VERSION")));
+                if config.http2_prior_knowledge && endpoint.scheme() == "http" {
+                    builder = builder.http2_prior_knowledge();
+                }
+                builder.build()
+            })
+            .collect::<reqwest::Result<Vec<_>>>()?;
         Ok(Self {
-            http,
+            http: http.into(),
+            next: Arc::default(),
             base: endpoint.as_str().trim_end_matches('/').to_owned(),
             auth,
         })
@@ -101,8 +115,8 @@ impl AnnotateClient {
                 .with_log(&e);
             }
         };
-        let response = self
-            .http
+        let client = &self.http[self.next.fetch_add(1, Ordering::Relaxed) % self.http.len()];
+        let response = client
             .post(self.url(name))
             .headers(headers)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))

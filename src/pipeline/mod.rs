@@ -40,6 +40,9 @@ use crate::telemetry::Metrics;
 
 type Consumer = StreamConsumer<AnnotatorContext>;
 
+/// How long the pending limit may hold before fetching is paused.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
 /// How often consumer lag is measured.
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
@@ -50,8 +53,13 @@ const RECOMMIT_EVERY_TICKS: u64 = 10;
 /// keys that define offset semantics, which cannot be overridden.
 pub fn consumer_config(config: &Config) -> ClientConfig {
     let mut cc = ClientConfig::new();
+    // Defaults the deployment may override: start new groups at the beginning, rebalance
+    // incrementally, and bound librdkafka's prefetch queue (64 MiB per partition by default),
+    // which would otherwise dominate memory with a backlog.
     cc.set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("queued.min.messages", "20000")
+        .set("queued.max.messages.kbytes", "8192");
     for (key, value) in &config.kafka.properties {
         if RESERVED_KAFKA_PROPERTIES.contains(&key.as_str()) {
             tracing::warn!(key = %key, "kafka.properties cannot override this key; ignored");
@@ -292,18 +300,29 @@ impl Service {
     /// commits synchronously and leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
-        let pending = Arc::new(AtomicUsize::new(0));
+        let pending = Arc::new(Pending::default());
         let mut commit_tick = tokio::time::interval(self.config.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
         let mut lag_tick = tokio::time::interval(LAG_EVERY);
         lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lag_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut pause_tick = tokio::time::interval(Duration::from_millis(20));
+        // Backpressure: at `max_pending` the loop stops taking messages; if that lasts
+        // `PAUSE_AFTER` (a stalled endpoint, a long halt) it pauses the assignment and polls
+        // on, so it stays a live group member, until half the room is free again. Short
+        // waits never pause, which would make librdkafka drop and re-fetch its queue.
+        let mut pause_tick = tokio::time::interval(Duration::from_millis(50));
         let mut paused = false;
-        let resume_below = self.config.max_pending / 2;
+        let mut full_since: Option<tokio::time::Instant> = None;
+        let limit = self.config.max_pending;
         tracing::info!("consuming");
         loop {
+            let room = pending.count() < limit;
+            if room {
+                full_since = None;
+            } else if full_since.is_none() {
+                full_since = Some(tokio::time::Instant::now());
+            }
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -313,16 +332,21 @@ impl Service {
                         self.shared.book.recommit_all();
                     }
                     self.commit(CommitMode::Async);
-                    self.shared.metrics.pending.set(i64::try_from(pending.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+                    self.shared.metrics.pending.set(i64::try_from(pending.count()).unwrap_or(i64::MAX));
                 }
                 _ = lag_tick.tick() => self.spawn_lag_update(&lag_running),
-                _ = pause_tick.tick(), if paused => {
-                    if pending.load(Ordering::Relaxed) <= resume_below {
+                () = pending.freed.notified(), if !room => {}
+                _ = pause_tick.tick(), if paused || full_since.is_some() => {
+                    if paused && pending.count() <= limit / 2 {
                         self.set_paused(false);
                         paused = false;
+                    } else if !paused && full_since.is_some_and(|t| t.elapsed() >= PAUSE_AFTER) {
+                        tracing::info!(pending = pending.count(), "pending limit reached for a while; pausing fetches");
+                        self.set_paused(true);
+                        paused = true;
                     }
                 }
-                received = self.consumer.recv() => {
+                received = self.consumer.recv(), if room || paused => {
                     let m = match received {
                         Ok(m) => m,
                         Err(e) => {
@@ -336,31 +360,24 @@ impl Service {
                     let Some(abandon) = self.tokens.get(&msg.tp) else { continue };
                     let plan = self.shared.plan(&msg);
                     let slot = plan.lane().map(|lane| self.shared.lanes.enter(lane));
-                    let counter = PendingGuard::new(&pending);
+                    let counter = PendingGuard::new(&pending, limit);
                     let shared = Arc::clone(&self.shared);
                     tasks.spawn(async move {
                         shared.run(msg, ticket, plan, slot, abandon).await;
                         drop(counter);
                     });
-                    if !paused && pending.load(Ordering::Relaxed) >= self.config.max_pending {
-                        self.set_paused(true);
-                        paused = true;
-                    }
                 }
             }
         }
 
-        tracing::info!(
-            pending = pending.load(Ordering::Relaxed),
-            "shutting down: draining"
-        );
+        tracing::info!(pending = pending.count(), "shutting down: draining");
         tasks.close();
         if tokio::time::timeout(self.config.shutdown_timeout, tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                pending = pending.load(Ordering::Relaxed),
+                pending = pending.count(),
                 "drain deadline passed; abandoning unfinished events (they will be redelivered)"
             );
             self.abandon_all.cancel();
@@ -379,18 +396,40 @@ impl Service {
     }
 }
 
+/// Events taken from Kafka and not finished.
+#[derive(Default)]
+struct Pending {
+    count: AtomicUsize,
+    /// Signalled when the count falls below the limit.
+    freed: tokio::sync::Notify,
+}
+
+impl Pending {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
 /// Counts an event as pending for as long as it lives.
-struct PendingGuard(Arc<AtomicUsize>);
+struct PendingGuard {
+    pending: Arc<Pending>,
+    limit: usize,
+}
 
 impl PendingGuard {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::clone(counter))
+    fn new(pending: &Arc<Pending>, limit: usize) -> Self {
+        pending.count.fetch_add(1, Ordering::Relaxed);
+        Self {
+            pending: Arc::clone(pending),
+            limit,
+        }
     }
 }
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.pending.count.fetch_sub(1, Ordering::AcqRel) == self.limit {
+            self.pending.freed.notify_one();
+        }
     }
 }
