@@ -76,6 +76,10 @@ pub fn router(health: Arc<Health>, metrics: Metrics) -> Router {
 }
 
 async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
+    state
+        .metrics
+        .ready
+        .set(i64::from(state.health.readiness().is_ok()));
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

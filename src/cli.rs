@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
-use crate::{app, bench, demo, sandbox, telemetry, tools};
+use crate::{app, bench, check, demo, replay, sandbox, telemetry, tools};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,6 +46,17 @@ pub enum Command {
         /// How many accepted requests are kept for GET /sandbox/requests.
         #[arg(long, default_value_t = 100_000)]
         record_limit: usize,
+    },
+    /// Validate the config, reach the broker, the cache and the endpoint, and print the
+    /// effective config with secrets redacted. Exits non-zero with the reason.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Work with the dead-letter topic.
+    DeadLetter {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
     },
     /// Create the configured topics (consumed ones and the dead-letter topic).
     CreateTopics {
@@ -96,6 +107,55 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// Re-publish dead-lettered events to their source topic (after a rule, a mapping or a
+    /// permission was fixed). Never replays a record twice: progress is kept in a consumer
+    /// group.
+    Replay {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only this reason (decode, unknown_outcome, invalid_reference, unjoined, rejected);
+        /// repeatable. All reasons when not given.
+        #[arg(long = "reason")]
+        reasons: Vec<String>,
+        /// Only records dead-lettered at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records dead-lettered before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Consumer group that remembers what was replayed (default: `<kafka.group_id>-replay`).
+        #[arg(long)]
+        group: Option<String>,
+        /// Records already replayed this many times are left alone.
+        #[arg(long, default_value_t = 3)]
+        max_replays: u32,
+        /// Count only; publish and commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn parse_time(
+    flag: &str,
+    value: Option<&str>,
+) -> anyhow::Result<Option<chrono::DateTime<chrono::FixedOffset>>> {
+    value
+        .map(|v| {
+            chrono::DateTime::parse_from_rfc3339(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+        })
+        .transpose()
+}
+
+const REASONS: [&str; 5] = [
+    "decode",
+    "unknown_outcome",
+    "invalid_reference",
+    "unjoined",
+    "rejected",
+];
+
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
@@ -140,6 +200,72 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(&listen).await?;
             tracing::info!(listen = %listener.local_addr()?, "sandbox annotate endpoint listening");
             sandbox::serve(listener, sandbox).await?;
+            Ok(())
+        }
+        Command::Check { config } => {
+            let config = load(config.as_deref())?;
+            println!(
+                "effective configuration (secrets redacted):\n{}\n",
+                config.redacted()
+            );
+            let findings = check::run(&config).await?;
+            let mut failed = Vec::new();
+            for f in &findings {
+                println!(
+                    "{} {:<8} {}",
+                    if f.ok { "ok  " } else { "FAIL" },
+                    f.what,
+                    f.detail
+                );
+                if !f.ok {
+                    failed.push(f.what);
+                }
+            }
+            anyhow::ensure!(failed.is_empty(), "check failed: {}", failed.join(", "));
+            Ok(())
+        }
+        Command::DeadLetter {
+            command:
+                DeadLetterCommand::Replay {
+                    config,
+                    reasons,
+                    since,
+                    until,
+                    group,
+                    max_replays,
+                    dry_run,
+                },
+        } => {
+            let config = load(config.as_deref())?;
+            telemetry::init_logging(cli.log_format.unwrap_or(config.log.format), "warn");
+            if let Some(bad) = reasons.iter().find(|r| !REASONS.contains(&r.as_str())) {
+                anyhow::bail!("--reason {bad:?}: must be one of {}", REASONS.join(", "));
+            }
+            let args = replay::ReplayArgs {
+                reasons,
+                since: parse_time("since", since.as_deref())?,
+                until: parse_time("until", until.as_deref())?,
+                group: group.unwrap_or_else(|| format!("{}-replay", config.kafka.group_id)),
+                max_replays,
+                dry_run,
+            };
+            let report = replay::run(&config, &args).await?;
+            let skipped: Vec<String> = report
+                .skipped
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            println!(
+                "read {} dead letters; {} {}; skipped: {}",
+                report.read,
+                if dry_run { "would replay" } else { "replayed" },
+                report.replayed,
+                if skipped.is_empty() {
+                    "none".into()
+                } else {
+                    skipped.join(", ")
+                }
+            );
             Ok(())
         }
         Command::CreateTopics { config, partitions } => {

@@ -301,12 +301,16 @@ impl Default for DeliveryConfig {
 pub struct AdminConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub listen: String,
+    /// How often consumer lag (`annotator_consumer_lag`) is measured from the broker.
+    #[serde(with = "humantime_serde")]
+    pub lag_interval: Duration,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9464".into(),
+            lag_interval: Duration::from_secs(5),
         }
     }
 }
@@ -537,6 +541,12 @@ impl Config {
             &mut errors,
             self.recaptcha.clients >= 1,
             "recaptcha.clients: must be at least 1",
+        );
+
+        require(
+            &mut errors,
+            !self.admin.lag_interval.is_zero(),
+            "admin.lag_interval: must be above zero",
         );
 
         let admin_listen = match self.admin.listen.parse::<SocketAddr>() {

@@ -55,6 +55,20 @@ pub struct Source<'a> {
     pub offset: i64,
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
+    /// Carried over when a replayed event is dead-lettered again.
+    pub replay_count: Option<u32>,
+}
+
+/// Header that counts how often `dead-letter replay` re-published an event.
+pub const REPLAY_COUNT: &str = "annotator.replay_count";
+
+/// Reads `annotator.replay_count` from a message's headers.
+pub fn replay_count(headers: &rdkafka::message::BorrowedHeaders) -> Option<u32> {
+    use rdkafka::message::Headers as _;
+    headers
+        .iter()
+        .find(|h| h.key == REPLAY_COUNT)
+        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
 }
 
 #[derive(Clone)]
@@ -102,6 +116,13 @@ impl DeadLetterWriter {
                 key: "annotator.source",
                 value: Some(origin.as_str()),
             });
+        let replays = source.replay_count.map(|n| n.to_string());
+        if let Some(replays) = &replays {
+            headers = headers.insert(Header {
+                key: REPLAY_COUNT,
+                value: Some(replays.as_str()),
+            });
+        }
         if let Some(status) = &status {
             headers = headers.insert(Header {
                 key: "annotator.status",

@@ -34,6 +34,8 @@ pub struct Metrics {
     /// `annotator_rebalances_total{kind}`.
     pub rebalances: IntCounterVec,
     pub halted: IntGauge,
+    /// 1 when `/readyz` would answer 200.
+    pub ready: IntGauge,
     pub cache_errors: IntCounter,
     pub end_to_end: HistogramVec,
 }
@@ -171,6 +173,11 @@ impl Metrics {
                 &registry,
                 "annotator_halted",
                 "1 while sending is halted on credentials (401, 403, invalid API key)",
+            ),
+            ready: gauge(
+                &registry,
+                "annotator_ready",
+                "1 when ready (assigned, cache reachable, not halted), else 0",
             ),
             cache_errors: {
                 let metric = IntCounter::new(

@@ -49,13 +49,13 @@ pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
         .context("creating a producer")
 }
 
-/// Produces one record and waits for the broker.
+/// Produces one record and waits for the broker; returns its partition and offset.
 pub async fn produce(
     producer: &FutureProducer,
     topic: &str,
     key: Option<&str>,
     value: Option<&[u8]>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(i32, i64)> {
     let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic);
     if let Some(k) = key {
         record = record.key(k);
@@ -63,11 +63,11 @@ pub async fn produce(
     if let Some(v) = value {
         record = record.payload(v);
     }
-    producer
+    let delivery = producer
         .send(record, Duration::from_secs(10))
         .await
         .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
-    Ok(())
+    Ok((delivery.partition, delivery.offset))
 }
 
 /// A plain consumer for offset queries, in `group` (it never joins: no subscribe).

@@ -43,9 +43,6 @@ type Consumer = StreamConsumer<AnnotatorContext>;
 /// How long the pending limit may hold before fetching is paused.
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
-/// How often consumer lag is measured.
-const LAG_EVERY: Duration = Duration::from_secs(5);
-
 /// Every this many commit ticks, every owned partition is committed again even if unchanged.
 const RECOMMIT_EVERY_TICKS: u64 = 10;
 
@@ -111,6 +108,7 @@ struct ServiceTuning {
     commit_interval: Duration,
     max_pending: usize,
     shutdown_timeout: Duration,
+    lag_interval: Duration,
 }
 
 impl Service {
@@ -211,6 +209,7 @@ impl Service {
                 commit_interval: config.kafka.commit_interval,
                 max_pending: config.delivery.max_pending,
                 shutdown_timeout: config.delivery.shutdown_timeout,
+                lag_interval: config.admin.lag_interval,
             },
         })
     }
@@ -227,6 +226,7 @@ impl Service {
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
             timestamp_ms: m.timestamp().to_millis(),
+            replay_count: m.headers().and_then(crate::dead_letter::replay_count),
         })
     }
 
@@ -237,10 +237,9 @@ impl Service {
         }
         let result = commit_list(&commits).and_then(|tpl| self.consumer.commit(&tpl, mode));
         match result {
-            Ok(()) if matches!(mode, CommitMode::Sync) => {
-                self.consumer.context().record_committed(&commits)
-            }
-            Ok(()) => {}
+            // An asynchronous commit is recorded when sent; a failure reported later hands
+            // the offsets out again, and the retry records them anew.
+            Ok(()) => self.consumer.context().record_committed(&commits),
             Err(e) => {
                 tracing::warn!(error = %e, "offset commit failed; it will be retried");
                 let tps: Vec<_> = commits.into_iter().map(|(tp, _)| tp).collect();
@@ -283,16 +282,23 @@ impl Service {
         });
     }
 
-    fn set_paused(&self, pause: bool) {
-        let result = self.consumer.assignment().and_then(|tpl| {
-            if pause {
-                self.consumer.pause(&tpl)
-            } else {
-                self.consumer.resume(&tpl)
+    /// Pauses the outcome partitions (`Paused::Outcomes`), every partition
+    /// (`Paused::All`), or resumes everything (`Paused::No`).
+    fn set_paused(&self, state: Paused) {
+        let result = self.consumer.assignment().and_then(|assigned| {
+            if state == Paused::No {
+                return self.consumer.resume(&assigned);
             }
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for e in assigned.elements() {
+                if state == Paused::All || *e.topic() != *self.kinds[0].0 {
+                    tpl.add_partition(e.topic(), e.partition());
+                }
+            }
+            self.consumer.pause(&tpl)
         });
         if let Err(e) = result {
-            tracing::warn!(error = %e, pause, "could not pause or resume fetching");
+            tracing::warn!(error = %e, state = ?state, "could not pause or resume fetching");
         }
     }
 
@@ -304,25 +310,29 @@ impl Service {
         let mut commit_tick = tokio::time::interval(self.config.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
-        let mut lag_tick = tokio::time::interval(LAG_EVERY);
+        let mut lag_tick = tokio::time::interval(self.config.lag_interval);
         lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lag_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        // Backpressure: at `max_pending` the loop stops taking messages; if that lasts
-        // `PAUSE_AFTER` (a stalled endpoint, a long halt) it pauses the assignment and polls
-        // on, so it stays a live group member, until half the room is free again. Short
-        // waits never pause, which would make librdkafka drop and re-fetch its queue.
+        // Backpressure: at `max_pending` the loop stops taking messages. If that lasts
+        // `PAUSE_AFTER` (a stalled endpoint, a long halt, outcomes parked for their keys) it
+        // pauses the outcome partitions and polls on, so it stays a live group member and
+        // keeps reading `assessments` (the mappings parked outcomes wait for); at twice the
+        // limit it pauses those too. Everything resumes at half the limit. Short waits never
+        // pause, which would make librdkafka drop and re-fetch its queue.
         let mut pause_tick = tokio::time::interval(Duration::from_millis(50));
-        let mut paused = false;
+        let mut paused = Paused::No;
         let mut full_since: Option<tokio::time::Instant> = None;
         let limit = self.config.max_pending;
         tracing::info!("consuming");
         loop {
-            let room = pending.count() < limit;
+            let count = pending.count();
+            let room = count < limit;
             if room {
                 full_since = None;
             } else if full_since.is_none() {
                 full_since = Some(tokio::time::Instant::now());
             }
+            let receiving = room || paused != Paused::No;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -332,21 +342,30 @@ impl Service {
                         self.shared.book.recommit_all();
                     }
                     self.commit(CommitMode::Async);
-                    self.shared.metrics.pending.set(i64::try_from(pending.count()).unwrap_or(i64::MAX));
+                    self.shared.metrics.pending.set(i64::try_from(count).unwrap_or(i64::MAX));
                 }
                 _ = lag_tick.tick() => self.spawn_lag_update(&lag_running),
-                () = pending.freed.notified(), if !room => {}
-                _ = pause_tick.tick(), if paused || full_since.is_some() => {
-                    if paused && pending.count() <= limit / 2 {
-                        self.set_paused(false);
-                        paused = false;
-                    } else if !paused && full_since.is_some_and(|t| t.elapsed() >= PAUSE_AFTER) {
-                        tracing::info!(pending = pending.count(), "pending limit reached for a while; pausing fetches");
-                        self.set_paused(true);
-                        paused = true;
+                () = pending.freed.notified(), if !receiving => {}
+                _ = pause_tick.tick(), if paused != Paused::No || full_since.is_some() => {
+                    let next = if count <= limit / 2 {
+                        Paused::No
+                    } else if count >= 2 * limit {
+                        Paused::All
+                    } else if paused != Paused::No || full_since.is_some_and(|t| t.elapsed() >= PAUSE_AFTER) {
+                        paused.max(Paused::Outcomes)
+                    } else {
+                        paused
+                    };
+                    if next != paused {
+                        tracing::info!(pending = count, from = ?paused, to = ?next, "fetch pause changed");
+                        self.set_paused(next);
+                        paused = next;
+                    } else if paused != Paused::No {
+                        // Partitions assigned since the pause start unpaused.
+                        self.set_paused(paused);
                     }
                 }
-                received = self.consumer.recv(), if room || paused => {
+                received = self.consumer.recv(), if receiving => {
                     let m = match received {
                         Ok(m) => m,
                         Err(e) => {
@@ -394,6 +413,14 @@ impl Service {
         tracing::info!("left the group; stopped");
         Ok(())
     }
+}
+
+/// Which partitions are paused for backpressure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Paused {
+    No,
+    Outcomes,
+    All,
 }
 
 /// Events taken from Kafka and not finished.

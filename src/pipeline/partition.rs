@@ -54,6 +54,8 @@ pub struct Message {
     pub payload: Option<Vec<u8>>,
     /// Producer or log-append time, for the end-to-end latency metric.
     pub timestamp_ms: Option<i64>,
+    /// `annotator.replay_count` of a message re-published by `dead-letter replay`.
+    pub replay_count: Option<u32>,
 }
 
 impl Message {
@@ -64,6 +66,7 @@ impl Message {
             offset: self.offset,
             key: self.key.as_deref(),
             payload: self.payload.as_deref(),
+            replay_count: self.replay_count,
         }
     }
 

@@ -45,6 +45,8 @@ pub struct TestEnv {
     pub endpoint: String,
     pub admin_port: u16,
     pub partitions: i32,
+    /// (topic, partition) -> one past the highest offset this test produced.
+    produced: std::sync::Mutex<Offsets>,
 }
 
 /// What each test may tweak before starting the service.
@@ -118,6 +120,7 @@ impl TestEnv {
             endpoint,
             admin_port: free_port(),
             partitions,
+            produced: std::sync::Mutex::default(),
         }
     }
 
@@ -173,27 +176,34 @@ impl TestEnv {
 
     pub async fn produce(&self, topic_short: &str, key: Option<&str>, value: Option<&str>) {
         let producer = tools::producer(&brokers()).unwrap();
-        tools::produce(
-            &producer,
-            &self.topic(topic_short),
-            key,
-            value.map(str::as_bytes),
-        )
-        .await
-        .unwrap();
+        let topic = self.topic(topic_short);
+        let at = tools::produce(&producer, &topic, key, value.map(str::as_bytes))
+            .await
+            .unwrap();
+        self.produced(&topic, at);
+    }
+
+    /// Records a produced offset: the end offsets the tests wait for come from here, since
+    /// Tansu's watermarks can read low.
+    fn produced(&self, topic: &str, (partition, offset): (i32, i64)) {
+        let mut ends = self.produced.lock().unwrap();
+        let end = ends.entry((topic.to_owned(), partition)).or_insert(0);
+        *end = (*end).max(offset + 1);
     }
 
     pub async fn produce_many(&self, records: &[(String, Option<String>, Option<String>)]) {
         let producer = tools::producer(&brokers()).unwrap();
         for (topic, key, value) in records {
-            tools::produce(
+            let topic = self.topic(topic);
+            let at = tools::produce(
                 &producer,
-                &self.topic(topic),
+                &topic,
                 key.as_deref(),
                 value.as_deref().map(str::as_bytes),
             )
             .await
             .unwrap();
+            self.produced(&topic, at);
         }
     }
 
@@ -204,7 +214,11 @@ impl TestEnv {
             .iter()
             .map(String::as_str)
             .collect();
-        let ends = tools::end_offsets(&reader, &topics).unwrap();
+        let mut ends = tools::end_offsets(&reader, &topics).unwrap();
+        for (tp, end) in self.produced.lock().unwrap().iter() {
+            let e = ends.entry(tp.clone()).or_insert(0);
+            *e = (*e).max(*end);
+        }
         let parts: Vec<_> = ends.keys().cloned().collect();
         let committed = tools::committed_offsets(&reader, &parts).unwrap();
         (ends, committed)
@@ -242,9 +256,19 @@ impl TestEnv {
         }
     }
 
-    /// Every record of the dead-letter topic: reads from the beginning until every partition
-    /// reports its end (and at least `expect` records, within `within`).
+    /// Every record of the dead-letter topic (at least `expect`, waiting up to `within`).
     pub fn dead_letters(&self, expect: usize, within: Duration) -> Vec<DeadLetterRecord> {
+        self.read_topic(&self.dead_letter_topic(), expect, within)
+    }
+
+    /// Every record of `topic`: reads from the beginning until every partition reports its
+    /// end (and at least `expect` records, within `within`).
+    pub fn read_topic(
+        &self,
+        topic: &str,
+        expect: usize,
+        within: Duration,
+    ) -> Vec<DeadLetterRecord> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers())
             .set("group.id", format!("{}reader", self.prefix))
@@ -254,7 +278,7 @@ impl TestEnv {
             .unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.partitions {
-            tpl.add_partition_offset(&self.dead_letter_topic(), p, Offset::Beginning)
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
                 .unwrap();
         }
         consumer.assign(&tpl).unwrap();
@@ -291,7 +315,7 @@ impl TestEnv {
         assert_eq!(
             at_end.len(),
             self.partitions as usize,
-            "dead-letter topic not read to its end"
+            "{topic} not read to its end"
         );
         out
     }
@@ -344,11 +368,12 @@ impl TestEnv {
                     if let Some(k) = key {
                         record = record.key(k);
                     }
-                    producer
+                    let delivery = producer
                         .send(record, Duration::from_secs(30))
                         .await
                         .map_err(|(e, _)| e)
                         .unwrap();
+                    self.produced(&topic, (delivery.partition, delivery.offset));
                 }
             });
             futures::future::join_all(sends).await;
@@ -514,4 +539,35 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The value of one sample in Prometheus text: `name` with every label of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// Sum of every sample of `name`.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let metric = series.split_once('{').map_or(series, |(m, _)| m);
+            (metric == name)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }

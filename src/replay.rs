@@ -1,0 +1,209 @@
+//! `recaptcha-annotator dead-letter replay`: re-publishes dead-lettered events to the topic
+//! they came from, after a rule, a mapping or a permission was fixed.
+//!
+//! - Filters: `annotator.error` reason(s) and the record time window.
+//! - Each replayed record carries `annotator.replay_count` (previous + 1); the service copies
+//!   it onto a new dead letter, and records at `--max-replays` are not replayed again.
+//! - The command reads the dead-letter topic as its own consumer group and commits what it
+//!   has read, so a record is never replayed twice by the command: a second run starts where
+//!   the first ended.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::dead_letter::REPLAY_COUNT;
+
+pub struct ReplayArgs {
+    /// Only these `annotator.error` reasons; all when empty.
+    pub reasons: Vec<String>,
+    /// Only records written at or after this time.
+    pub since: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// Only records written before this time.
+    pub until: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// Consumer group that remembers what was read.
+    pub group: String,
+    /// Records replayed this many times already are left alone.
+    pub max_replays: u32,
+    /// Count what would be replayed; publish and commit nothing.
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub read: u64,
+    pub replayed: u64,
+    /// Skipped, by why.
+    pub skipped: BTreeMap<&'static str, u64>,
+}
+
+/// How long the topic may stay quiet before the command considers it read.
+const QUIET: Duration = Duration::from_secs(3);
+
+pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
+    let topics = &config.kafka.topics;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &args.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .context("creating the dead-letter reader")?;
+    let metadata = consumer
+        .fetch_metadata(Some(&topics.dead_letter), Duration::from_secs(10))
+        .context("reading dead-letter topic metadata")?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    anyhow::ensure!(
+        !partitions.is_empty(),
+        "dead-letter topic {} not found",
+        topics.dead_letter
+    );
+    let mut wanted = TopicPartitionList::new();
+    for p in &partitions {
+        wanted.add_partition(&topics.dead_letter, *p);
+    }
+    let committed = consumer.committed_offsets(wanted, Duration::from_secs(10))?;
+    let mut start = TopicPartitionList::new();
+    for e in committed.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        start.add_partition_offset(&topics.dead_letter, e.partition(), offset)?;
+    }
+    drop(committed);
+    consumer.assign(&start)?;
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("acks", "all")
+        .create()
+        .context("creating the replay producer")?;
+    let sources = config.kafka.topics.consumed();
+    let mut report = ReplayReport::default();
+    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut at_end = std::collections::BTreeSet::new();
+    let mut last_message = Instant::now();
+    while at_end.len() < partitions.len() || last_message.elapsed() < QUIET {
+        if at_end.len() == partitions.len() && last_message.elapsed() >= QUIET {
+            break;
+        }
+        let message = match consumer.poll(Duration::from_millis(200)) {
+            None => {
+                if last_message.elapsed() >= QUIET {
+                    break;
+                }
+                continue;
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+                continue;
+            }
+            Some(Err(e)) => return Err(e).context("reading the dead-letter topic"),
+            Some(Ok(m)) => m,
+        };
+        last_message = Instant::now();
+        at_end.remove(&message.partition());
+        next_offsets.insert(message.partition(), message.offset() + 1);
+        report.read += 1;
+        let header = |key: &str| -> Option<String> {
+            let headers = message.headers()?;
+            let h = headers.iter().find(|h| h.key == key)?;
+            Some(String::from_utf8_lossy(h.value?).into_owned())
+        };
+        let reason = header("annotator.error").unwrap_or_default();
+        let source_topic = header("annotator.source").and_then(|s| {
+            let mut parts = s.rsplitn(3, '/');
+            let (_, _, topic) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(topic.to_owned())
+        });
+        let replays: u32 = header(REPLAY_COUNT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let when = message
+            .timestamp()
+            .to_millis()
+            .and_then(chrono::DateTime::from_timestamp_millis);
+        let skip = if !args.reasons.is_empty() && !args.reasons.contains(&reason) {
+            Some("reason")
+        } else if args.since.is_some_and(|s| when.is_none_or(|w| w < s))
+            || args.until.is_some_and(|u| when.is_none_or(|w| w >= u))
+        {
+            Some("time")
+        } else if replays >= args.max_replays {
+            Some("max_replays")
+        } else if source_topic
+            .as_deref()
+            .is_none_or(|t| !sources.contains(&t))
+        {
+            Some("unknown_source")
+        } else {
+            None
+        };
+        if let Some(why) = skip {
+            *report.skipped.entry(why).or_default() += 1;
+            continue;
+        }
+        let Some(topic) = source_topic else { continue };
+        if !args.dry_run {
+            let count = (replays + 1).to_string();
+            let mut headers = OwnedHeaders::new();
+            if let Some(original) = message.headers() {
+                for h in original.iter().filter(|h| !h.key.starts_with("annotator.")) {
+                    headers = headers.insert(Header {
+                        key: h.key,
+                        value: h.value,
+                    });
+                }
+            }
+            headers = headers.insert(Header {
+                key: REPLAY_COUNT,
+                value: Some(count.as_str()),
+            });
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&topic).headers(headers);
+            if let Some(k) = message.key() {
+                record = record.key(k);
+            }
+            if let Some(v) = message.payload() {
+                record = record.payload(v);
+            }
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .with_context(|| format!("re-publishing to {topic}"))?;
+        }
+        report.replayed += 1;
+        if report.read.is_multiple_of(1000) {
+            eprintln!(
+                "read {} dead letters, replayed {}",
+                report.read, report.replayed
+            );
+        }
+    }
+    if !args.dry_run && !next_offsets.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &next_offsets {
+            tpl.add_partition_offset(&topics.dead_letter, *p, Offset::Offset(*o))?;
+        }
+        consumer
+            .commit(&tpl, CommitMode::Sync)
+            .context("committing what was replayed")?;
+    }
+    Ok(report)
+}

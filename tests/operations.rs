@@ -1,0 +1,318 @@
+#![allow(clippy::unwrap_used)]
+//! Operating the service: metrics, readiness, `check`, `dead-letter replay`, and logs that
+//! never carry secrets. Real broker, real Redis, the sandbox endpoint.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_and_lag_falls_to_zero() {
+    let env = TestEnv::new("scrape").await;
+    env.script(vec![], Some(answer(200, 20)));
+    let good = 300;
+    let mut records = Vec::new();
+    for i in 0..good {
+        let event = json!({"event_id": format!("m{i}"), "outcome": "chargeback", "account_id": "acct-must-not-show",
+            "assessment": format!("projects/{PROJECT}/assessments/metric{i}")});
+        records.push((
+            "fraud-signals".to_owned(),
+            Some(format!("k{i}")),
+            event.to_string(),
+        ));
+    }
+    for i in 0..3 {
+        records.push((
+            "fraud-signals".to_owned(),
+            Some(format!("bad{i}")),
+            "not json".to_owned(),
+        ));
+    }
+    env.produce_bulk(records).await;
+    let mut config = env.config();
+    config.delivery.max_in_flight = 4;
+    config.admin.lag_interval = Duration::from_millis(200);
+    let service = env.start(config);
+    // Lag is seen above zero while the backlog drains, then falls to zero.
+    let started = Instant::now();
+    let mut max_lag = 0.0f64;
+    let text = loop {
+        let (_, text) = env.http_get("/metrics").await;
+        let lag = metric_sum(&text, "annotator_consumer_lag");
+        max_lag = max_lag.max(lag);
+        let annotated = metric(
+            &text,
+            "annotator_events_total",
+            &[("topic", "fraud_signals"), ("result", "annotated")],
+        );
+        if annotated == Some(f64::from(good))
+            && text.contains("annotator_consumer_lag{")
+            && lag == 0.0
+        {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "metrics never settled:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(max_lag > 0.0, "lag was never seen above zero");
+    assert_eq!(
+        metric(
+            &text,
+            "annotator_events_total",
+            &[("topic", "fraud_signals"), ("result", "dead_lettered")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "annotator_annotate_requests_total",
+            &[("status_class", "2xx")]
+        ),
+        Some(f64::from(good))
+    );
+    assert_eq!(
+        metric(&text, "annotator_annotate_duration_seconds_count", &[]),
+        Some(f64::from(good))
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "annotator_dead_letters_total",
+            &[("reason", "decode")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&text, "annotator_join_total", &[("result", "inline")]),
+        Some(f64::from(good))
+    );
+    assert_eq!(metric(&text, "annotator_in_flight", &[]), Some(0.0));
+    assert_eq!(metric(&text, "annotator_halted", &[]), Some(0.0));
+    assert_eq!(metric(&text, "annotator_ready", &[]), Some(1.0));
+    assert_eq!(metric(&text, "annotator_build_info", &[]), Some(1.0));
+    assert!(metric(&text, "annotator_rebalances_total", &[("kind", "assign")]).unwrap() >= 1.0);
+    assert_eq!(
+        metric_sum(&text, "annotator_committed_offset"),
+        f64::from(good + 3)
+    );
+    // Bounded labels only: no event ids, accounts or assessment ids.
+    for leak in ["acct-must-not-show", "metric1", "m1\"", "bad0"] {
+        assert!(!text.contains(leak), "{leak} in metrics");
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            line.starts_with("annotator_"),
+            "metric without the prefix: {line}"
+        );
+    }
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_goes_from_starting_to_ready() {
+    let env = TestEnv::new("ready").await;
+    let service = env.start(env.config());
+    let started = Instant::now();
+    let mut seen_starting = false;
+    loop {
+        let (status, body) = env.http_get("/readyz").await;
+        if status == 503 {
+            assert!(body.contains("consumer group"), "{body}");
+            seen_starting = true;
+        }
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never ready: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen_starting, "was ready before joining the group");
+    assert_eq!(env.http_get("/healthz").await.0, 200);
+    service.stop().await;
+    // Cache down and halted on credentials are covered in tests/cache.rs and tests/delivery.rs.
+}
+
+fn run_command(args: &[&str], env_vars: &[(&str, &str)]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
+        .args(args)
+        .envs(env_vars.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_a_live_stack_and_names_what_is_down() {
+    let env = TestEnv::new("check").await;
+    let file = env.config_file(&env.redis_toml(&redis_url()));
+    let path = file.path().to_str().unwrap();
+    let (ok, stdout, stderr) =
+        tokio::task::block_in_place(|| run_command(&["check", "--config", path], &[]));
+    assert!(ok, "live stack: {stdout}\n{stderr}");
+    for line in ["ok   broker", "ok   cache", "ok   endpoint", "REDACTED"] {
+        assert!(stdout.contains(line), "{line} missing:\n{stdout}");
+    }
+    assert!(!stdout.contains(API_KEY), "API key printed:\n{stdout}");
+
+    let dead = format!("127.0.0.1:{}", free_port());
+    let vars = [
+        ("ANNOTATOR__KAFKA__BROKERS", dead.as_str()),
+        ("ANNOTATOR__CACHE__REDIS_URL", "redis://127.0.0.1:1"),
+    ];
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let mut all = vars.to_vec();
+    all.push(("ANNOTATOR__RECAPTCHA__ENDPOINT", endpoint.as_str()));
+    let (ok, stdout, stderr) =
+        tokio::task::block_in_place(|| run_command(&["check", "--config", path], &all));
+    assert!(!ok, "dead stack passed:\n{stdout}");
+    for line in ["FAIL broker", "FAIL cache", "FAIL endpoint"] {
+        assert!(stdout.contains(line), "{line} missing:\n{stdout}");
+    }
+    assert!(stderr.contains("check failed"), "{stderr}");
+    // A bad config is refused with the key named.
+    let (ok, _, stderr) = tokio::task::block_in_place(|| {
+        run_command(
+            &["check", "--config", path],
+            &[("ANNOTATOR__DELIVERY__MAX_IN_FLIGHT", "0")],
+        )
+    });
+    assert!(!ok && stderr.contains("delivery.max_in_flight"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_replay_republishes_once_with_a_replay_count() {
+    let env = TestEnv::new("replay").await;
+    // An outcome whose mapping comes too late, and a bad event that must not be replayed.
+    let late = json!({"event_id": "late-1", "outcome": "two_factor_passed", "key": "late"});
+    env.produce("logins", Some("late"), Some(&late.to_string()))
+        .await;
+    env.produce("logins", Some("broken"), Some("not json"))
+        .await;
+    let file = env.config_file("[delivery]\njoin_grace = \"500ms\"\njoin_retry = \"100ms\"");
+    let mut child = spawn_binary(file.path());
+    let letters = tokio::task::block_in_place(|| env.dead_letters(2, Duration::from_secs(30)));
+    assert_eq!(letters.len(), 2);
+    // The mapping arrives; the operator replays the unjoined event.
+    let mapping =
+        json!({"key": "late", "assessment": format!("projects/{PROJECT}/assessments/replayed")});
+    env.produce("assessments", Some("late"), Some(&mapping.to_string()))
+        .await;
+    env.wait_all_committed(Duration::from_secs(30)).await;
+    let path = file.path().to_str().unwrap();
+    let replay = [
+        "dead-letter",
+        "replay",
+        "--config",
+        path,
+        "--reason",
+        "unjoined",
+    ];
+    let (ok, stdout, stderr) = tokio::task::block_in_place(|| run_command(&replay, &[]));
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("replayed 1"), "{stdout}");
+    assert!(
+        stdout.contains("reason 1"),
+        "the decode failure was filtered out: {stdout}"
+    );
+    env.wait_accepted(1, Duration::from_secs(30)).await;
+    assert_eq!(
+        env.sandbox.recorded()[0].name,
+        format!("projects/{PROJECT}/assessments/replayed")
+    );
+    // The re-published record carries the replay count.
+    let logins = tokio::task::block_in_place(|| {
+        env.read_topic(&env.topic("logins"), 3, Duration::from_secs(10))
+    });
+    let replayed: Vec<_> = logins
+        .iter()
+        .filter(|r| r.headers.contains_key("annotator.replay_count"))
+        .collect();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].headers["annotator.replay_count"], "1");
+    assert_eq!(
+        replayed[0].value.as_deref(),
+        Some(late.to_string().as_str())
+    );
+    // The same command again replays nothing.
+    let (ok, stdout, _) = tokio::task::block_in_place(|| run_command(&replay, &[]));
+    assert!(ok && stdout.contains("replayed 0"), "{stdout}");
+    signal(&child, "TERM");
+    tokio::task::block_in_place(|| child.wait()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_carry_secrets_or_account_data() {
+    let env = TestEnv::new("secrets").await;
+    let secrets = [
+        "AIzaSECRET-api-key-123",
+        "sasl-secret-pass",
+        "redis-secret-pass",
+        "acct-secret-42",
+        "tok-secret-payload",
+    ];
+    let extra = format!(
+        "[cache]\nbackend = \"memory\"\nredis_url = \"redis://:{}@127.0.0.1:6379\"\n[log]\nformat = \"json\"",
+        secrets[2]
+    );
+    let file = env.config_file(&extra);
+    let text = std::fs::read_to_string(file.path())
+        .unwrap()
+        .replace(API_KEY, secrets[0])
+        .replace(
+            "[kafka.properties]\n",
+            &format!(
+                "[kafka.properties]\n\"sasl.password\" = \"{}\"\n",
+                secrets[1]
+            ),
+        );
+    std::fs::write(file.path(), text).unwrap();
+    // Rejected (the sandbox expects another key), dead-lettered and invalid events all log.
+    env.script(vec![scripted(400, 1)], None);
+    let events = [
+        json!({"event_id": "s1", "outcome": "chargeback", "account_id": secrets[3], "recaptcha_token": format!("{}:U=6ZZZZe73fZZZZZZ0", secrets[4])}),
+        json!({"event_id": "s2", "outcome": "nope", "account_id": secrets[3]}),
+        json!({"event_id": "s3", "outcome": "refund", "account_id": secrets[3], "recaptcha_token": secrets[4]}),
+    ];
+    for e in &events {
+        env.produce("fraud-signals", None, Some(&e.to_string()))
+            .await;
+    }
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
+        .args(["run", "--config"])
+        .arg(file.path())
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    signal(&child, "TERM");
+    let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.contains("event dead-lettered"),
+        "expected log lines:\n{logs}"
+    );
+    assert!(logs.lines().any(|l| l.starts_with('{')), "JSON logs");
+    for secret in secrets {
+        assert!(!logs.contains(secret), "{secret} reached the logs");
+    }
+}
