@@ -11,6 +11,7 @@ export ANNOTATOR_TEST_REDIS=${ANNOTATOR_TEST_REDIS:-redis://127.0.0.1:6379}
 scripts/tansu.sh "$port"
 scripts/redis.sh
 
+scripts/check-deploy.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked

@@ -1,0 +1,68 @@
+//! The deployment files refer only to metrics the service exports, and to files that exist.
+
+use std::collections::BTreeSet;
+
+fn names_in(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("annotator_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn alerts_and_dashboard_use_exported_metrics() {
+    let catalogue = names_in(include_str!("../src/telemetry.rs"));
+    for (file, text) in [
+        ("deploy/alerts.yml", include_str!("../deploy/alerts.yml")),
+        (
+            "deploy/grafana-dashboard.json",
+            include_str!("../deploy/grafana-dashboard.json"),
+        ),
+    ] {
+        let used = names_in(text);
+        assert!(!used.is_empty(), "{file} uses no metric");
+        for name in used {
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(catalogue.contains(base), "{file}: {name} is not exported");
+        }
+    }
+}
+
+#[test]
+fn compose_runs_the_whole_stack() {
+    let compose = include_str!("../docker-compose.yml");
+    for needle in [
+        "image: apache/kafka:",
+        "KAFKA_PROCESS_ROLES: broker,controller",
+        "image: redis:",
+        "image: prom/prometheus:",
+        "\"sandbox\", \"--listen\"",
+        "ANNOTATOR__KAFKA__BROKERS: kafka:9092",
+        "ANNOTATOR__CACHE__BACKEND: redis",
+        "./deploy/alerts.yml:/etc/prometheus/alerts.yml",
+    ] {
+        assert!(
+            compose.contains(needle),
+            "docker-compose.yml lacks {needle}"
+        );
+    }
+    let dockerfile = include_str!("../Dockerfile");
+    assert!(
+        dockerfile.contains("USER 10001"),
+        "the image runs as non-root"
+    );
+    assert!(
+        dockerfile.matches("FROM ").count() >= 2,
+        "multi-stage build"
+    );
+}
