@@ -1,7 +1,7 @@
-//! In-process cache: lost on restart. For tests and demos.
+//! In-process cache: lost on restart. For tests, demos and benchmarks.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -9,30 +9,60 @@ use async_trait::async_trait;
 use super::{Cache, CacheError, Lookup};
 use crate::domain::assessment::{AssessmentName, CorrelationKey};
 
-type Entries = HashMap<String, (AssessmentName, Instant)>;
+/// Entries swept only when the map has doubled since the last sweep, so expiry costs
+/// amortised O(1) per insert.
+const FIRST_SWEEP: usize = 100_000;
+
+/// A map whose entries expire.
+struct Expiring<V> {
+    entries: HashMap<String, (V, Instant)>,
+    sweep_at: usize,
+}
+
+impl<V> Default for Expiring<V> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            sweep_at: FIRST_SWEEP,
+        }
+    }
+}
+
+impl<V: Clone> Expiring<V> {
+    fn get(&self, key: &str) -> Option<V> {
+        self.entries
+            .get(key)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(v, _)| v.clone())
+    }
+
+    fn insert(&mut self, key: &str, value: V, ttl: Duration) {
+        let now = Instant::now();
+        if self.entries.len() >= self.sweep_at {
+            self.entries.retain(|_, (_, expires)| *expires > now);
+            self.sweep_at = (self.entries.len() * 2).max(FIRST_SWEEP);
+        }
+        self.entries.insert(key.to_owned(), (value, now + ttl));
+    }
+}
 
 #[derive(Default)]
 pub struct MemoryCache {
-    entries: Mutex<Entries>,
-    done: Mutex<HashMap<String, Instant>>,
+    mappings: Mutex<Expiring<AssessmentName>>,
+    done: Mutex<Expiring<()>>,
 }
 
-impl MemoryCache {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Entries>, CacheError> {
-        self.entries
-            .lock()
-            .map_err(|_| CacheError("memory cache lock poisoned".into()))
-    }
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, CacheError> {
+    m.lock()
+        .map_err(|_| CacheError("memory cache lock poisoned".into()))
 }
 
 #[async_trait]
 impl Cache for MemoryCache {
     async fn get(&self, key: &CorrelationKey) -> Result<Lookup, CacheError> {
-        let entries = self.lock()?;
-        Ok(match entries.get(key.as_str()) {
-            Some((name, expires)) if *expires > Instant::now() => Lookup::Hit(name.clone()),
-            _ => Lookup::Miss,
-        })
+        Ok(lock(&self.mappings)?
+            .get(key.as_str())
+            .map_or(Lookup::Miss, Lookup::Hit))
     }
 
     async fn put(
@@ -41,35 +71,16 @@ impl Cache for MemoryCache {
         assessment: &AssessmentName,
         ttl: Duration,
     ) -> Result<(), CacheError> {
-        let mut entries = self.lock()?;
-        let now = Instant::now();
-        if entries.len() > 100_000 {
-            entries.retain(|_, (_, expires)| *expires > now);
-        }
-        entries.insert(key.as_str().to_owned(), (assessment.clone(), now + ttl));
+        lock(&self.mappings)?.insert(key.as_str(), assessment.clone(), ttl);
         Ok(())
     }
 
     async fn is_done(&self, event_id: &str) -> Result<bool, CacheError> {
-        let done = self
-            .done
-            .lock()
-            .map_err(|_| CacheError("memory cache lock poisoned".into()))?;
-        Ok(done
-            .get(event_id)
-            .is_some_and(|expires| *expires > Instant::now()))
+        Ok(lock(&self.done)?.get(event_id).is_some())
     }
 
     async fn mark_done(&self, event_id: &str, ttl: Duration) -> Result<(), CacheError> {
-        let mut done = self
-            .done
-            .lock()
-            .map_err(|_| CacheError("memory cache lock poisoned".into()))?;
-        let now = Instant::now();
-        if done.len() > 100_000 {
-            done.retain(|_, expires| *expires > now);
-        }
-        done.insert(event_id.to_owned(), now + ttl);
+        lock(&self.done)?.insert(event_id, (), ttl);
         Ok(())
     }
 
@@ -79,5 +90,27 @@ impl Cache for MemoryCache {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeps_are_amortised_and_drop_only_expired_entries() {
+        let mut map = Expiring::default();
+        for i in 0..FIRST_SWEEP {
+            map.insert(&i.to_string(), i, Duration::from_secs(60));
+        }
+        map.insert("short", 0, Duration::ZERO);
+        map.insert("next", 1, Duration::from_secs(60));
+        assert_eq!(
+            map.sweep_at,
+            2 * FIRST_SWEEP,
+            "swept once, next at twice the live size"
+        );
+        assert_eq!(map.get("5"), Some(5));
+        assert_eq!(map.get("short"), None);
     }
 }

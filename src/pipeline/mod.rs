@@ -96,6 +96,8 @@ fn producer_properties(config: &Config) -> Vec<(String, String)> {
 /// Everything built from the config before the loop starts.
 pub struct Service {
     consumer: Consumer,
+    /// Set by the context after every rebalance, so a pause covers new partitions too.
+    assignment_changed: Arc<std::sync::atomic::AtomicBool>,
     watermarks: Arc<rdkafka::consumer::BaseConsumer>,
     shared: Arc<Shared>,
     tokens: Arc<PartitionTokens>,
@@ -123,6 +125,7 @@ impl Service {
         let book = Arc::new(OffsetBook::default());
         let tokens = Arc::new(PartitionTokens::default());
         let catch_up = Arc::new(CatchUp::default());
+        let assignment_changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut plain = ClientConfig::new();
         for (k, v) in producer_properties(config) {
             plain.set(k, v);
@@ -154,6 +157,7 @@ impl Service {
                 .map(|t| (*t).to_owned())
                 .collect(),
             local_cache: config.cache.backend != CacheBackend::Redis,
+            assignment_changed: Arc::clone(&assignment_changed),
         };
         let consumer: Consumer = consumer_config(config)
             .create_with_context(context)
@@ -200,6 +204,7 @@ impl Service {
         });
         Ok(Self {
             consumer,
+            assignment_changed,
             watermarks,
             shared,
             tokens,
@@ -321,16 +326,17 @@ impl Service {
         // pause, which would make librdkafka drop and re-fetch its queue.
         let mut pause_tick = tokio::time::interval(Duration::from_millis(50));
         let mut paused = Paused::No;
-        let mut full_since: Option<tokio::time::Instant> = None;
+        // Full is normal under a backlog (fetching outpaces delivery); only a full pipeline
+        // that finishes nothing for `PAUSE_AFTER` is stalled.
+        let mut last_progress = tokio::time::Instant::now();
+        let mut last_finished = pending.finished();
         let limit = self.config.max_pending;
         tracing::info!("consuming");
         loop {
             let count = pending.count();
             let room = count < limit;
             if room {
-                full_since = None;
-            } else if full_since.is_none() {
-                full_since = Some(tokio::time::Instant::now());
+                last_progress = tokio::time::Instant::now();
             }
             let receiving = room || paused != Paused::No;
             tokio::select! {
@@ -346,12 +352,18 @@ impl Service {
                 }
                 _ = lag_tick.tick() => self.spawn_lag_update(&lag_running),
                 () = pending.freed.notified(), if !receiving => {}
-                _ = pause_tick.tick(), if paused != Paused::No || full_since.is_some() => {
+                _ = pause_tick.tick(), if paused != Paused::No || !room => {
+                    let finished = pending.finished();
+                    if finished != last_finished {
+                        last_finished = finished;
+                        last_progress = tokio::time::Instant::now();
+                    }
+                    let stalled = !room && last_progress.elapsed() >= PAUSE_AFTER;
                     let next = if count <= limit / 2 {
                         Paused::No
                     } else if count >= 2 * limit {
                         Paused::All
-                    } else if paused != Paused::No || full_since.is_some_and(|t| t.elapsed() >= PAUSE_AFTER) {
+                    } else if stalled || paused != Paused::No {
                         paused.max(Paused::Outcomes)
                     } else {
                         paused
@@ -360,8 +372,8 @@ impl Service {
                         tracing::info!(pending = count, from = ?paused, to = ?next, "fetch pause changed");
                         self.set_paused(next);
                         paused = next;
-                    } else if paused != Paused::No {
-                        // Partitions assigned since the pause start unpaused.
+                    } else if paused != Paused::No && self.assignment_changed.swap(false, Ordering::AcqRel) {
+                        // Partitions assigned since the pause started come unpaused.
                         self.set_paused(paused);
                     }
                 }
@@ -427,6 +439,8 @@ enum Paused {
 #[derive(Default)]
 struct Pending {
     count: AtomicUsize,
+    /// Events finished so far (progress, to tell a full pipeline from a stalled one).
+    finished: std::sync::atomic::AtomicU64,
     /// Signalled when the count falls below the limit.
     freed: tokio::sync::Notify,
 }
@@ -434,6 +448,10 @@ struct Pending {
 impl Pending {
     fn count(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+
+    fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
     }
 }
 
@@ -455,6 +473,7 @@ impl PendingGuard {
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
+        self.pending.finished.fetch_add(1, Ordering::Relaxed);
         if self.pending.count.fetch_sub(1, Ordering::AcqRel) == self.limit {
             self.pending.freed.notify_one();
         }

@@ -259,6 +259,18 @@ impl Shared {
         slot: Option<LaneSlot>,
         abandon: CancellationToken,
     ) {
+        // Every log line inside (retries, cache trouble, halts) carries the event's place.
+        let event_id = match &plan {
+            Plan::Annotate { event_id, .. } => event_id.as_str(),
+            _ => "",
+        };
+        let span = tracing::info_span!(
+            "event",
+            topic = %msg.tp.topic,
+            partition = msg.tp.partition,
+            offset = msg.offset,
+            event_id = %event_id
+        );
         let work = async {
             if let Some(slot) = &slot {
                 slot.ready().await;
@@ -283,7 +295,7 @@ impl Shared {
         };
         tokio::select! {
             biased;
-            () = work => {}
+            () = tracing::Instrument::instrument(work, span) => {}
             () = abandon.cancelled() => {
                 tracing::debug!(topic = %msg.tp.topic, partition = msg.tp.partition, offset = msg.offset, "event abandoned; it will be redelivered");
             }

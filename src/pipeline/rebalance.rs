@@ -77,6 +77,8 @@ pub struct AnnotatorContext {
     /// The cache is local to this instance (embedded, memory): warn when other members own
     /// partitions, since joins then need a shared backend.
     pub local_cache: bool,
+    /// Raised after every rebalance (the poll loop re-applies a backpressure pause).
+    pub assignment_changed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Longest wait for one watermark or metadata answer.
@@ -198,6 +200,8 @@ impl ConsumerContext for AnnotatorContext {
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        self.assignment_changed
+            .store(true, std::sync::atomic::Ordering::Release);
         let owned = self.book.owned().len();
         self.health.set_assigned(owned > 0);
         if self.local_cache && owned > 0 {
