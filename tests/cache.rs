@@ -174,18 +174,7 @@ async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
     redis.stop();
     env.produce_bulk(second.to_vec()).await;
     // Not ready while the cache is down, and nothing is dead-lettered.
-    let started = std::time::Instant::now();
-    loop {
-        let (status, body) = env.http_get("/readyz").await;
-        if status == 503 && body.contains("cache") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "readyz never reported the cache: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait_not_ready("cache", Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     redis.restart();
     env.wait_all_committed(Duration::from_secs(90)).await;

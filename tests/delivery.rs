@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use recaptcha_annotator::sandbox::{DefaultAnswer, Scripted};
@@ -42,18 +42,7 @@ async fn credentials_refused_halts_without_dead_letters_then_resumes() {
     env.produce_bulk(unique_events("h", 20)).await;
     let service = env.start(env.config());
     // Halted: not ready with the reason, nothing committed, nothing dead-lettered.
-    let started = Instant::now();
-    loop {
-        let (status, body) = env.http_get("/readyz").await;
-        if status == 503 && body.contains("halted") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never reported halted: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait_not_ready("halted", Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let calls_while_halted = env.sandbox.attempts().len();
     // One probe per halt_retry (500 ms), plus what was in flight when the first 401 came.

@@ -571,3 +571,21 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         })
         .sum()
 }
+
+impl TestEnv {
+    /// Waits until `/readyz` answers 503 with `reason` in its body.
+    pub async fn wait_not_ready(&self, reason: &str, within: Duration) {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self.http_get("/readyz").await;
+            if status == 503 && body.contains(reason) {
+                return;
+            }
+            assert!(
+                started.elapsed() < within,
+                "readyz never reported {reason:?}: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
