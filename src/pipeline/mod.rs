@@ -322,7 +322,8 @@ impl Service {
         // `PAUSE_AFTER` (a stalled endpoint, a long halt, outcomes parked for their keys) it
         // pauses the outcome partitions and polls on, so it stays a live group member and
         // keeps reading `assessments` (the mappings parked outcomes wait for); at twice the
-        // limit it pauses those too. Everything resumes at half the limit. Short waits never
+        // limit it pauses those too, until back under one and a half times the limit (parked
+        // outcomes alone never hold `assessments` paused). Everything resumes at half the limit. Short waits never
         // pause, which would make librdkafka drop and re-fetch its queue.
         let mut pause_tick = tokio::time::interval(Duration::from_millis(50));
         let mut paused = Paused::No;
@@ -359,15 +360,7 @@ impl Service {
                         last_progress = tokio::time::Instant::now();
                     }
                     let stalled = !room && last_progress.elapsed() >= PAUSE_AFTER;
-                    let next = if count <= limit / 2 {
-                        Paused::No
-                    } else if count >= 2 * limit {
-                        Paused::All
-                    } else if stalled || paused != Paused::No {
-                        paused.max(Paused::Outcomes)
-                    } else {
-                        paused
-                    };
+                    let next = next_pause(paused, count, limit, stalled);
                     if next != paused {
                         tracing::info!(pending = count, from = ?paused, to = ?next, "fetch pause changed");
                         self.set_paused(next);
@@ -435,6 +428,19 @@ enum Paused {
     All,
 }
 
+/// The backpressure state after `paused`, with `count` events pending against `limit`.
+fn next_pause(paused: Paused, count: usize, limit: usize, stalled: bool) -> Paused {
+    if count <= limit / 2 {
+        Paused::No
+    } else if count >= 2 * limit || (paused == Paused::All && count > limit + limit / 2) {
+        Paused::All
+    } else if stalled || paused != Paused::No {
+        Paused::Outcomes
+    } else {
+        Paused::No
+    }
+}
+
 /// Events taken from Kafka and not finished.
 #[derive(Default)]
 struct Pending {
@@ -477,5 +483,37 @@ impl Drop for PendingGuard {
         if self.pending.count.fetch_sub(1, Ordering::AcqRel) == self.limit {
             self.pending.freed.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Paused, next_pause};
+
+    #[test]
+    fn pauses_only_when_stalled_and_resumes_at_half() {
+        let limit = 100;
+        assert_eq!(
+            next_pause(Paused::No, 100, limit, false),
+            Paused::No,
+            "full but flowing"
+        );
+        assert_eq!(next_pause(Paused::No, 100, limit, true), Paused::Outcomes);
+        assert_eq!(
+            next_pause(Paused::Outcomes, 80, limit, false),
+            Paused::Outcomes
+        );
+        assert_eq!(next_pause(Paused::Outcomes, 50, limit, false), Paused::No);
+        assert_eq!(next_pause(Paused::Outcomes, 200, limit, false), Paused::All);
+    }
+
+    #[test]
+    fn parked_outcomes_alone_never_keep_assessments_paused() {
+        // Everything paused at twice the limit; once the assessment writes finish, only the
+        // parked outcomes (at most about the limit) remain, and `assessments` must flow again.
+        let limit = 100;
+        assert_eq!(next_pause(Paused::All, 160, limit, true), Paused::All);
+        assert_eq!(next_pause(Paused::All, 150, limit, true), Paused::Outcomes);
+        assert_eq!(next_pause(Paused::All, 100, limit, true), Paused::Outcomes);
     }
 }

@@ -438,9 +438,18 @@ pub fn unique_events(tag: &str, n: usize) -> Vec<(String, Option<String>, String
 
 /// Runs the service binary with a config file.
 pub fn spawn_binary(config: &std::path::Path) -> std::process::Child {
+    spawn_binary_with_env(config, &[])
+}
+
+/// Runs the service binary with a config file and extra environment overrides.
+pub fn spawn_binary_with_env(
+    config: &std::path::Path,
+    vars: &[(&str, &str)],
+) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
         .args(["run", "--config"])
         .arg(config)
+        .envs(vars.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
