@@ -395,17 +395,28 @@ impl Service {
         }
 
         tracing::info!(pending = pending.count(), "shutting down: draining");
+        // Stop fetching, but keep polling while draining, so the instance still answers the
+        // group protocol (a rebalance started meanwhile must not wait for it). A message that
+        // still arrives is not registered: it stays uncommitted and is redelivered.
+        self.set_paused(Paused::All);
         tasks.close();
-        if tokio::time::timeout(self.config.shutdown_timeout, tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                pending = pending.count(),
-                "drain deadline passed; abandoning unfinished events (they will be redelivered)"
-            );
-            self.abandon_all.cancel();
-            tasks.wait().await;
+        let deadline = tokio::time::sleep(self.config.shutdown_timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                biased;
+                () = tasks.wait() => break,
+                () = &mut deadline => {
+                    tracing::warn!(
+                        pending = pending.count(),
+                        "drain deadline passed; abandoning unfinished events (they will be redelivered)"
+                    );
+                    self.abandon_all.cancel();
+                    tasks.wait().await;
+                    break;
+                }
+                _ = self.consumer.recv() => {}
+            }
         }
         self.commit(CommitMode::Sync);
         // Abandoned events stay unfinished in the book; forget every partition so the

@@ -149,6 +149,11 @@ impl TestEnv {
         c.kafka
             .properties
             .insert("heartbeat.interval.ms".into(), "300".into());
+        // The rebalance timeout: seen with Tansu under load, a join can wait that long for a
+        // member that already left; the default (300 s) would outlast every test.
+        c.kafka
+            .properties
+            .insert("max.poll.interval.ms".into(), "15000".into());
         c.kafka.commit_interval = Duration::from_millis(200);
         c.recaptcha.endpoint = self.endpoint.clone();
         c.recaptcha.api_key = Some(SecretString::from(API_KEY));
@@ -399,6 +404,7 @@ dead_letter = "{d}"
 [kafka.properties]
 "session.timeout.ms" = "3000"
 "heartbeat.interval.ms" = "300"
+"max.poll.interval.ms" = "15000"
 [recaptcha]
 endpoint = "{endpoint}"
 api_key = "{API_KEY}"
