@@ -316,15 +316,7 @@ async fn embedded_store_warns_when_other_members_share_the_partitions() {
             dir.path().join("c.redb").display()
         );
         let file = env.config_file(&extra);
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
-            .args(["run", "--config"])
-            .arg(file.path())
-            .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        (child, file)
+        (spawn_logged(file.path(), "warn"), file)
     };
     let (first, _f1) = spawn(&dirs[0]);
     let (second, _f2) = spawn(&dirs[1]);

@@ -291,14 +291,7 @@ async fn logs_never_carry_secrets_or_account_data() {
         env.produce("fraud-signals", None, Some(&e.to_string()))
             .await;
     }
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
-        .args(["run", "--config"])
-        .arg(file.path())
-        .env("RUST_LOG", "debug")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_logged(file.path(), "debug");
     env.wait_all_committed(Duration::from_secs(60)).await;
     signal(&child, "TERM");
     let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();

@@ -462,6 +462,18 @@ pub fn spawn_binary_with_env(
         .unwrap()
 }
 
+/// Runs the service binary with its stdout and stderr captured, logging at `level`.
+pub fn spawn_logged(config: &std::path::Path, level: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", level)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 pub fn signal(child: &std::process::Child, sig: &str) {
     let status = std::process::Command::new("kill")
         .args(["-s", sig, &child.id().to_string()])
