@@ -251,6 +251,10 @@ async fn cold_start_waits_for_mappings_already_in_the_topic() {
     // read early would be dead-lettered as unjoined.
     config.delivery.join_grace = Duration::from_millis(200);
     config.delivery.join_retry = Duration::from_millis(50);
+    // A small pending limit fills with parked outcomes at once, so the backpressure passes
+    // through every pause state (outcomes, all, outcomes, none) while it catches up.
+    config.delivery.max_in_flight = 256;
+    config.delivery.max_pending = 1000;
     let service = env.start(config);
     env.wait_all_committed(Duration::from_secs(120)).await;
     service.stop().await;

@@ -96,6 +96,7 @@ fn producer_properties(config: &Config) -> Vec<(String, String)> {
 /// Everything built from the config before the loop starts.
 pub struct Service {
     consumer: Consumer,
+    assessments_topic: Arc<str>,
     /// Set by the context after every rebalance, so a pause covers new partitions too.
     assignment_changed: Arc<std::sync::atomic::AtomicBool>,
     watermarks: Arc<rdkafka::consumer::BaseConsumer>,
@@ -204,6 +205,7 @@ impl Service {
         });
         Ok(Self {
             consumer,
+            assessments_topic: Arc::from(config.kafka.topics.assessments.as_str()),
             assignment_changed,
             watermarks,
             shared,
@@ -291,16 +293,21 @@ impl Service {
     /// (`Paused::All`), or resumes everything (`Paused::No`).
     fn set_paused(&self, state: Paused) {
         let result = self.consumer.assignment().and_then(|assigned| {
-            if state == Paused::No {
-                return self.consumer.resume(&assigned);
-            }
-            let mut tpl = rdkafka::TopicPartitionList::new();
+            let mut pause = rdkafka::TopicPartitionList::new();
+            let mut resume = rdkafka::TopicPartitionList::new();
             for e in assigned.elements() {
-                if state == Paused::All || *e.topic() != *self.kinds[0].0 {
-                    tpl.add_partition(e.topic(), e.partition());
-                }
+                let is_assessments = *e.topic() == *self.assessments_topic;
+                let paused = match state {
+                    Paused::No => false,
+                    Paused::Outcomes => !is_assessments,
+                    Paused::All => true,
+                };
+                let list = if paused { &mut pause } else { &mut resume };
+                list.add_partition(e.topic(), e.partition());
             }
-            self.consumer.pause(&tpl)
+            // Both lists, every time: going from All to Outcomes must resume `assessments`.
+            self.consumer.pause(&pause)?;
+            self.consumer.resume(&resume)
         });
         if let Err(e) = result {
             tracing::warn!(error = %e, state = ?state, "could not pause or resume fetching");
