@@ -119,21 +119,26 @@ async fn instances_joining_and_leaving_lose_nothing() {
     let events = unique_events("g", total);
     let (first, rest) = events.split_at(total / 3);
     env.produce_bulk(first.to_vec()).await;
-    let config = |env: &TestEnv| {
+    // Each instance gets its own admin port, to see when it holds an assignment.
+    let start = |env: &TestEnv| {
+        let port = free_port();
         let mut c = env.config();
-        c.admin.listen = format!("127.0.0.1:{}", free_port());
-        c
+        c.admin.listen = format!("127.0.0.1:{port}");
+        (env.start(c), port)
     };
-    let a = env.start(config(&env));
-    let b = env.start(config(&env));
+    let (a, _) = start(&env);
+    let (b, _) = start(&env);
     env.wait_accepted(300, Duration::from_secs(60)).await;
-    let c = env.start(config(&env));
+    let (c, c_port) = start(&env);
     let (second, third) = rest.split_at(total / 3);
     env.produce_bulk(second.to_vec()).await;
+    // The third member has its share before the first leaves: Tansu was seen to stall a
+    // cooperative rebalance for good when a member left while another was still joining.
+    wait_ready(c_port, Duration::from_secs(60)).await;
     env.wait_accepted(total as u64 / 2, Duration::from_secs(60))
         .await;
     a.stop().await; // one leaves mid-stream
-    let d = env.start(config(&env)); // one joins
+    let (d, _) = start(&env); // one joins
     env.produce_bulk(third.to_vec()).await;
     env.wait_all_committed(Duration::from_secs(90)).await;
     for s in [b, c, d] {
@@ -196,4 +201,21 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_stay_bounded() {
     eprintln!("sigkill: {duplicates} duplicate calls after the restart");
     // Uncommitted at the kill: at most the pending bound plus one commit interval's worth.
     assert!(duplicates <= 2 * max_pending, "{duplicates} duplicates");
+}
+
+/// Waits until the instance on `port` answers `/readyz` with 200.
+async fn wait_ready(port: u16, within: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "instance on {port} never got an assignment"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
