@@ -78,11 +78,17 @@ fn expiry(value: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
+/// `payload` behind its expiry time in whole seconds, rounded up: an entry lives at least
+/// `ttl` (at most a second longer), never less.
 fn with_expiry(ttl: Duration, payload: &[u8]) -> Vec<u8> {
-    let mut value = now_secs()
-        .saturating_add(ttl.as_secs())
-        .to_be_bytes()
-        .to_vec();
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_add(ttl);
+    let secs = at
+        .as_secs()
+        .saturating_add(u64::from(at.subsec_nanos() > 0));
+    let mut value = secs.to_be_bytes().to_vec();
     value.extend_from_slice(payload);
     value
 }
@@ -247,5 +253,21 @@ impl Cache for EmbeddedCache {
 
     fn name(&self) -> &'static str {
         "embedded"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_rounds_up_so_an_entry_lives_its_whole_ttl() {
+        for _ in 0..1000 {
+            let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+            let at = expiry(&with_expiry(Duration::from_secs(1), b""));
+            // Seconds since the epoch at or after `before + 1 s`, not more than a second later.
+            assert!(Duration::from_secs(at) >= before + Duration::from_secs(1));
+            assert!(Duration::from_secs(at) <= before + Duration::from_secs(3));
+        }
     }
 }

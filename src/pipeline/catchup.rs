@@ -36,9 +36,14 @@ impl CatchUp {
         state.since = None;
     }
 
-    /// The end offset of `tp` as of its assignment.
-    pub fn target(&self, tp: &TopicPartition, end: i64) {
-        if let Some(target) = self.lock().targets.get_mut(tp) {
+    /// The offsets of `tp` as of its assignment: `start`, where consumption begins (the
+    /// group's commit), and `end`, the end offset. Nothing to read when `start >= end`; no
+    /// message will then arrive to say so, which is why both are needed.
+    pub fn target(&self, tp: &TopicPartition, start: i64, end: i64) {
+        let mut state = self.lock();
+        if start >= end {
+            state.targets.remove(tp);
+        } else if let Some(target) = state.targets.get_mut(tp) {
             *target = Some(end);
         }
     }
@@ -54,7 +59,7 @@ impl CatchUp {
         if !state.targets.is_empty() {
             state.targets.retain(|tp, target| match target {
                 None => true,
-                Some(end) => *end > 0 && book.committable(tp).is_none_or(|c| c < *end),
+                Some(end) => book.committable(tp).is_none_or(|c| c < *end),
             });
             if state.targets.is_empty() {
                 state.since = Some(Instant::now());
@@ -87,7 +92,7 @@ mod tests {
             catch_up.caught_up_since(&book).is_none(),
             "target unknown yet"
         );
-        catch_up.target(&tp, 2);
+        catch_up.target(&tp, 0, 2);
         let first = book.register(&tp, 0).unwrap();
         let second = book.register(&tp, 1).unwrap();
         book.done(&second);
@@ -105,7 +110,23 @@ mod tests {
         let catch_up = CatchUp::default();
         let tp = TopicPartition::new("assessments", 1);
         catch_up.assigned(tp.clone());
-        catch_up.target(&tp, 0);
+        catch_up.target(&tp, 0, 0);
         assert!(catch_up.caught_up_since(&book).is_some());
+    }
+
+    #[test]
+    fn partitions_committed_to_their_end_are_caught_up_at_once() {
+        // After a restart the group's commit is already at the end: no message arrives.
+        let book = OffsetBook::default();
+        let catch_up = CatchUp::default();
+        let tp = TopicPartition::new("assessments", 2);
+        book.assign(tp.clone());
+        catch_up.assigned(tp.clone());
+        catch_up.target(&tp, 100, 100);
+        assert!(catch_up.caught_up_since(&book).is_some());
+        // Committed behind the end: waits for the rest.
+        catch_up.assigned(tp.clone());
+        catch_up.target(&tp, 40, 100);
+        assert!(catch_up.caught_up_since(&book).is_none());
     }
 }

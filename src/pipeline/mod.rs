@@ -159,6 +159,11 @@ impl Service {
                 .collect(),
             local_cache: config.cache.backend != CacheBackend::Redis,
             assignment_changed: Arc::clone(&assignment_changed),
+            starts_at_end: config
+                .kafka
+                .properties
+                .get("auto.offset.reset")
+                .is_some_and(|v| matches!(v.as_str(), "latest" | "largest" | "end")),
         };
         let consumer: Consumer = consumer_config(config)
             .create_with_context(context)
@@ -256,7 +261,7 @@ impl Service {
     }
 
     /// Updates the per-partition lag gauges off the poll loop (watermarks are network calls):
-    /// high watermark minus commit offset, never negative.
+    /// high watermark minus the committed offset, never negative.
     fn spawn_lag_update(&self, running: &Arc<std::sync::atomic::AtomicBool>) {
         if running.swap(true, Ordering::AcqRel) {
             return;
@@ -272,9 +277,9 @@ impl Service {
                 else {
                     continue;
                 };
-                // Read the commit offset after the watermark, so a busy partition reads low,
-                // never negative.
-                let Some(position) = book.committable(&tp) else {
+                // Read the committed offset after the watermark, so a busy partition reads
+                // low, never negative.
+                let Some(position) = book.lag_position(&tp) else {
                     continue;
                 };
                 if !book.owns(&tp) {

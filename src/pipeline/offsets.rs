@@ -34,6 +34,10 @@ pub struct PartitionOffsets {
     next: Option<i64>,
     /// The commit offset last handed out for committing.
     committed: Option<i64>,
+    /// The highest commit offset the broker was sent (what consumer lag is measured from).
+    confirmed: Option<i64>,
+    /// The first offset seen in this assignment: where the group's commit stood.
+    start: Option<i64>,
 }
 
 impl PartitionOffsets {
@@ -45,6 +49,7 @@ impl PartitionOffsets {
         }
         self.pending.insert(offset);
         self.next = Some(offset + 1);
+        self.start.get_or_insert(offset);
         true
     }
 
@@ -72,6 +77,18 @@ impl PartitionOffsets {
     /// failed commit).
     pub fn reset_committed(&mut self) {
         self.committed = None;
+    }
+
+    /// Records a commit offset sent to the broker.
+    pub fn confirm(&mut self, offset: i64) {
+        self.confirmed = Some(self.confirmed.map_or(offset, |c| c.max(offset)));
+    }
+
+    /// Where consumer lag is measured from: the offset committed to the broker, or, before
+    /// the first commit of this assignment, the first offset fetched (where the group's
+    /// commit stood). Finished but uncommitted events still count as lag.
+    pub fn lag_position(&self) -> Option<i64> {
+        self.confirmed.or(self.start)
     }
 
     pub fn pending(&self) -> usize {
@@ -168,6 +185,28 @@ impl OffsetBook {
     /// The commit offset of `tp` (everything below it is finished), if owned and any seen.
     pub fn committable(&self, tp: &TopicPartition) -> Option<i64> {
         self.lock().get(tp).and_then(|e| e.offsets.committable())
+    }
+
+    /// Records commit offsets sent to the broker. Returns each owned partition's highest
+    /// committed offset (an acknowledgement can arrive after a later commit was sent).
+    pub fn confirm_committed(
+        &self,
+        commits: &[(TopicPartition, i64)],
+    ) -> Vec<(TopicPartition, i64)> {
+        let mut owned = self.lock();
+        commits
+            .iter()
+            .filter_map(|(tp, offset)| {
+                let offsets = &mut owned.get_mut(tp)?.offsets;
+                offsets.confirm(*offset);
+                Some((tp.clone(), offsets.confirmed?))
+            })
+            .collect()
+    }
+
+    /// See [`PartitionOffsets::lag_position`]; `None` when not owned or nothing seen yet.
+    pub fn lag_position(&self, tp: &TopicPartition) -> Option<i64> {
+        self.lock().get(tp).and_then(|e| e.offsets.lag_position())
     }
 
     /// Commit offsets that moved since the last call, for `only` or every owned partition.
@@ -275,6 +314,27 @@ mod tests {
         assert!(!p.seen(3));
         p.done(5);
         assert_eq!(p.committable(), Some(6));
+    }
+
+    #[test]
+    fn lag_is_measured_from_what_was_committed() {
+        let mut p = PartitionOffsets::default();
+        assert_eq!(p.lag_position(), None);
+        p.seen(0);
+        p.seen(1);
+        // Before the first commit: where the assignment started, even once finished.
+        p.done(0);
+        assert_eq!(p.lag_position(), Some(0));
+        assert_eq!(p.take_commit(), Some(1));
+        p.confirm(1);
+        p.done(1);
+        // Finished but not yet committed: lag still counts it.
+        assert_eq!(p.committable(), Some(2));
+        assert_eq!(p.lag_position(), Some(1));
+        // A late confirmation of an older commit does not move it back.
+        p.confirm(2);
+        p.confirm(1);
+        assert_eq!(p.lag_position(), Some(2));
     }
 
     #[test]

@@ -352,8 +352,11 @@ impl Shared {
                     return "duplicate";
                 }
                 match self.deliver(&name, body).await {
-                    Ok(()) => {
+                    Ok(slot) => {
+                        // The in-flight slot is held until the event is remembered, so a
+                        // crash repeats at most `max_in_flight` annotated events.
                         self.remember_done(&event_id).await;
+                        drop(slot);
                         tracing::debug!(topic = %msg.tp.topic, partition = msg.tp.partition, offset = msg.offset, event_id = %event_id, "annotated");
                         "annotated"
                     }
@@ -499,8 +502,13 @@ impl Shared {
 
     /// Sends one annotation until it is accepted or refused. Retries 429/5xx/timeouts
     /// forever with backoff; on 401/403/invalid key halts all sending, and this task or one
-    /// other probes every `halt_retry` until the credentials work again.
-    async fn deliver(&self, name: &AssessmentName, body: Bytes) -> Result<(), DeadLetter> {
+    /// other probes every `halt_retry` until the credentials work again. Once accepted, the
+    /// in-flight slot is handed back to the caller still held.
+    async fn deliver(
+        &self,
+        name: &AssessmentName,
+        body: Bytes,
+    ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, DeadLetter> {
         let mut backoff = self.backoff();
         let mut probing: Option<OwnedMutexGuard<()>> = None;
         loop {
@@ -512,13 +520,13 @@ impl Shared {
             if let Some(limiter) = &self.limiter {
                 limiter.until_ready().await;
             }
-            let result = {
+            let (result, slot) = {
                 // The semaphore is never closed.
-                let _permit = self.in_flight.acquire().await.ok();
+                let slot = self.in_flight.acquire().await.ok();
                 self.metrics.in_flight.inc();
                 let result = self.client.annotate(name, body.clone()).await;
                 self.metrics.in_flight.dec();
-                result
+                (result, slot)
             };
             self.metrics
                 .requests
@@ -532,7 +540,7 @@ impl Shared {
                     if probing.is_some() {
                         self.resume();
                     }
-                    return Ok(());
+                    return Ok(slot);
                 }
                 Delivery::Reject { status, detail } => {
                     if probing.is_some() {
@@ -545,6 +553,7 @@ impl Shared {
                     });
                 }
                 Delivery::Retry { cause, after } => {
+                    drop(slot);
                     self.metrics
                         .retries
                         .with_label_values(&[cause.as_str()])
@@ -554,6 +563,7 @@ impl Shared {
                     tokio::time::sleep(delay).await;
                 }
                 Delivery::Halt { status, detail } => {
+                    drop(slot);
                     if !self.health.halted() {
                         tracing::error!(status, detail = %detail, "annotate endpoint refuses our credentials; halting all sending until they work");
                     }

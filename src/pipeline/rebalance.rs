@@ -79,6 +79,8 @@ pub struct AnnotatorContext {
     pub local_cache: bool,
     /// Raised after every rebalance (the poll loop re-applies a backpressure pause).
     pub assignment_changed: Arc<std::sync::atomic::AtomicBool>,
+    /// `auto.offset.reset` points at the end: a partition without a commit starts there.
+    pub starts_at_end: bool,
 }
 
 /// Longest wait for one watermark or metadata answer.
@@ -92,6 +94,35 @@ fn off_the_poll_thread(f: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// Where consumption of an assessments partition starts (the group's commit, or the reset
+/// position without one) and its end offset, as of now. When either cannot be read the
+/// catch-up is not waited for (`(0, 0)`), so a broker hiccup cannot park outcomes forever.
+fn catch_up_range(client: &BaseConsumer, tp: &TopicPartition, starts_at_end: bool) -> (i64, i64) {
+    let (low, high) = match client.fetch_watermarks(&tp.topic, tp.partition, QUERY_TIMEOUT) {
+        Ok(watermarks) => watermarks,
+        Err(e) => {
+            tracing::warn!(error = %e, partition = tp.partition, "no end offset for catch-up; not waiting for it");
+            return (0, 0);
+        }
+    };
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    wanted.add_partition(&tp.topic, tp.partition);
+    let committed = match client.committed_offsets(wanted, QUERY_TIMEOUT) {
+        Ok(list) => list
+            .find_partition(&tp.topic, tp.partition)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            }),
+        Err(e) => {
+            tracing::warn!(error = %e, partition = tp.partition, "no committed offset for catch-up; not waiting for it");
+            return (0, 0);
+        }
+    };
+    let start = committed.unwrap_or(if starts_at_end { high } else { low });
+    (start, high)
+}
+
 impl ClientContext for AnnotatorContext {}
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
@@ -102,13 +133,13 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 }
 
 impl AnnotatorContext {
-    /// Records committed offsets in the metrics.
+    /// Records committed offsets in the book (for lag) and the metrics.
     pub fn record_committed(&self, commits: &[(TopicPartition, i64)]) {
-        for (tp, offset) in commits {
+        for (tp, offset) in self.book.confirm_committed(commits) {
             self.metrics
                 .committed_offset
                 .with_label_values(&[tp.topic.as_ref(), tp.partition.to_string().as_str()])
-                .set(*offset);
+                .set(offset);
         }
     }
 
@@ -172,21 +203,17 @@ impl ConsumerContext for AnnotatorContext {
                 if !assessments.is_empty() {
                     let client = Arc::clone(&self.watermarks);
                     let catch_up = Arc::clone(&self.catch_up);
+                    let starts_at_end = self.starts_at_end;
                     off_the_poll_thread(move || {
                         for tp in assessments {
-                            let end = client.fetch_watermarks(&tp.topic, tp.partition, QUERY_TIMEOUT).map_or_else(
-                                |e| {
-                                    tracing::warn!(error = %e, partition = tp.partition, "no end offset for catch-up; not waiting for it");
-                                    0
-                                },
-                                |(_, high)| high,
-                            );
+                            let (start, end) = catch_up_range(&client, &tp, starts_at_end);
                             tracing::info!(
                                 partition = tp.partition,
+                                start,
                                 end,
                                 "assessments partition: catching up to its end offset"
                             );
-                            catch_up.target(&tp, end);
+                            catch_up.target(&tp, start, end);
                         }
                     });
                 }

@@ -335,7 +335,6 @@ async fn annotate(
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     sandbox.attempt(&name, 200);
-    sandbox.accepted.fetch_add(1, Ordering::Relaxed);
     {
         let mut inner = sandbox.lock();
         if inner.recorded.len() < sandbox.record_limit {
@@ -346,6 +345,8 @@ async fn annotate(
                 at_ms: now_ms(),
             });
         }
+        // Counted once recorded, so a reader that sees the count also sees the record.
+        sandbox.accepted.fetch_add(1, Ordering::Relaxed);
     }
     (
         StatusCode::OK,

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -158,7 +159,9 @@ impl TestEnv {
         c.recaptcha.endpoint = self.endpoint.clone();
         c.recaptcha.api_key = Some(SecretString::from(API_KEY));
         c.recaptcha.project = Some(PROJECT.into());
-        c.recaptcha.request_timeout = Duration::from_secs(2);
+        // Long enough that a loaded machine does not time out a call the sandbox accepted
+        // (it would be retried and recorded twice); tests of timeouts set their own.
+        c.recaptcha.request_timeout = Duration::from_secs(10);
         c.cache.backend = CacheBackend::Memory;
         c.admin.listen = format!("127.0.0.1:{}", self.admin_port);
         c.delivery.retry_initial = Duration::from_millis(50);
@@ -214,35 +217,43 @@ impl TestEnv {
 
     /// (end offsets, committed offsets) of the consumed topics.
     pub fn offsets(&self) -> (Offsets, Offsets) {
-        let reader = tools::offset_reader(&brokers(), &self.config_base.group).unwrap();
+        self.try_offsets().unwrap()
+    }
+
+    fn try_offsets(&self) -> anyhow::Result<(Offsets, Offsets)> {
+        let reader = tools::offset_reader(&brokers(), &self.config_base.group)?;
         let topics: Vec<&str> = self.config_base.topics[..4]
             .iter()
             .map(String::as_str)
             .collect();
-        let mut ends = tools::end_offsets(&reader, &topics).unwrap();
+        let mut ends = tools::end_offsets(&reader, &topics)?;
         for (tp, end) in self.produced.lock().unwrap().iter() {
             let e = ends.entry(tp.clone()).or_insert(0);
             *e = (*e).max(*end);
         }
         let parts: Vec<_> = ends.keys().cloned().collect();
-        let committed = tools::committed_offsets(&reader, &parts).unwrap();
-        (ends, committed)
+        let committed = tools::committed_offsets(&reader, &parts)?;
+        drop(reader);
+        Ok((ends, committed))
     }
 
     /// Waits until every consumed partition's committed offset reaches its end offset.
     pub async fn wait_all_committed(&self, within: Duration) {
         let started = Instant::now();
         loop {
-            let (ends, committed) = tokio::task::block_in_place(|| self.offsets());
-            let done = ends
-                .iter()
-                .all(|(tp, end)| *end == 0 || committed.get(tp).is_some_and(|c| c >= end));
-            if done {
-                return;
+            // A slow broker answer is "not yet", not a failure.
+            let state = tokio::task::block_in_place(|| self.try_offsets());
+            if let Ok((ends, committed)) = &state {
+                let done = ends
+                    .iter()
+                    .all(|(tp, end)| *end == 0 || committed.get(tp).is_some_and(|c| c >= end));
+                if done {
+                    return;
+                }
             }
             assert!(
                 started.elapsed() < within,
-                "not committed within {within:?}: ends {ends:?} committed {committed:?}"
+                "not committed within {within:?}: {state:?}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -409,7 +420,7 @@ dead_letter = "{d}"
 endpoint = "{endpoint}"
 api_key = "{API_KEY}"
 project = "{PROJECT}"
-request_timeout = "2s"
+request_timeout = "10s"
 {cache}
 [admin]
 listen = "127.0.0.1:{port}"
@@ -462,16 +473,75 @@ pub fn spawn_binary_with_env(
         .unwrap()
 }
 
+/// A service process whose stdout and stderr are read as it runs (so a chatty log level
+/// cannot fill the pipe and block it).
+pub struct Logged {
+    child: std::process::Child,
+    output: Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Logged {
+    /// Waits until the output contains `text`; false after `within`.
+    pub async fn wait_for(&self, text: &str, within: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if self.output.lock().unwrap().contains(text) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Sends `sig`, waits for the exit and returns everything it wrote.
+    pub fn stop(mut self, sig: &str) -> String {
+        signal(&self.child, sig);
+        tokio::task::block_in_place(|| {
+            self.child.wait().unwrap();
+            for reader in self.readers.drain(..) {
+                reader.join().unwrap();
+            }
+        });
+        std::mem::take(&mut *self.output.lock().unwrap())
+    }
+}
+
 /// Runs the service binary with its stdout and stderr captured, logging at `level`.
-pub fn spawn_logged(config: &std::path::Path, level: &str) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
+pub fn spawn_logged(config: &std::path::Path, level: &str) -> Logged {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", level)
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let output = Arc::new(std::sync::Mutex::new(String::new()));
+    let pipes: [Box<dyn std::io::Read + Send>; 2] = [
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ];
+    let readers = pipes
+        .into_iter()
+        .map(|pipe| {
+            let output = Arc::clone(&output);
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut out = output.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            })
+        })
+        .collect();
+    Logged {
+        child,
+        output,
+        readers,
+    }
 }
 
 pub fn signal(child: &std::process::Child, sig: &str) {
