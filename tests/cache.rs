@@ -97,9 +97,18 @@ async fn embedded_store_keeps_mappings_when_reopened() {
             .await
             .unwrap();
     }
-    // The writer thread lets go of the file once the cache is dropped.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let cache = EmbeddedCache::open(&dir.path().join("c.redb")).unwrap();
+    // The writer thread lets go of the file soon after the cache is dropped.
+    let started = std::time::Instant::now();
+    let cache = loop {
+        match EmbeddedCache::open(&dir.path().join("c.redb")) {
+            Ok(cache) => break cache,
+            Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                eprintln!("not reopened yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("reopening the store: {e}"),
+        }
+    };
     assert_eq!(cache.get(&key).await.unwrap(), Lookup::Hit(name));
 }
 

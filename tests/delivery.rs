@@ -152,7 +152,7 @@ async fn instances_joining_and_leaving_lose_nothing() {
 async fn sigterm_drains_and_commits_so_a_restart_sends_nothing_twice() {
     let env = TestEnv::with_partitions("sigterm", 3).await;
     env.script(vec![], Some(answer(200, 20)));
-    let total = 3000;
+    let total = 6000;
     env.produce_bulk(unique_events("t", total)).await;
     let file = env.config_file("[delivery]\nmax_in_flight = 64\nmax_pending = 500");
     let mut child = spawn_binary(file.path());
