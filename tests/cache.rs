@@ -12,6 +12,7 @@ use common::*;
 use recaptcha_annotator::cache::embedded::EmbeddedCache;
 use recaptcha_annotator::cache::redis::RedisCache;
 use recaptcha_annotator::cache::{Cache, Lookup};
+use recaptcha_annotator::config::CacheBackend;
 use recaptcha_annotator::domain::assessment::{AssessmentName, CorrelationKey};
 use secrecy::SecretString;
 use serde_json::json;
@@ -66,12 +67,16 @@ async fn both_backends_map_expire_and_remember_events() {
             Lookup::Hit(later.clone()),
             "{backend}: later write replaces"
         );
-        assert!(!cache.is_done("e-1").await.unwrap());
+        assert!(!cache.is_done("e-1", "t/0/5/1").await.unwrap());
         cache
-            .mark_done("e-1", Duration::from_secs(1))
+            .mark_done("e-1", "t/0/5/1", Duration::from_secs(1))
             .await
             .unwrap();
-        assert!(cache.is_done("e-1").await.unwrap(), "{backend}");
+        assert!(cache.is_done("e-1", "t/0/5/1").await.unwrap(), "{backend}");
+        assert!(
+            !cache.is_done("e-1", "t/0/9/2").await.unwrap(),
+            "{backend}: another record with the same event id is not a redelivery"
+        );
         tokio::time::sleep(Duration::from_millis(2100)).await;
         assert_eq!(
             cache.get(&key).await.unwrap(),
@@ -79,7 +84,7 @@ async fn both_backends_map_expire_and_remember_events() {
             "{backend}: TTL expiry"
         );
         assert!(
-            !cache.is_done("e-1").await.unwrap(),
+            !cache.is_done("e-1", "t/0/5/1").await.unwrap(),
             "{backend}: TTL expiry"
         );
     }
@@ -312,6 +317,36 @@ async fn restart_with_mappings_committed_to_the_end_still_expires_unjoined() {
     env.wait_all_committed(Duration::from_secs(60)).await;
     second.stop().await;
     assert!(env.sandbox.recorded().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_record_reusing_an_event_id_is_sent_again() {
+    let env = TestEnv::new("reuse").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut config = env.config();
+        config.cache.backend = CacheBackend::Embedded;
+        config.cache.path = dir.path().join("c.redb");
+        config
+    };
+    let event = json!({"event_id": "e-0001", "outcome": "refund",
+        "assessment": format!("projects/{PROJECT}/assessments/reused")})
+    .to_string();
+    env.produce("fraud-signals", Some("k"), Some(&event)).await;
+    let first = env.start(config());
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    first.stop().await;
+    assert_eq!(env.sandbox.accepted_count(), 1);
+    // The same id in a new record, with the store (and its remembered ids) still on disk.
+    env.produce("fraud-signals", Some("k"), Some(&event)).await;
+    let second = env.start(config());
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    second.stop().await;
+    assert_eq!(
+        env.sandbox.accepted_count(),
+        2,
+        "the new record was skipped"
+    );
 }
 
 /// Runs the SIGKILL scenario once; returns the duplicate calls after the restart.

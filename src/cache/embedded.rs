@@ -59,6 +59,20 @@ struct Write {
 pub struct EmbeddedCache {
     db: Arc<Database>,
     writes: mpsc::SyncSender<Write>,
+    /// The writer thread; joined on drop, so the file is free once the cache is gone.
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedCache {
+    fn drop(&mut self) {
+        // Only this handle's sender is left once every write has returned; replacing it with
+        // a sender of a dead channel disconnects the writer, which then ends.
+        let (dead, _) = mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.writes, dead));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 fn db_error(err: impl std::fmt::Display) -> CacheError {
@@ -171,11 +185,15 @@ impl EmbeddedCache {
         txn.commit().map_err(db_error)?;
         let (writes, rx) = mpsc::sync_channel(MAX_BATCH);
         let writer_db = Arc::clone(&db);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("embedded-cache-writer".into())
             .spawn(move || writer(writer_db, rx))
             .map_err(db_error)?;
-        Ok(Self { db, writes })
+        Ok(Self {
+            db,
+            writes,
+            writer: Some(writer),
+        })
     }
 
     async fn write(&self, kind: Kind, key: String, value: Vec<u8>) -> Result<(), CacheError> {
@@ -238,13 +256,23 @@ impl Cache for EmbeddedCache {
         .await
     }
 
-    async fn is_done(&self, event_id: &str) -> Result<bool, CacheError> {
-        Ok(self.read(Kind::Done, event_id.to_owned()).await?.is_some())
+    async fn is_done(&self, event_id: &str, record: &str) -> Result<bool, CacheError> {
+        let stored = self.read(Kind::Done, event_id.to_owned()).await?;
+        Ok(stored.is_some_and(|v| v.get(8..) == Some(record.as_bytes())))
     }
 
-    async fn mark_done(&self, event_id: &str, ttl: Duration) -> Result<(), CacheError> {
-        self.write(Kind::Done, event_id.to_owned(), with_expiry(ttl, b""))
-            .await
+    async fn mark_done(
+        &self,
+        event_id: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        self.write(
+            Kind::Done,
+            event_id.to_owned(),
+            with_expiry(ttl, record.as_bytes()),
+        )
+        .await
     }
 
     async fn ping(&self) -> Result<(), CacheError> {

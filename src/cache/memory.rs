@@ -49,7 +49,7 @@ impl<V: Clone> Expiring<V> {
 #[derive(Default)]
 pub struct MemoryCache {
     mappings: Mutex<Expiring<AssessmentName>>,
-    done: Mutex<Expiring<()>>,
+    done: Mutex<Expiring<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, CacheError> {
@@ -75,12 +75,17 @@ impl Cache for MemoryCache {
         Ok(())
     }
 
-    async fn is_done(&self, event_id: &str) -> Result<bool, CacheError> {
-        Ok(lock(&self.done)?.get(event_id).is_some())
+    async fn is_done(&self, event_id: &str, record: &str) -> Result<bool, CacheError> {
+        Ok(lock(&self.done)?.get(event_id).is_some_and(|r| r == record))
     }
 
-    async fn mark_done(&self, event_id: &str, ttl: Duration) -> Result<(), CacheError> {
-        lock(&self.done)?.insert(event_id, (), ttl);
+    async fn mark_done(
+        &self,
+        event_id: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        lock(&self.done)?.insert(event_id, record.to_owned(), ttl);
         Ok(())
     }
 

@@ -43,10 +43,17 @@ pub trait Cache: Send + Sync + 'static {
         assessment: &AssessmentName,
         ttl: Duration,
     ) -> Result<(), CacheError>;
-    /// Whether `event_id` was annotated already (duplicate suppression after redelivery).
-    async fn is_done(&self, event_id: &str) -> Result<bool, CacheError>;
-    /// Remembers that `event_id` was annotated, for `ttl`.
-    async fn mark_done(&self, event_id: &str, ttl: Duration) -> Result<(), CacheError>;
+    /// Whether `event_id` was annotated already from the same Kafka record `record`
+    /// (duplicate suppression after redelivery). Another record with the same id (a new
+    /// run of a producer, a re-created topic) is not a redelivery and is sent.
+    async fn is_done(&self, event_id: &str, record: &str) -> Result<bool, CacheError>;
+    /// Remembers that `event_id` was annotated from `record`, for `ttl`.
+    async fn mark_done(
+        &self,
+        event_id: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<(), CacheError>;
     /// Checks that the backend answers (readiness).
     async fn ping(&self) -> Result<(), CacheError>;
     /// Backend name for logs and metrics.

@@ -74,19 +74,26 @@ impl Cache for RedisCache {
         Ok(())
     }
 
-    async fn is_done(&self, event_id: &str) -> Result<bool, CacheError> {
+    async fn is_done(&self, event_id: &str, record: &str) -> Result<bool, CacheError> {
         let mut conn = self.conn.clone();
-        conn.exists(format!("{}{event_id}", self.done_prefix))
+        let stored: Option<String> = conn
+            .get(format!("{}{event_id}", self.done_prefix))
             .await
-            .map_err(|e| redis_error(&e))
+            .map_err(|e| redis_error(&e))?;
+        Ok(stored.is_some_and(|r| r == record))
     }
 
-    async fn mark_done(&self, event_id: &str, ttl: Duration) -> Result<(), CacheError> {
+    async fn mark_done(
+        &self,
+        event_id: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();
         let () = conn
             .set_ex(
                 format!("{}{event_id}", self.done_prefix),
-                1,
+                record,
                 ttl.as_secs().max(1),
             )
             .await

@@ -59,6 +59,18 @@ pub struct Message {
 }
 
 impl Message {
+    /// The Kafka record this message is (topic, partition, offset, timestamp): the same
+    /// for a redelivery, different for a new record that reuses an `event_id`.
+    fn identity(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.tp.topic,
+            self.tp.partition,
+            self.offset,
+            self.timestamp_ms.unwrap_or(-1)
+        )
+    }
+
     fn source(&self) -> Source<'_> {
         Source {
             topic: &self.tp.topic,
@@ -347,7 +359,7 @@ impl Shared {
                     );
                     return "dry_run";
                 }
-                if self.already_done(&event_id).await {
+                if self.already_done(&event_id, &msg.identity()).await {
                     tracing::debug!(topic = %msg.tp.topic, partition = msg.tp.partition, offset = msg.offset, event_id = %event_id, "already annotated; not sent again");
                     return "duplicate";
                 }
@@ -355,7 +367,7 @@ impl Shared {
                     Ok(slot) => {
                         // The in-flight slot is held until the event is remembered, so a
                         // crash repeats at most `max_in_flight` annotated events.
-                        self.remember_done(&event_id).await;
+                        self.remember_done(&event_id, &msg.identity()).await;
                         drop(slot);
                         tracing::debug!(topic = %msg.tp.topic, partition = msg.tp.partition, offset = msg.offset, event_id = %event_id, "annotated");
                         "annotated"
@@ -395,13 +407,13 @@ impl Shared {
     }
 
     /// Whether the event was annotated before (a redelivery); retried while the cache is down.
-    async fn already_done(&self, event_id: &str) -> bool {
+    async fn already_done(&self, event_id: &str, record: &str) -> bool {
         if self.dedup_ttl.is_zero() {
             return false;
         }
         let mut backoff = self.backoff();
         loop {
-            match self.cache.is_done(event_id).await {
+            match self.cache.is_done(event_id, record).await {
                 Ok(done) => {
                     self.health.set_cache_down(false);
                     return done;
@@ -413,13 +425,13 @@ impl Shared {
 
     /// Remembers an annotated event. A failure only weakens duplicate suppression (delivery
     /// stays at least once), so it is logged and the event finishes.
-    async fn remember_done(&self, event_id: &str) {
+    async fn remember_done(&self, event_id: &str, record: &str) {
         if self.dedup_ttl.is_zero() {
             return;
         }
         let mut backoff = self.backoff();
         for attempt in 1..=REMEMBER_ATTEMPTS {
-            match self.cache.mark_done(event_id, self.dedup_ttl).await {
+            match self.cache.mark_done(event_id, record, self.dedup_ttl).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.metrics.cache_errors.inc();
