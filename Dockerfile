@@ -2,6 +2,10 @@
 # Multi-stage build: compile with the pinned toolchain, ship a slim non-root image.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+# librdkafka is built with OpenSSL (TLS, SASL).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libssl-dev pkg-config \
+    && rm -rf /var/lib/apt/lists/*
 # Dependencies first, so source edits do not rebuild librdkafka.
 COPY Cargo.toml Cargo.lock rust-toolchain.toml ./
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
@@ -12,7 +16,7 @@ RUN cargo build --release --locked && strip target/release/recaptcha-annotator
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/recaptcha-annotator --create-home annotator
 COPY --from=build /src/target/release/recaptcha-annotator /usr/local/bin/recaptcha-annotator

@@ -8,6 +8,7 @@ cd "$root"
 port=${TANSU_PORT:-9092}
 export ANNOTATOR_TEST_BROKERS=${ANNOTATOR_TEST_BROKERS:-127.0.0.1:$port}
 export ANNOTATOR_TEST_REDIS=${ANNOTATOR_TEST_REDIS:-redis://127.0.0.1:6379}
+scripts/build-deps.sh
 scripts/tansu.sh "$port"
 scripts/redis.sh
 

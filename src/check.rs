@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 use crate::annotate::auth::Auth;
@@ -33,10 +32,7 @@ fn finding(what: &'static str, result: Result<String, String>) -> Finding {
 }
 
 fn check_broker(config: &Config) -> Result<String, String> {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .create()
-        .map_err(|e| e.to_string())?;
+    let client: BaseConsumer = config.kafka.client().create().map_err(|e| e.to_string())?;
     let metadata = client
         .fetch_metadata(None, Duration::from_secs(5))
         .map_err(|e| format!("{} unreachable: {e}", config.kafka.brokers))?;
@@ -108,6 +104,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
         kafka: crate::config::KafkaConfig {
             brokers: broker_config,
             topics,
+            properties: config.kafka.properties.clone(),
             ..Default::default()
         },
         ..Default::default()

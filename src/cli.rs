@@ -273,7 +273,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let t = &config.kafka.topics;
             let mut all = t.consumed().to_vec();
             all.push(&t.dead_letter);
-            tools::create_topics(&config.kafka.brokers, &all, partitions).await?;
+            tools::create_topics_with(&config.kafka.client(), &all, partitions).await?;
             println!("topics ready: {}", all.join(", "));
             Ok(())
         }

@@ -2,7 +2,7 @@
 //! variables (figment), typed with `deny_unknown_fields`, then validated purely with every
 //! problem collected before failing.
 //!
-//! The `///` doc on each field is the operator's manual; `docs/CONFIG.md` mirrors it.
+//! The `///` doc on each field is the operator's manual; the README's table mirrors it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Metadata, Profile, Provider};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
@@ -52,13 +54,102 @@ fn opt_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String
     string_or_number(d).map(Some)
 }
 
+/// A list, or one comma-separated string (`ANNOTATOR__RECAPTCHA__ALLOWED_PROJECTS=a,b`).
 fn vec_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     struct Item(#[serde(deserialize_with = "string_or_number")] String);
-    Ok(Vec::<Item>::deserialize(d)?
-        .into_iter()
-        .map(|i| i.0)
-        .collect())
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Many(Vec<Item>),
+        One(Item),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Many(items) => items.into_iter().map(|i| i.0).collect(),
+        Raw::One(Item(one)) => one
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+/// The `ANNOTATOR__…` environment overrides as a figment provider. Names are split on `__`
+/// and lower-cased; values parse as figment's own environment values do (`42` a number,
+/// `true` a boolean, `[a, b]` a list), except that a value whose key wants a string is kept
+/// verbatim (those keys are learned from the type error of a first try). Under
+/// `kafka.properties` the rest of the name is a librdkafka property, `_` read as `.`
+/// (`ANNOTATOR__KAFKA__PROPERTIES__SASL_PASSWORD` sets `sasl.password`), its value a string.
+struct EnvOverrides {
+    vars: Vec<(Vec<String>, String)>,
+    verbatim: std::collections::BTreeSet<Vec<String>>,
+}
+
+impl EnvOverrides {
+    fn from_process() -> Self {
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter_map(|(name, value)| Some((env_path(&name)?, value)))
+            .collect();
+        Self {
+            vars,
+            verbatim: Default::default(),
+        }
+    }
+}
+
+/// The config path an environment variable name overrides, if it is one of ours.
+fn env_path(name: &str) -> Option<Vec<String>> {
+    let prefix = name.get(..ENV_PREFIX.len())?;
+    if !prefix.eq_ignore_ascii_case(ENV_PREFIX) {
+        return None;
+    }
+    let parts: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if parts.len() > 2 && parts[0] == "kafka" && parts[1] == "properties" {
+        let property = parts[2..].join("__").replace('_', ".");
+        return Some(vec![parts[0].clone(), parts[1].clone(), property]);
+    }
+    (!parts.iter().any(String::is_empty)).then_some(parts)
+}
+
+impl Provider for EnvOverrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment variable(s)")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut root = Dict::new();
+        for (path, raw) in &self.vars {
+            let verbatim = path.starts_with(&["kafka".to_owned(), "properties".to_owned()])
+                || self.verbatim.contains(path);
+            let value = if verbatim {
+                Value::from(raw.clone())
+            } else {
+                raw.parse::<Value>()
+                    .unwrap_or_else(|_| Value::from(raw.clone()))
+            };
+            let (last, parents) = path.split_last().expect("env_path is never empty");
+            let mut dict = &mut root;
+            for part in parents {
+                let entry = dict
+                    .entry(part.clone())
+                    .or_insert_with(|| Value::from(Dict::new()));
+                if !matches!(entry, Value::Dict(..)) {
+                    *entry = Value::from(Dict::new());
+                }
+                let Value::Dict(_, inner) = entry else {
+                    unreachable!("just made a dict")
+                };
+                dict = inner;
+            }
+            dict.insert(last.clone(), value);
+        }
+        Ok(Profile::Default.collect(root))
+    }
 }
 
 /// The whole configuration.
@@ -93,6 +184,42 @@ pub struct KafkaConfig {
     /// How often finished offsets are committed (also on revoke and shutdown).
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+}
+
+/// Prefixes of `kafka.properties` that say how to reach the cluster (TLS, SASL, client id,
+/// sockets): every client the service or a command creates gets them.
+const CONNECTION_PROPERTY_PREFIXES: [&str; 6] = [
+    "security.",
+    "sasl.",
+    "ssl.",
+    "client.id",
+    "socket.",
+    "broker.address.family",
+];
+
+impl KafkaConfig {
+    /// The `kafka.properties` that say how to reach the cluster.
+    pub fn connection_properties(&self) -> Vec<(String, String)> {
+        self.properties
+            .iter()
+            .filter(|(k, _)| {
+                CONNECTION_PROPERTY_PREFIXES
+                    .iter()
+                    .any(|p| k.starts_with(p))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// A client config that reaches the cluster: `brokers` and the connection properties.
+    pub fn client(&self) -> rdkafka::ClientConfig {
+        let mut client = rdkafka::ClientConfig::new();
+        for (k, v) in self.connection_properties() {
+            client.set(k, v);
+        }
+        client.set("bootstrap.servers", &self.brokers);
+        client
+    }
 }
 
 impl Default for KafkaConfig {
@@ -369,21 +496,43 @@ pub struct Validated {
 impl Config {
     /// Loads `path` (when given) under the environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_with_env(path, Env::prefixed(ENV_PREFIX).split("__"))
+        Self::load_with_env(path, EnvOverrides::from_process())
     }
 
-    fn load_with_env(path: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
-        let mut figment = Figment::new();
-        if let Some(path) = path {
-            if !path.exists() {
-                return Err(ConfigError::Missing(path.to_owned()));
-            }
-            figment = figment.merge(Toml::file_exact(path));
+    fn load_with_env(path: Option<&Path>, mut env: EnvOverrides) -> Result<Self, ConfigError> {
+        if let Some(path) = path
+            && !path.exists()
+        {
+            return Err(ConfigError::Missing(path.to_owned()));
         }
-        figment
-            .merge(env)
-            .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))
+        loop {
+            let mut figment = Figment::new();
+            if let Some(path) = path {
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            let error = match figment.merge(&env).extract() {
+                Ok(config) => return Ok(config),
+                Err(e) => e,
+            };
+            // An environment value that parsed as a number or boolean where a string is
+            // wanted (`ANNOTATOR__KAFKA__GROUP_ID=42`): keep it verbatim and try again.
+            let wants_string: Vec<Vec<String>> = error
+                .clone()
+                .into_iter()
+                .filter(|e| {
+                    e.metadata
+                        .as_ref()
+                        .is_some_and(|m| m.name == env.metadata().name)
+                        && matches!(&e.kind, figment::error::Kind::InvalidType(_, expected) if expected.contains("string"))
+                })
+                .map(|e| e.path)
+                .filter(|p| !env.verbatim.contains(p))
+                .collect();
+            if wants_string.is_empty() {
+                return Err(ConfigError::Load(Box::new(error)));
+            }
+            env.verbatim.extend(wants_string);
+        }
     }
 
     /// Parses a TOML string (tests and examples).
@@ -688,6 +837,22 @@ mod tests {
                 vec!["123456789", "other"]
             );
             assert!(config.dry_run);
+            // Values that parse as numbers where strings are wanted, librdkafka properties
+            // (`_` read as `.`), a comma-separated list.
+            jail.set_env("ANNOTATOR__KAFKA__GROUP_ID", "42");
+            jail.set_env("ANNOTATOR__KAFKA__TOPICS__DEAD_LETTER", "1234");
+            jail.set_env("ANNOTATOR__KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret");
+            jail.set_env("ANNOTATOR__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
+            jail.set_env("ANNOTATOR__RECAPTCHA__ALLOWED_PROJECTS", "123456789, other");
+            let config = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.kafka.group_id, "42");
+            assert_eq!(config.kafka.topics.dead_letter, "1234");
+            assert_eq!(config.kafka.properties["sasl.password"], "s3cret");
+            assert_eq!(config.kafka.properties["session.timeout.ms"], "6000");
+            assert_eq!(
+                config.recaptcha.allowed_projects,
+                vec!["123456789", "other"]
+            );
             jail.set_env("ANNOTATOR__KAFKA__NOPE", "1");
             let err = Config::load(Some(Path::new("c.toml")))
                 .unwrap_err()
@@ -695,6 +860,20 @@ mod tests {
             assert!(err.contains("nope"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn tls_and_sasl_properties_are_supported_by_the_kafka_client() {
+        // librdkafka is built with OpenSSL: SASL_SSL with SCRAM is accepted (creating the
+        // client does not wait for the broker).
+        let config = Config::from_toml(
+            "[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"u\"\n\"sasl.password\" = \"p\"\n\"session.timeout.ms\" = \"6000\"",
+        )
+        .unwrap();
+        let connection = config.kafka.connection_properties();
+        assert_eq!(connection.len(), 4, "{connection:?}");
+        let client: Result<rdkafka::consumer::BaseConsumer, _> = config.kafka.client().create();
+        assert!(client.is_ok(), "{:?}", client.err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::dead_letter::REPLAY_COUNT;
@@ -49,8 +49,9 @@ const QUIET: Duration = Duration::from_secs(3);
 
 pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     let topics = &config.kafka.topics;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
+    let consumer: BaseConsumer = config
+        .kafka
+        .client()
         .set("group.id", &args.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -88,8 +89,9 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayRep
     drop(committed);
     consumer.assign(&start)?;
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
+    let producer: FutureProducer = config
+        .kafka
+        .client()
         .set("acks", "all")
         .create()
         .context("creating the replay producer")?;

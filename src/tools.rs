@@ -15,10 +15,19 @@ use rdkafka::{Offset, TopicPartitionList};
 
 /// Creates `topics` with `partitions` partitions; existing topics are left as they are.
 pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .context("creating the Kafka admin client")?;
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", brokers);
+    create_topics_with(&client, topics, partitions).await
+}
+
+/// [`create_topics`] through a client config (TLS, SASL ...).
+pub async fn create_topics_with(
+    client: &ClientConfig,
+    topics: &[&str],
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        client.create().context("creating the Kafka admin client")?;
     let new: Vec<_> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))

@@ -71,28 +71,6 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
     cc
 }
 
-/// Passthrough properties that also apply to the dead-letter producer (security, client id).
-fn producer_properties(config: &Config) -> Vec<(String, String)> {
-    config
-        .kafka
-        .properties
-        .iter()
-        .filter(|(k, _)| {
-            [
-                "security.",
-                "sasl.",
-                "ssl.",
-                "client.id",
-                "socket.",
-                "broker.address.family",
-            ]
-            .iter()
-            .any(|p| k.starts_with(p))
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
 /// Everything built from the config before the loop starts.
 pub struct Service {
     consumer: Consumer,
@@ -127,13 +105,10 @@ impl Service {
         let tokens = Arc::new(PartitionTokens::default());
         let catch_up = Arc::new(CatchUp::default());
         let assignment_changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut plain = ClientConfig::new();
-        for (k, v) in producer_properties(config) {
-            plain.set(k, v);
-        }
         let watermarks: Arc<rdkafka::consumer::BaseConsumer> = Arc::new(
-            plain
-                .set("bootstrap.servers", &config.kafka.brokers)
+            config
+                .kafka
+                .client()
                 .set("group.id", &config.kafka.group_id)
                 .set("enable.auto.commit", "false")
                 .create()
@@ -174,7 +149,7 @@ impl Service {
             .context("subscribing to the topics")?;
         let dead_letter = DeadLetterWriter::new(
             &config.kafka.brokers,
-            &producer_properties(config),
+            &config.kafka.connection_properties(),
             &topics.dead_letter,
         )
         .context("creating the dead-letter producer")?;
