@@ -653,6 +653,14 @@ impl Config {
                 && self.cache.redis_done_prefix != self.cache.redis_prefix,
             "cache.redis_done_prefix: must not be empty or equal to cache.redis_prefix",
         );
+        // The URL may hold a password: the message never repeats it.
+        require(
+            &mut errors,
+            self.cache.backend != CacheBackend::Redis
+                || redis::Client::open(secrecy::ExposeSecret::expose_secret(&self.cache.redis_url))
+                    .is_ok(),
+            "cache.redis_url: not a valid redis:// or rediss:// URL",
+        );
 
         let d = &self.delivery;
         require(

@@ -156,6 +156,42 @@ async fn redis_joins_mappings_from_the_topic_and_from_a_direct_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_or_while_idle_is_waited_for_and_reported() {
+    let env = TestEnv::new("redis-idle").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = PrivateRedis::start(dir.path());
+    redis.stop();
+    let mut config = env.config();
+    env.use_redis(&mut config, &redis.url());
+    // Started before Redis: it waits, not ready, instead of exiting.
+    let service = env.start(config);
+    env.wait_not_ready("cache unreachable", Duration::from_secs(20))
+        .await;
+    assert!(!service.handle.is_finished(), "the service gave up");
+    redis.restart();
+    let mapping =
+        json!({"key": "idle", "assessment": format!("projects/{PROJECT}/assessments/idle")});
+    env.produce("assessments", Some("idle"), Some(&mapping.to_string()))
+        .await;
+    env.produce(
+        "logins",
+        Some("idle"),
+        Some(&json!({"event_id": "i1", "outcome": "two_factor_passed", "key": "idle"}).to_string()),
+    )
+    .await;
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    env.wait_ready(Duration::from_secs(20)).await;
+    // Down while nothing flows: readiness still follows it, and comes back with it.
+    redis.stop();
+    env.wait_not_ready("cache unreachable", Duration::from_secs(20))
+        .await;
+    redis.restart();
+    env.wait_ready(Duration::from_secs(20)).await;
+    service.stop().await;
+    assert_eq!(env.sandbox.accepted_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
     let env = TestEnv::new("redis-down").await;
     let dir = tempfile::tempdir().unwrap();

@@ -671,6 +671,19 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 
 impl TestEnv {
     /// Waits until `/readyz` answers 503 with `reason` in its body.
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, within: Duration) {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self.http_get("/readyz").await;
+            if status == 200 {
+                return;
+            }
+            assert!(started.elapsed() < within, "never ready: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn wait_not_ready(&self, reason: &str, within: Duration) {
         let started = Instant::now();
         loop {
