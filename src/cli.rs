@@ -125,7 +125,8 @@ pub enum DeadLetterCommand {
         /// Only records dead-lettered before this RFC 3339 time.
         #[arg(long)]
         until: Option<String>,
-        /// Consumer group that remembers what was replayed (default: `<kafka.group_id>-replay`).
+        /// Consumer group that remembers what was replayed (default:
+        /// `<kafka.group_id>-replay[-<reasons>][-since-<t>][-until-<t>]`: one per filter).
         #[arg(long)]
         group: Option<String>,
         /// Records already replayed this many times are left alone.
@@ -241,11 +242,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if let Some(bad) = reasons.iter().find(|r| !REASONS.contains(&r.as_str())) {
                 anyhow::bail!("--reason {bad:?}: must be one of {}", REASONS.join(", "));
             }
+            let since = parse_time("since", since.as_deref())?;
+            let until = parse_time("until", until.as_deref())?;
+            let group = group.unwrap_or_else(|| {
+                replay::default_group(
+                    &config.kafka.group_id,
+                    &reasons,
+                    since.as_ref(),
+                    until.as_ref(),
+                )
+            });
             let args = replay::ReplayArgs {
                 reasons,
-                since: parse_time("since", since.as_deref())?,
-                until: parse_time("until", until.as_deref())?,
-                group: group.unwrap_or_else(|| format!("{}-replay", config.kafka.group_id)),
+                since,
+                until,
+                group,
                 max_replays,
                 dry_run,
             };

@@ -6,7 +6,10 @@
 //!   it onto a new dead letter, and records at `--max-replays` are not replayed again.
 //! - The command reads the dead-letter topic as its own consumer group and commits what it
 //!   has read, so a record is never replayed twice by the command: a second run starts where
-//!   the first ended.
+//!   the first ended. The default group is named after the filters
+//!   ([`default_group`]), so records one filter passed over stay there for another (replaying
+//!   `unjoined` today does not use up the `rejected` records for tomorrow).
+//! - A failed publish stops the run after committing what was done before it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -97,6 +100,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayRep
         .context("creating the replay producer")?;
     let sources = config.kafka.topics.consumed();
     let mut report = ReplayReport::default();
+    let mut failure = None;
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
     let mut at_end = std::collections::BTreeSet::new();
     let mut last_message = Instant::now();
@@ -120,7 +124,6 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayRep
         };
         last_message = Instant::now();
         at_end.remove(&message.partition());
-        next_offsets.insert(message.partition(), message.offset() + 1);
         report.read += 1;
         let header = |key: &str| -> Option<String> {
             let headers = message.headers()?;
@@ -158,6 +161,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayRep
         };
         if let Some(why) = skip {
             *report.skipped.entry(why).or_default() += 1;
+            next_offsets.insert(message.partition(), message.offset() + 1);
             continue;
         }
         let Some(topic) = source_topic else { continue };
@@ -184,12 +188,12 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayRep
             if let Some(v) = message.payload() {
                 record = record.payload(v);
             }
-            producer
-                .send(record, Duration::from_secs(30))
-                .await
-                .map_err(|(e, _)| e)
-                .with_context(|| format!("re-publishing to {topic}"))?;
+            if let Err((e, _)) = producer.send(record, Duration::from_secs(30)).await {
+                failure = Some(anyhow::Error::new(e).context(format!("re-publishing to {topic}")));
+                break;
+            }
         }
+        next_offsets.insert(message.partition(), message.offset() + 1);
         report.replayed += 1;
         if report.read.is_multiple_of(1000) {
             eprintln!(
@@ -207,5 +211,53 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayRep
             .commit(&tpl, CommitMode::Sync)
             .context("committing what was replayed")?;
     }
-    Ok(report)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+/// The consumer group a replay keeps its position in unless `--group` is given:
+/// `<group_id>-replay`, plus the reasons and time window when filtered. Runs with the same
+/// filters continue one another; runs with other filters start from the beginning.
+pub fn default_group(
+    group_id: &str,
+    reasons: &[String],
+    since: Option<&chrono::DateTime<chrono::FixedOffset>>,
+    until: Option<&chrono::DateTime<chrono::FixedOffset>>,
+) -> String {
+    let mut group = format!("{group_id}-replay");
+    if !reasons.is_empty() {
+        let mut sorted = reasons.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        group.push('-');
+        group.push_str(&sorted.join("+"));
+    }
+    if let Some(since) = since {
+        group.push_str(&format!("-since-{}", since.to_rfc3339()));
+    }
+    if let Some(until) = until {
+        group.push_str(&format!("-until-{}", until.to_rfc3339()));
+    }
+    group
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_group_follows_the_filters() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-25T00:00:00Z").unwrap();
+        assert_eq!(default_group("g", &[], None, None), "g-replay");
+        let a = default_group("g", &["unjoined".into(), "rejected".into()], None, None);
+        let b = default_group("g", &["rejected".into(), "unjoined".into()], None, None);
+        assert_eq!(a, "g-replay-rejected+unjoined");
+        assert_eq!(a, b, "order of --reason does not matter");
+        assert_eq!(
+            default_group("g", &["unjoined".into()], Some(&t), None),
+            "g-replay-unjoined-since-2026-11-25T00:00:00+00:00"
+        );
+    }
 }

@@ -252,6 +252,18 @@ async fn dead_letter_replay_republishes_once_with_a_replay_count() {
     // The same command again replays nothing.
     let (ok, stdout, _) = tokio::task::block_in_place(|| run_command(&replay, &[]));
     assert!(ok && stdout.contains("replayed 0"), "{stdout}");
+    // Another filter still finds what the first one passed over.
+    let decode = [
+        "dead-letter",
+        "replay",
+        "--config",
+        path,
+        "--reason",
+        "decode",
+        "--dry-run",
+    ];
+    let (ok, stdout, _) = tokio::task::block_in_place(|| run_command(&decode, &[]));
+    assert!(ok && stdout.contains("would replay 1"), "{stdout}");
     signal(&child, "TERM");
     tokio::task::block_in_place(|| child.wait()).unwrap();
 }

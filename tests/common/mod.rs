@@ -454,29 +454,53 @@ pub fn unique_events(tag: &str, n: usize) -> Vec<(String, Option<String>, String
 }
 
 /// Runs the service binary with a config file.
-pub fn spawn_binary(config: &std::path::Path) -> std::process::Child {
+pub fn spawn_binary(config: &std::path::Path) -> Process {
     spawn_binary_with_env(config, &[])
 }
 
+/// A service process that is killed if the test ends (or panics) while it still runs.
+pub struct Process(std::process::Child);
+
+impl std::ops::Deref for Process {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Runs the service binary with a config file and extra environment overrides.
-pub fn spawn_binary_with_env(
-    config: &std::path::Path,
-    vars: &[(&str, &str)],
-) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
-        .args(["run", "--config"])
-        .arg(config)
-        .envs(vars.iter().copied())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+pub fn spawn_binary_with_env(config: &std::path::Path, vars: &[(&str, &str)]) -> Process {
+    Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
+            .args(["run", "--config"])
+            .arg(config)
+            .envs(vars.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// A service process whose stdout and stderr are read as it runs (so a chatty log level
 /// cannot fill the pipe and block it).
 pub struct Logged {
-    child: std::process::Child,
+    child: Process,
     output: Arc<std::sync::Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -509,14 +533,16 @@ impl Logged {
 
 /// Runs the service binary with its stdout and stderr captured, logging at `level`.
 pub fn spawn_logged(config: &std::path::Path, level: &str) -> Logged {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", level)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", level)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let output = Arc::new(std::sync::Mutex::new(String::new()));
     let pipes: [Box<dyn std::io::Read + Send>; 2] = [
         Box::new(child.stdout.take().unwrap()),
