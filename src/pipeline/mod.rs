@@ -235,6 +235,23 @@ impl Service {
         }
     }
 
+    /// Lets each partition's commit offset pass offsets that never arrive as messages
+    /// (transaction markers, aborted or compacted records) once librdkafka's position has
+    /// passed them. Called on the poll loop, between receives, so every message below the
+    /// position has been registered.
+    fn advance_positions(&self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for e in positions.elements() {
+            if let rdkafka::Offset::Offset(position) = e.offset() {
+                self.shared
+                    .book
+                    .advance(&TopicPartition::new(e.topic(), e.partition()), position);
+            }
+        }
+    }
+
     /// Updates the per-partition lag gauges off the poll loop (watermarks are network calls):
     /// high watermark minus the committed offset, never negative.
     fn spawn_lag_update(&self, running: &Arc<std::sync::atomic::AtomicBool>) {
@@ -335,6 +352,7 @@ impl Service {
                     if ticks.is_multiple_of(RECOMMIT_EVERY_TICKS) {
                         self.shared.book.recommit_all();
                     }
+                    self.advance_positions();
                     self.commit(CommitMode::Async);
                     self.shared.metrics.pending.set(i64::try_from(count).unwrap_or(i64::MAX));
                 }

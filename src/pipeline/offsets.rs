@@ -53,6 +53,17 @@ impl PartitionOffsets {
         true
     }
 
+    /// The consumer's position moved to `position`: every message below it was delivered
+    /// (and registered), so offsets below it that never came as messages (transaction
+    /// markers, aborted or compacted records) are finished too. Pending messages still hold
+    /// the commit offset.
+    pub fn advance(&mut self, position: i64) {
+        if self.next.is_none_or(|next| position > next) {
+            self.next = Some(position);
+            self.start.get_or_insert(position);
+        }
+    }
+
     /// Marks a message finished.
     pub fn done(&mut self, offset: i64) {
         self.pending.remove(&offset);
@@ -187,6 +198,13 @@ impl OffsetBook {
         self.lock().get(tp).and_then(|e| e.offsets.committable())
     }
 
+    /// See [`PartitionOffsets::advance`]; ignored for partitions not owned.
+    pub fn advance(&self, tp: &TopicPartition, position: i64) {
+        if let Some(entry) = self.lock().get_mut(tp) {
+            entry.offsets.advance(position);
+        }
+    }
+
     /// Records commit offsets sent to the broker. Returns each owned partition's highest
     /// committed offset (an acknowledgement can arrive after a later commit was sent).
     pub fn confirm_committed(
@@ -314,6 +332,24 @@ mod tests {
         assert!(!p.seen(3));
         p.done(5);
         assert_eq!(p.committable(), Some(6));
+    }
+
+    #[test]
+    fn a_trailing_transaction_marker_does_not_hold_the_commit() {
+        let mut p = PartitionOffsets::default();
+        p.seen(10);
+        p.seen(11);
+        // Offset 12 is a commit marker: never delivered, but the position passes it.
+        p.advance(13);
+        assert_eq!(p.committable(), Some(10), "pending messages still hold it");
+        p.done(10);
+        p.done(11);
+        assert_eq!(p.committable(), Some(13));
+        // A stale position never moves it back, and later messages are still tracked.
+        p.advance(12);
+        assert_eq!(p.committable(), Some(13));
+        assert!(p.seen(13));
+        assert!(!p.seen(12), "below the position: already delivered");
     }
 
     #[test]
