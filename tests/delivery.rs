@@ -126,18 +126,19 @@ async fn instances_joining_and_leaving_lose_nothing() {
         c.admin.listen = format!("127.0.0.1:{port}");
         (env.start(c), port)
     };
-    let (a, _) = start(&env);
-    let (b, _) = start(&env);
+    let (a, a_port) = start(&env);
+    let (b, b_port) = start(&env);
     env.wait_accepted(300, Duration::from_secs(60)).await;
     let (c, c_port) = start(&env);
     let (second, third) = rest.split_at(total / 3);
     env.produce_bulk(second.to_vec()).await;
-    // The third member has its share before the first leaves: Tansu was seen to stall a
-    // cooperative rebalance for good when a member left while another was still joining.
+    // Membership changes one at a time, each once the group has settled: Tansu was seen to
+    // stall a cooperative rebalance for good when a member left while another rebalance
+    // (a join's second round) was still going on.
     wait_ready(c_port, Duration::from_secs(60)).await;
-    env.wait_accepted(total as u64 / 2, Duration::from_secs(60))
-        .await;
+    wait_group_settled(&[a_port, b_port, c_port], Duration::from_secs(60)).await;
     a.stop().await; // one leaves mid-stream
+    wait_group_settled(&[b_port, c_port], Duration::from_secs(60)).await;
     let (d, _) = start(&env); // one joins
     env.produce_bulk(third.to_vec()).await;
     env.wait_all_committed(Duration::from_secs(90)).await;
@@ -176,18 +177,17 @@ async fn sigterm_drains_and_commits_so_a_restart_sends_nothing_twice() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_stream_loses_nothing_and_duplicates_stay_bounded() {
-    let env = TestEnv::with_partitions("sigkill", 3).await;
+/// SIGKILL after 5,000 of 20,000 events were annotated, then a restart; returns the
+/// duplicate calls. With `dedup` the group's shared cache (Redis) remembers annotated events.
+async fn sigkill_duplicates(dedup: bool, max_in_flight: usize) -> usize {
+    let env = TestEnv::with_partitions(if dedup { "sigkill" } else { "sigkill-nodedup" }, 3).await;
     env.script(vec![], Some(answer(200, 5)));
     let total = 20_000;
     env.produce_bulk(unique_events("x", total)).await;
-    // The group's shared cache (Redis) remembers annotated events, so only calls in flight
-    // at the kill can be repeated.
-    let max_in_flight = 128;
     let file = env.config_file(&format!(
-        "{}[delivery]\nmax_in_flight = {max_in_flight}\nmax_pending = 500",
-        env.redis_toml(&redis_url())
+        "{}dedup_ttl = \"{}\"\n[delivery]\nmax_in_flight = {max_in_flight}\nmax_pending = 500",
+        env.redis_toml(&redis_url()),
+        if dedup { "1h" } else { "0s" }
     ));
     let mut child = spawn_binary(file.path());
     env.wait_accepted(5_000, Duration::from_secs(120)).await;
@@ -200,12 +200,58 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_stay_bounded() {
     let recorded = env.sandbox.recorded();
     let names: BTreeSet<_> = recorded.iter().map(|r| r.name.clone()).collect();
     assert_eq!(names.len(), total, "every event annotated at least once");
-    let duplicates = recorded.len() - total;
-    eprintln!("sigkill: {duplicates} duplicate calls after the restart");
-    assert!(
-        duplicates <= max_in_flight,
-        "{duplicates} duplicates, more than the {max_in_flight} in flight"
+    recorded.len() - total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_nothing_and_duplicates_stay_bounded() {
+    let max_in_flight = 128;
+    let with = sigkill_duplicates(true, max_in_flight).await;
+    let without = sigkill_duplicates(false, max_in_flight).await;
+    eprintln!(
+        "sigkill: {with} duplicate calls after the restart with suppression, {without} without"
     );
+    // Only calls in flight at the kill can be repeated: each holds its slot until its
+    // event id is stored.
+    assert!(
+        with <= max_in_flight,
+        "{with} duplicates, more than the {max_in_flight} in flight"
+    );
+}
+
+/// Waits until every instance is ready and none has had a rebalance for 3 s.
+async fn wait_group_settled(ports: &[u16], within: Duration) {
+    let started = std::time::Instant::now();
+    let mut last: Option<(f64, std::time::Instant)> = None;
+    loop {
+        let mut rebalances = 0.0;
+        let mut ready = true;
+        for port in ports {
+            let base = format!("http://127.0.0.1:{port}");
+            ready &= reqwest::get(format!("{base}/readyz"))
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if let Ok(r) = reqwest::get(format!("{base}/metrics")).await {
+                rebalances += metric_sum(
+                    &r.text().await.unwrap_or_default(),
+                    "annotator_rebalances_total",
+                );
+            }
+        }
+        match last {
+            Some((seen, since)) if ready && seen == rebalances => {
+                if since.elapsed() >= Duration::from_secs(3) {
+                    return;
+                }
+            }
+            _ => last = Some((rebalances, std::time::Instant::now())),
+        }
+        assert!(
+            started.elapsed() < within,
+            "the group on {ports:?} never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until the instance on `port` answers `/readyz` with 200.
