@@ -46,10 +46,16 @@ impl<V: Clone> Expiring<V> {
     }
 }
 
+fn record_hash(record: &str) -> u64 {
+    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(record)
+}
+
 #[derive(Default)]
 pub struct MemoryCache {
     mappings: Mutex<Expiring<AssessmentName>>,
-    done: Mutex<Expiring<String>>,
+    /// Event id -> a hash of the record it came from (in-process only, so any hash will do).
+    done: Mutex<Expiring<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, CacheError> {
@@ -76,7 +82,9 @@ impl Cache for MemoryCache {
     }
 
     async fn is_done(&self, event_id: &str, record: &str) -> Result<bool, CacheError> {
-        Ok(lock(&self.done)?.get(event_id).is_some_and(|r| r == record))
+        Ok(lock(&self.done)?
+            .get(event_id)
+            .is_some_and(|r| r == record_hash(record)))
     }
 
     async fn mark_done(
@@ -85,7 +93,7 @@ impl Cache for MemoryCache {
         record: &str,
         ttl: Duration,
     ) -> Result<(), CacheError> {
-        lock(&self.done)?.insert(event_id, record.to_owned(), ttl);
+        lock(&self.done)?.insert(event_id, record_hash(record), ttl);
         Ok(())
     }
 
