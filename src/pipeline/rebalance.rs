@@ -105,15 +105,9 @@ fn catch_up_range(client: &BaseConsumer, tp: &TopicPartition, starts_at_end: boo
             return (0, 0);
         }
     };
-    let mut wanted = rdkafka::TopicPartitionList::new();
-    wanted.add_partition(&tp.topic, tp.partition);
-    let committed = match client.committed_offsets(wanted, QUERY_TIMEOUT) {
-        Ok(list) => list
-            .find_partition(&tp.topic, tp.partition)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            }),
+    let wanted = (tp.topic.to_string(), tp.partition);
+    let committed = match crate::tools::committed_offsets(client, std::slice::from_ref(&wanted)) {
+        Ok(offsets) => offsets.get(&wanted).copied(),
         Err(e) => {
             tracing::warn!(error = %e, partition = tp.partition, "no committed offset for catch-up; not waiting for it");
             return (0, 0);
