@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Health};
+use crate::admin;
 use crate::annotate::AnnotateClient;
 use crate::annotate::auth::Auth;
 use crate::cache::{self, Cache};
 use crate::config::{CacheBackend, Config};
+use crate::health::Health;
 use crate::pipeline::Service;
 use crate::telemetry::Metrics;
 

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, LogFormat};
-use crate::{app, bench, check, demo, replay, sandbox, telemetry, tools};
+use crate::commands::{self, bench, check, demo, replay};
+use crate::config::Config;
+use crate::telemetry::{self, LogFormat};
+use crate::{app, sandbox};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -138,25 +140,6 @@ pub enum DeadLetterCommand {
     },
 }
 
-fn parse_time(
-    flag: &str,
-    value: Option<&str>,
-) -> anyhow::Result<Option<chrono::DateTime<chrono::FixedOffset>>> {
-    value
-        .map(|v| {
-            chrono::DateTime::parse_from_rfc3339(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
-        })
-        .transpose()
-}
-
-const REASONS: [&str; 5] = [
-    "decode",
-    "unknown_outcome",
-    "invalid_reference",
-    "unjoined",
-    "rejected",
-];
-
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
@@ -203,28 +186,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             sandbox::serve(listener, sandbox).await?;
             Ok(())
         }
-        Command::Check { config } => {
-            let config = load(config.as_deref())?;
-            println!(
-                "effective configuration (secrets redacted):\n{}\n",
-                config.redacted()
-            );
-            let findings = check::run(&config).await?;
-            let mut failed = Vec::new();
-            for f in &findings {
-                println!(
-                    "{} {:<8} {}",
-                    if f.ok { "ok  " } else { "FAIL" },
-                    f.what,
-                    f.detail
-                );
-                if !f.ok {
-                    failed.push(f.what);
-                }
-            }
-            anyhow::ensure!(failed.is_empty(), "check failed: {}", failed.join(", "));
-            Ok(())
-        }
+        Command::Check { config } => check::main(&load(config.as_deref())?).await,
         Command::DeadLetter {
             command:
                 DeadLetterCommand::Replay {
@@ -239,20 +201,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = load(config.as_deref())?;
             telemetry::init_logging(cli.log_format.unwrap_or(config.log.format), "warn");
-            if let Some(bad) = reasons.iter().find(|r| !REASONS.contains(&r.as_str())) {
-                anyhow::bail!("--reason {bad:?}: must be one of {}", REASONS.join(", "));
-            }
-            let since = parse_time("since", since.as_deref())?;
-            let until = parse_time("until", until.as_deref())?;
-            let group = group.unwrap_or_else(|| {
-                replay::default_group(
-                    &config.kafka.group_id,
-                    &reasons,
-                    since.as_ref(),
-                    until.as_ref(),
-                )
-            });
-            let args = replay::ReplayArgs {
+            let flags = replay::ReplayFlags {
                 reasons,
                 since,
                 until,
@@ -260,33 +209,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 max_replays,
                 dry_run,
             };
-            let report = replay::run(&config, &args).await?;
-            let skipped: Vec<String> = report
-                .skipped
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect();
-            println!(
-                "read {} dead letters; {} {}; skipped: {}",
-                report.read,
-                if dry_run { "would replay" } else { "replayed" },
-                report.replayed,
-                if skipped.is_empty() {
-                    "none".into()
-                } else {
-                    skipped.join(", ")
-                }
-            );
-            Ok(())
+            replay::main(&config, flags).await
         }
         Command::CreateTopics { config, partitions } => {
-            let config = load(config.as_deref())?;
-            let t = &config.kafka.topics;
-            let mut all = t.consumed().to_vec();
-            all.push(&t.dead_letter);
-            tools::create_topics_with(&config.kafka.client(), &all, partitions).await?;
-            println!("topics ready: {}", all.join(", "));
-            Ok(())
+            commands::create_topics(&load(config.as_deref())?, partitions).await
         }
         Command::Bench {
             brokers,

@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::config::KafkaConfig;
+use crate::kafka::{self, REPLAY_COUNT};
 
 /// Why an event was set aside; the value of the `annotator.error` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,18 +61,6 @@ pub struct Source<'a> {
     pub replay_count: Option<u32>,
 }
 
-/// Header that counts how often `dead-letter replay` re-published an event.
-pub const REPLAY_COUNT: &str = "annotator.replay_count";
-
-/// Reads `annotator.replay_count` from a message's headers.
-pub fn replay_count(headers: &rdkafka::message::BorrowedHeaders) -> Option<u32> {
-    use rdkafka::message::Headers as _;
-    headers
-        .iter()
-        .find(|h| h.key == REPLAY_COUNT)
-        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-}
-
 #[derive(Clone)]
 pub struct DeadLetterWriter {
     producer: FutureProducer,
@@ -78,24 +68,11 @@ pub struct DeadLetterWriter {
 }
 
 impl DeadLetterWriter {
-    /// `properties` are the deployment's librdkafka passthrough (TLS, SASL) minus consumer keys.
-    pub fn new(
-        brokers: &str,
-        properties: &[(String, String)],
-        topic: &str,
-    ) -> Result<Self, KafkaError> {
-        let mut config = ClientConfig::new();
-        for (k, v) in properties {
-            config.set(k, v);
-        }
-        config
-            .set("bootstrap.servers", brokers)
-            .set("acks", "all")
-            .set("message.timeout.ms", "30000")
-            .set("linger.ms", "5");
+    /// A writer to the configured dead-letter topic.
+    pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: config.create()?,
-            topic: topic.to_owned(),
+            producer: kafka::dead_letter_producer(config)?,
+            topic: config.topics.dead_letter.clone(),
         })
     }
 

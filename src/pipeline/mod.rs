@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use tokio::sync::{Semaphore, watch};
@@ -30,12 +29,13 @@ use self::lanes::Lanes;
 use self::offsets::{OffsetBook, TopicPartition};
 use self::partition::{Message, Shared, TopicKind};
 use self::rebalance::{AnnotatorContext, PartitionTokens, commit_list};
-use crate::admin::Health;
 use crate::annotate::AnnotateClient;
 use crate::cache::Cache;
-use crate::config::{CacheBackend, Config, RESERVED_KAFKA_PROPERTIES, Validated};
+use crate::config::{CacheBackend, Config, Validated};
 use crate::dead_letter::DeadLetterWriter;
 use crate::domain::rules::OutcomeTopic;
+use crate::health::Health;
+use crate::kafka;
 use crate::telemetry::Metrics;
 
 type Consumer = StreamConsumer<AnnotatorContext>;
@@ -45,31 +45,6 @@ const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 /// Every this many commit ticks, every owned partition is committed again even if unchanged.
 const RECOMMIT_EVERY_TICKS: u64 = 10;
-
-/// The librdkafka configuration of the consumer: passthrough properties first, then the
-/// keys that define offset semantics, which cannot be overridden.
-pub fn consumer_config(config: &Config) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    // Defaults the deployment may override: start new groups at the beginning, rebalance
-    // incrementally, and bound librdkafka's prefetch queue (64 MiB per partition by default),
-    // which would otherwise dominate memory with a backlog.
-    cc.set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("queued.min.messages", "20000")
-        .set("queued.max.messages.kbytes", "8192");
-    for (key, value) in &config.kafka.properties {
-        if RESERVED_KAFKA_PROPERTIES.contains(&key.as_str()) {
-            tracing::warn!(key = %key, "kafka.properties cannot override this key; ignored");
-            continue;
-        }
-        cc.set(key, value);
-    }
-    cc.set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
-    cc
-}
 
 /// Everything built from the config before the loop starts.
 pub struct Service {
@@ -105,15 +80,8 @@ impl Service {
         let tokens = Arc::new(PartitionTokens::default());
         let catch_up = Arc::new(CatchUp::default());
         let assignment_changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watermarks: Arc<rdkafka::consumer::BaseConsumer> = Arc::new(
-            config
-                .kafka
-                .client()
-                .set("group.id", &config.kafka.group_id)
-                .set("enable.auto.commit", "false")
-                .create()
-                .context("creating the watermark client")?,
-        );
+        let watermarks: Arc<rdkafka::consumer::BaseConsumer> =
+            Arc::new(kafka::group_reader(&config.kafka).context("creating the watermark client")?);
         let abandon_all = CancellationToken::new();
         let context = AnnotatorContext {
             book: Arc::clone(&book),
@@ -134,25 +102,17 @@ impl Service {
                 .collect(),
             local_cache: config.cache.backend != CacheBackend::Redis,
             assignment_changed: Arc::clone(&assignment_changed),
-            starts_at_end: config
-                .kafka
-                .properties
-                .get("auto.offset.reset")
-                .is_some_and(|v| matches!(v.as_str(), "latest" | "largest" | "end")),
+            starts_at_end: kafka::starts_at_end(&config.kafka),
         };
-        let consumer: Consumer = consumer_config(config)
+        let consumer: Consumer = kafka::consumer_config(&config.kafka)
             .create_with_context(context)
             .context("creating the Kafka consumer")?;
         let topics = &config.kafka.topics;
         consumer
             .subscribe(&topics.consumed())
             .context("subscribing to the topics")?;
-        let dead_letter = DeadLetterWriter::new(
-            &config.kafka.brokers,
-            &config.kafka.connection_properties(),
-            &topics.dead_letter,
-        )
-        .context("creating the dead-letter producer")?;
+        let dead_letter =
+            DeadLetterWriter::new(&config.kafka).context("creating the dead-letter producer")?;
         let limiter = std::num::NonZeroU32::new(config.delivery.rate_limit)
             .map(|rate| governor::RateLimiter::direct(governor::Quota::per_second(rate)));
         let mut kinds = vec![(
@@ -213,7 +173,7 @@ impl Service {
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
             timestamp_ms: m.timestamp().to_millis(),
-            replay_count: m.headers().and_then(crate::dead_letter::replay_count),
+            replay_count: m.headers().and_then(kafka::replay_count),
         })
     }
 

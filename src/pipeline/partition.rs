@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::lanes::{LaneSlot, Lanes};
 use super::offsets::{OffsetBook, Ticket, TopicPartition};
-use crate::admin::Health;
 use crate::annotate::{AnnotateClient, Backoff, Delivery};
 use crate::cache::{Cache, Lookup};
 use crate::config::DeliveryConfig;
@@ -22,6 +21,7 @@ use crate::domain::assessment::{
 };
 use crate::domain::event::{AssessmentEvent, OutcomeEvent};
 use crate::domain::rules::{OutcomeTopic, Rules};
+use crate::health::Health;
 use crate::telemetry::Metrics;
 
 /// Tries to remember an annotated event id before giving up (its offset is not held for it).

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::catchup::CatchUp;
 use super::offsets::{OffsetBook, TopicPartition};
-use crate::admin::Health;
+use crate::health::Health;
 use crate::telemetry::Metrics;
 
 /// A cancellation token per owned partition: cancelled to abandon its in-flight events.
@@ -106,7 +106,7 @@ fn catch_up_range(client: &BaseConsumer, tp: &TopicPartition, starts_at_end: boo
         }
     };
     let wanted = (tp.topic.to_string(), tp.partition);
-    let committed = match crate::tools::committed_offsets(client, std::slice::from_ref(&wanted)) {
+    let committed = match crate::kafka::committed_offsets(client, std::slice::from_ref(&wanted)) {
         Ok(offsets) => offsets.get(&wanted).copied(),
         Err(e) => {
             tracing::warn!(error = %e, partition = tp.partition, "no committed offset for catch-up; not waiting for it");

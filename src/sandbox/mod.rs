@@ -9,6 +9,8 @@
 //! - `POST /sandbox/script`: scripted answers (status, `Retry-After`, latency) and the
 //!   default answer; see [`Script`].
 
+pub mod wire;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +26,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::domain::api::decode_wire_request;
+use self::wire::decode_wire_request;
 use crate::domain::assessment::{AssessmentId, ProjectRef};
 
 /// One scripted answer, used `times` times (FIFO), before the default applies.

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use recaptcha_annotator::config::{CacheBackend, Config};
 use recaptcha_annotator::sandbox::{DefaultAnswer, Sandbox, Script, Scripted};
-use recaptcha_annotator::{app, tools};
+use recaptcha_annotator::{app, kafka};
 use secrecy::SecretString;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -101,7 +100,7 @@ impl TestEnv {
         ]
         .map(|t| format!("{prefix}{t}"));
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        tools::create_topics(&brokers(), &refs, partitions)
+        kafka::create_topics(&brokers(), &refs, partitions)
             .await
             .expect("create topics");
         let sandbox = Sandbox::new(Some(API_KEY.into()), 1_000_000);
@@ -183,9 +182,9 @@ impl TestEnv {
     }
 
     pub async fn produce(&self, topic_short: &str, key: Option<&str>, value: Option<&str>) {
-        let producer = tools::producer(&brokers()).unwrap();
+        let producer = kafka::producer(&brokers()).unwrap();
         let topic = self.topic(topic_short);
-        let at = tools::produce(&producer, &topic, key, value.map(str::as_bytes))
+        let at = kafka::produce(&producer, &topic, key, value.map(str::as_bytes))
             .await
             .unwrap();
         self.produced(&topic, at);
@@ -200,10 +199,10 @@ impl TestEnv {
     }
 
     pub async fn produce_many(&self, records: &[(String, Option<String>, Option<String>)]) {
-        let producer = tools::producer(&brokers()).unwrap();
+        let producer = kafka::producer(&brokers()).unwrap();
         for (topic, key, value) in records {
             let topic = self.topic(topic);
-            let at = tools::produce(
+            let at = kafka::produce(
                 &producer,
                 &topic,
                 key.as_deref(),
@@ -221,18 +220,18 @@ impl TestEnv {
     }
 
     fn try_offsets(&self) -> anyhow::Result<(Offsets, Offsets)> {
-        let reader = tools::offset_reader(&brokers(), &self.config_base.group)?;
+        let reader = kafka::offset_reader(&brokers(), &self.config_base.group)?;
         let topics: Vec<&str> = self.config_base.topics[..4]
             .iter()
             .map(String::as_str)
             .collect();
-        let mut ends = tools::end_offsets(&reader, &topics)?;
+        let mut ends = kafka::end_offsets(&reader, &topics)?;
         for (tp, end) in self.produced.lock().unwrap().iter() {
             let e = ends.entry(tp.clone()).or_insert(0);
             *e = (*e).max(*end);
         }
         let parts: Vec<_> = ends.keys().cloned().collect();
-        let committed = tools::committed_offsets(&reader, &parts)?;
+        let committed = kafka::committed_offsets(&reader, &parts)?;
         drop(reader);
         Ok((ends, committed))
     }
@@ -285,13 +284,8 @@ impl TestEnv {
         expect: usize,
         within: Duration,
     ) -> Vec<DeadLetterRecord> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("group.id", format!("{}reader", self.prefix))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .create()
-            .unwrap();
+        let consumer: BaseConsumer =
+            kafka::topic_reader(&brokers(), &format!("{}reader", self.prefix)).unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.partitions {
             tpl.add_partition_offset(topic, p, Offset::Beginning)
@@ -373,7 +367,7 @@ pub fn answer(status: u16, delay_ms: u64) -> DefaultAnswer {
 impl TestEnv {
     /// Produces many records fast: pipelined, still one record per batch.
     pub async fn produce_bulk(&self, records: Vec<(String, Option<String>, String)>) {
-        let producer = tools::producer(&brokers()).unwrap();
+        let producer = kafka::producer(&brokers()).unwrap();
         for chunk in records.chunks(2000) {
             let sends = chunk.iter().map(|(topic, key, value)| {
                 let topic = self.topic(topic);

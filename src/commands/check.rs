@@ -6,8 +6,8 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 use crate::annotate::auth::Auth;
-use crate::config::Config;
-use crate::{app, cache};
+use crate::config::{Config, KafkaConfig};
+use crate::{app, cache, kafka};
 
 /// One line of the report.
 pub struct Finding {
@@ -31,12 +31,12 @@ fn finding(what: &'static str, result: Result<String, String>) -> Finding {
     }
 }
 
-fn check_broker(config: &Config) -> Result<String, String> {
-    let client: BaseConsumer = config.kafka.client().create().map_err(|e| e.to_string())?;
+fn check_broker(config: &KafkaConfig) -> Result<String, String> {
+    let client: BaseConsumer = kafka::metadata_client(config).map_err(|e| e.to_string())?;
     let metadata = client
         .fetch_metadata(None, Duration::from_secs(5))
-        .map_err(|e| format!("{} unreachable: {e}", config.kafka.brokers))?;
-    let t = &config.kafka.topics;
+        .map_err(|e| format!("{} unreachable: {e}", config.brokers))?;
+    let t = &config.topics;
     let mut missing = Vec::new();
     for topic in t.consumed().into_iter().chain([t.dead_letter.as_str()]) {
         if !metadata
@@ -48,14 +48,11 @@ fn check_broker(config: &Config) -> Result<String, String> {
         }
     }
     if missing.is_empty() {
-        Ok(format!(
-            "{} answers; all 5 topics exist",
-            config.kafka.brokers
-        ))
+        Ok(format!("{} answers; all 5 topics exist", config.brokers))
     } else {
         Err(format!(
             "{} answers, but these topics are missing: {}",
-            config.kafka.brokers,
+            config.brokers,
             missing.join(", ")
         ))
     }
@@ -98,15 +95,10 @@ async fn check_endpoint(config: &Config, endpoint: &reqwest::Url) -> Result<Stri
 /// Runs every check; `Err` lists what failed.
 pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
     let validated = config.validate()?;
-    let broker_config = config.kafka.brokers.clone();
-    let topics = config.kafka.topics.clone();
-    let for_broker = Config {
-        kafka: crate::config::KafkaConfig {
-            brokers: broker_config,
-            topics,
-            properties: config.kafka.properties.clone(),
-            ..Default::default()
-        },
+    let for_broker = KafkaConfig {
+        brokers: config.kafka.brokers.clone(),
+        topics: config.kafka.topics.clone(),
+        properties: config.kafka.properties.clone(),
         ..Default::default()
     };
     let broker = tokio::task::spawn_blocking(move || check_broker(&for_broker)).await?;
@@ -123,4 +115,64 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
             check_endpoint(config, &validated.endpoint).await,
         ),
     ])
+}
+
+/// `check`: prints the effective config with secrets redacted, then every finding; fails
+/// naming what failed.
+pub async fn main(config: &Config) -> anyhow::Result<()> {
+    println!(
+        "effective configuration (secrets redacted):\n{}\n",
+        redacted(config)
+    );
+    let findings = run(config).await?;
+    let mut failed = Vec::new();
+    for f in &findings {
+        println!(
+            "{} {:<8} {}",
+            if f.ok { "ok  " } else { "FAIL" },
+            f.what,
+            f.detail
+        );
+        if !f.ok {
+            failed.push(f.what);
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "check failed: {}", failed.join(", "));
+    Ok(())
+}
+
+/// The effective config as text with secrets redacted (the API key and Redis URL are
+/// secret types; librdkafka properties that hold secrets are replaced here).
+pub fn redacted(config: &Config) -> String {
+    let mut text = format!("{config:#?}");
+    for (key, value) in config
+        .kafka
+        .properties
+        .iter()
+        .filter(|(k, _)| kafka::is_secret_property(k))
+    {
+        text = text.replace(
+            &format!("{key:?}: {value:?}"),
+            &format!("{key:?}: \"[redacted]\""),
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        let config = Config::from_toml(
+            "[recaptcha]\napi_key = \"AIzaSECRET\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n[cache]\nredis_url = \"redis://:pw@h\"",
+        )
+        .unwrap();
+        let text = redacted(&config);
+        assert!(
+            !text.contains("AIzaSECRET") && !text.contains("hunter2") && !text.contains(":pw@"),
+            "{text}"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use serde_json::json;
 
-use crate::{sandbox, tools};
+use crate::{kafka, sandbox};
 
 /// One measured run.
 #[derive(Debug)]
@@ -97,7 +97,7 @@ pub async fn run_once(args: &BenchArgs) -> anyhow::Result<Figures> {
     ]
     .map(|t| format!("{prefix}{t}"));
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    tools::create_topics(&args.brokers, &refs, args.partitions).await?;
+    kafka::create_topics(&args.brokers, &refs, args.partitions).await?;
 
     eprint!(
         "producing {} events{} ...",
@@ -106,11 +106,7 @@ pub async fn run_once(args: &BenchArgs) -> anyhow::Result<Figures> {
     );
     // Batched, as real producers do (the bench reads committed offsets and the sandbox's
     // count, not watermarks, so Tansu's per-batch watermark quirk does not matter here).
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("linger.ms", "5")
-        .create()
-        .context("creating the bench producer")?;
+    let producer = kafka::batched_producer(&args.brokers)?;
     // With --join the mappings go first, so every outcome joins from the cache.
     let phases: &[bool] = if args.join { &[true, false] } else { &[false] };
     for &mappings in phases {
@@ -224,7 +220,7 @@ level = "warn"
         .spawn()?;
     let pid = child.id();
 
-    let reader = tools::offset_reader(&args.brokers, &format!("{prefix}group"))?;
+    let reader = kafka::offset_reader(&args.brokers, &format!("{prefix}group"))?;
     let parts: Vec<_> = (0..args.partitions)
         .map(|p| (topics[3].clone(), p))
         .collect();
@@ -238,7 +234,7 @@ level = "warn"
         }
         done = sandbox.accepted_count();
         if done >= args.events {
-            let committed: i64 = tools::committed_offsets(&reader, &parts)?.values().sum();
+            let committed: i64 = kafka::committed_offsets(&reader, &parts)?.values().sum();
             if u64::try_from(committed).unwrap_or(0) >= args.events {
                 break;
             }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::domain::rules::{OutcomeTopic, Rules};
-use crate::{app, sandbox, tools};
+use crate::{app, kafka, sandbox};
 
 const DEMO_KEY: &str = "demo-api-key";
 const PROJECT: &str = "123456789";
@@ -107,13 +107,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     );
     let mut all = topics.consumed().to_vec();
     all.push(&topics.dead_letter);
-    tools::create_topics(&brokers, &all, 2).await?;
+    kafka::create_topics(&brokers, &all, 2).await?;
 
     let rules = config.validate()?.rules;
     let (assessments, outcomes) = sample_events(&rules, |t| topics.outcome(t).to_owned());
-    let producer = tools::producer(&brokers)?;
+    let producer = kafka::producer(&brokers)?;
     for (key, value) in &assessments {
-        tools::produce(
+        kafka::produce(
             &producer,
             &topics.assessments,
             Some(key),
@@ -122,7 +122,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .await?;
     }
     for (topic, key, value) in &outcomes {
-        tools::produce(&producer, topic, Some(key), Some(value.as_bytes())).await?;
+        kafka::produce(&producer, topic, Some(key), Some(value.as_bytes())).await?;
     }
     println!(
         "produced {} assessment events and {} outcome events",
@@ -133,15 +133,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let group = config.kafka.group_id.clone();
     let stop = CancellationToken::new();
     let service = tokio::spawn(app::run(config, stop.clone()));
-    let reader = tools::offset_reader(&brokers, &group)?;
+    let reader = kafka::offset_reader(&brokers, &group)?;
     let consumed = topics.consumed();
-    let ends = tools::end_offsets(&reader, &consumed)?;
+    let ends = kafka::end_offsets(&reader, &consumed)?;
     let partitions: Vec<_> = ends.keys().cloned().collect();
     let started = Instant::now();
     let mut committed = BTreeMap::new();
     let mut last_print = 0;
     while started.elapsed() < Duration::from_secs(90) {
-        committed = tools::committed_offsets(&reader, &partitions)?;
+        committed = kafka::committed_offsets(&reader, &partitions)?;
         let done: i64 = ends
             .iter()
             .map(|(tp, end)| committed.get(tp).copied().unwrap_or(0).min(*end))

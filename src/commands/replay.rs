@@ -22,7 +22,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::dead_letter::REPLAY_COUNT;
+use crate::dead_letter::DeadLetterReason;
+use crate::kafka::{self, REPLAY_COUNT};
 
 pub struct ReplayArgs {
     /// Only these `annotator.error` reasons; all when empty.
@@ -52,16 +53,7 @@ const QUIET: Duration = Duration::from_secs(3);
 
 pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     let topics = &config.kafka.topics;
-    let consumer: BaseConsumer = config
-        .kafka
-        .client()
-        .set("group.id", &args.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_uncommitted")
-        .create()
+    let consumer: BaseConsumer = kafka::replay_reader(&config.kafka, &args.group)
         .context("creating the dead-letter reader")?;
     let metadata = consumer
         .fetch_metadata(Some(&topics.dead_letter), Duration::from_secs(10))
@@ -92,12 +84,8 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayRep
     drop(committed);
     consumer.assign(&start)?;
 
-    let producer: FutureProducer = config
-        .kafka
-        .client()
-        .set("acks", "all")
-        .create()
-        .context("creating the replay producer")?;
+    let producer: FutureProducer =
+        kafka::replay_producer(&config.kafka).context("creating the replay producer")?;
     let sources = config.kafka.topics.consumed();
     let mut report = ReplayReport::default();
     let mut failure = None;
@@ -215,6 +203,75 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayRep
         Some(e) => Err(e),
         None => Ok(report),
     }
+}
+
+/// The command line of `dead-letter replay`, before it is checked.
+pub struct ReplayFlags {
+    pub reasons: Vec<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub group: Option<String>,
+    pub max_replays: u32,
+    pub dry_run: bool,
+}
+
+fn parse_time(
+    flag: &str,
+    value: Option<&str>,
+) -> anyhow::Result<Option<chrono::DateTime<chrono::FixedOffset>>> {
+    value
+        .map(|v| {
+            chrono::DateTime::parse_from_rfc3339(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+        })
+        .transpose()
+}
+
+/// `dead-letter replay`: checks the flags, replays, prints the summary.
+pub async fn main(config: &Config, flags: ReplayFlags) -> anyhow::Result<()> {
+    let known: Vec<&str> = DeadLetterReason::ALL.iter().map(|r| r.as_str()).collect();
+    if let Some(bad) = flags.reasons.iter().find(|r| !known.contains(&r.as_str())) {
+        anyhow::bail!("--reason {bad:?}: must be one of {}", known.join(", "));
+    }
+    let since = parse_time("since", flags.since.as_deref())?;
+    let until = parse_time("until", flags.until.as_deref())?;
+    let group = flags.group.unwrap_or_else(|| {
+        default_group(
+            &config.kafka.group_id,
+            &flags.reasons,
+            since.as_ref(),
+            until.as_ref(),
+        )
+    });
+    let args = ReplayArgs {
+        reasons: flags.reasons,
+        since,
+        until,
+        group,
+        max_replays: flags.max_replays,
+        dry_run: flags.dry_run,
+    };
+    let report = run(config, &args).await?;
+    let skipped: Vec<String> = report
+        .skipped
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!(
+        "read {} dead letters; {} {}; skipped: {}",
+        report.read,
+        if args.dry_run {
+            "would replay"
+        } else {
+            "replayed"
+        },
+        report.replayed,
+        if skipped.is_empty() {
+            "none".into()
+        } else {
+            skipped.join(", ")
+        }
+    );
+    Ok(())
 }
 
 /// The consumer group a replay keeps its position in unless `--group` is given:

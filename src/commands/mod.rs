@@ -1,0 +1,26 @@
+//! The commands beside the service (`run` is [`crate::app`]): each uses the same parts the
+//! service uses.
+//!
+//! - [`check`]: validate the config and reach the broker, the cache and the endpoint.
+//! - [`replay`]: re-publish dead letters to their source topics.
+//! - [`demo`]: the whole flow on local defaults.
+//! - [`bench`]: throughput, latency, CPU and memory against the local broker.
+//! - [`create_topics`]: the configured topics on the broker.
+
+pub mod bench;
+pub mod check;
+pub mod demo;
+pub mod replay;
+
+use crate::config::Config;
+use crate::kafka;
+
+/// `create-topics`: the consumed topics and the dead-letter topic, with `partitions` each.
+pub async fn create_topics(config: &Config, partitions: i32) -> anyhow::Result<()> {
+    let t = &config.kafka.topics;
+    let mut all = t.consumed().to_vec();
+    all.push(&t.dead_letter);
+    kafka::create_topics_with(&kafka::client(&config.kafka), &all, partitions).await?;
+    println!("topics ready: {}", all.join(", "));
+    Ok(())
+}

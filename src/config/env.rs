@@ -1,0 +1,235 @@
+//! The `ANNOTATOR__<SECTION>__<KEY>` environment overrides, and the serde helpers that let
+//! one key take the forms an environment variable gives it.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Metadata, Profile, Provider};
+use serde::{Deserialize, Deserializer};
+
+use super::{Config, ConfigError};
+
+/// Prefix of environment overrides; `__` separates levels.
+pub const ENV_PREFIX: &str = "ANNOTATOR__";
+
+/// Accepts a string or an integer (a project number given through the environment parses
+/// as an integer).
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        S(String),
+        I(i64),
+        U(u64),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::S(s) => s,
+        Raw::I(i) => i.to_string(),
+        Raw::U(u) => u.to_string(),
+    })
+}
+
+pub(super) fn opt_string_or_number<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    string_or_number(d).map(Some)
+}
+
+/// A list, or one comma-separated string (`ANNOTATOR__RECAPTCHA__ALLOWED_PROJECTS=a,b`).
+pub(super) fn vec_string_or_number<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Item(#[serde(deserialize_with = "string_or_number")] String);
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Many(Vec<Item>),
+        One(Item),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Many(items) => items.into_iter().map(|i| i.0).collect(),
+        Raw::One(Item(one)) => one
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+/// The `ANNOTATOR__…` environment overrides as a figment provider. Names are split on `__`
+/// and lower-cased; values parse as figment's own environment values do (`42` a number,
+/// `true` a boolean, `[a, b]` a list), except that a value whose key wants a string is kept
+/// verbatim (those keys are learned from the type error of a first try). Under
+/// `kafka.properties` the rest of the name is a librdkafka property, `_` read as `.`
+/// (`ANNOTATOR__KAFKA__PROPERTIES__SASL_PASSWORD` sets `sasl.password`), its value a string.
+struct EnvOverrides {
+    vars: Vec<(Vec<String>, String)>,
+    verbatim: BTreeSet<Vec<String>>,
+}
+
+impl EnvOverrides {
+    fn from_process() -> Self {
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter_map(|(name, value)| Some((env_path(&name)?, value)))
+            .collect();
+        Self {
+            vars,
+            verbatim: Default::default(),
+        }
+    }
+}
+
+/// The config path an environment variable name overrides, if it is one of ours.
+fn env_path(name: &str) -> Option<Vec<String>> {
+    let prefix = name.get(..ENV_PREFIX.len())?;
+    if !prefix.eq_ignore_ascii_case(ENV_PREFIX) {
+        return None;
+    }
+    let parts: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if parts.len() > 2 && parts[0] == "kafka" && parts[1] == "properties" {
+        let property = parts[2..].join("__").replace('_', ".");
+        return Some(vec![parts[0].clone(), parts[1].clone(), property]);
+    }
+    (!parts.iter().any(String::is_empty)).then_some(parts)
+}
+
+impl Provider for EnvOverrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment variable(s)")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut root = Dict::new();
+        for (path, raw) in &self.vars {
+            let verbatim = path.starts_with(&["kafka".to_owned(), "properties".to_owned()])
+                || self.verbatim.contains(path);
+            let value = if verbatim {
+                Value::from(raw.clone())
+            } else {
+                raw.parse::<Value>()
+                    .unwrap_or_else(|_| Value::from(raw.clone()))
+            };
+            let (last, parents) = path.split_last().expect("env_path is never empty");
+            let mut dict = &mut root;
+            for part in parents {
+                let entry = dict
+                    .entry(part.clone())
+                    .or_insert_with(|| Value::from(Dict::new()));
+                if !matches!(entry, Value::Dict(..)) {
+                    *entry = Value::from(Dict::new());
+                }
+                let Value::Dict(_, inner) = entry else {
+                    unreachable!("just made a dict")
+                };
+                dict = inner;
+            }
+            dict.insert(last.clone(), value);
+        }
+        Ok(Profile::Default.collect(root))
+    }
+}
+
+/// Loads `path` (when given) under the environment overrides of this process.
+pub(super) fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    load_with_env(path, EnvOverrides::from_process())
+}
+
+fn load_with_env(path: Option<&Path>, mut env: EnvOverrides) -> Result<Config, ConfigError> {
+    if let Some(path) = path
+        && !path.exists()
+    {
+        return Err(ConfigError::Missing(path.to_owned()));
+    }
+    loop {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let error = match figment.merge(&env).extract() {
+            Ok(config) => return Ok(config),
+            Err(e) => e,
+        };
+        // An environment value that parsed as a number or boolean where a string is
+        // wanted (`ANNOTATOR__KAFKA__GROUP_ID=42`): keep it verbatim and try again.
+        let wants_string: Vec<Vec<String>> = error
+                .clone()
+                .into_iter()
+                .filter(|e| {
+                    e.metadata
+                        .as_ref()
+                        .is_some_and(|m| m.name == env.metadata().name)
+                        && matches!(&e.kind, figment::error::Kind::InvalidType(_, expected) if expected.contains("string"))
+                })
+                .map(|e| e.path)
+                .filter(|p| !env.verbatim.contains(p))
+                .collect();
+        if wants_string.is_empty() {
+            return Err(ConfigError::Load(Box::new(error)));
+        }
+        env.verbatim.extend(wants_string);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn environment_overrides_every_level() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[kafka]\nbrokers = \"file:1\"\n[recaptcha]\nproject = \"p\"",
+            )?;
+            jail.set_env("ANNOTATOR__KAFKA__BROKERS", "127.0.0.1:19092");
+            jail.set_env("ANNOTATOR__KAFKA__TOPICS__LOGINS", "my-logins");
+            jail.set_env("ANNOTATOR__RECAPTCHA__PROJECT", "123456789");
+            jail.set_env(
+                "ANNOTATOR__RECAPTCHA__ALLOWED_PROJECTS",
+                "[123456789, \"other\"]",
+            );
+            jail.set_env("ANNOTATOR__DRY_RUN", "true");
+            let config = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.kafka.brokers, "127.0.0.1:19092");
+            assert_eq!(config.kafka.topics.logins, "my-logins");
+            assert_eq!(config.recaptcha.project.as_deref(), Some("123456789"));
+            assert_eq!(
+                config.recaptcha.allowed_projects,
+                vec!["123456789", "other"]
+            );
+            assert!(config.dry_run);
+            // Values that parse as numbers where strings are wanted, librdkafka properties
+            // (`_` read as `.`), a comma-separated list.
+            jail.set_env("ANNOTATOR__KAFKA__GROUP_ID", "42");
+            jail.set_env("ANNOTATOR__KAFKA__TOPICS__DEAD_LETTER", "1234");
+            jail.set_env("ANNOTATOR__KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret");
+            jail.set_env("ANNOTATOR__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
+            jail.set_env("ANNOTATOR__RECAPTCHA__ALLOWED_PROJECTS", "123456789, other");
+            let config = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.kafka.group_id, "42");
+            assert_eq!(config.kafka.topics.dead_letter, "1234");
+            assert_eq!(config.kafka.properties["sasl.password"], "s3cret");
+            assert_eq!(config.kafka.properties["session.timeout.ms"], "6000");
+            assert_eq!(
+                config.recaptcha.allowed_projects,
+                vec!["123456789", "other"]
+            );
+            jail.set_env("ANNOTATOR__KAFKA__NOPE", "1");
+            let err = Config::load(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("nope"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,348 @@
+//! Configuration: a TOML file layered under `ANNOTATOR__<SECTION>__<KEY>` environment
+//! variables (figment), typed with `deny_unknown_fields`, then validated purely with every
+//! problem collected before failing.
+//!
+//! - this file: the sections, one struct each; the `///` doc on each field is the operator's
+//!   manual (the README's table mirrors it).
+//! - [`env`]: the environment provider and the serde helpers it needs.
+//! - [`validate`]: every check without IO, and the values it derives.
+
+mod env;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+use thiserror::Error;
+
+pub use self::env::ENV_PREFIX;
+use self::env::{opt_string_or_number, vec_string_or_number};
+pub use self::validate::Validated;
+use crate::domain::rules::{OutcomeTopic, Rule};
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// The whole configuration.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub recaptcha: RecaptchaConfig,
+    pub cache: CacheConfig,
+    pub delivery: DeliveryConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    /// Outcome rules added to or replacing the defaults of SPEC 2.3, per topic:
+    /// `[rules.logins.captcha_solved] annotation = "LEGITIMATE", reasons = []`.
+    pub rules: RulesConfig,
+    /// Decide and log every annotation, call nothing, still commit.
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// Consumer group; every instance of one deployment uses the same id.
+    pub group_id: String,
+    pub topics: TopicsConfig,
+    /// Raw librdkafka properties (TLS, SASL, timeouts ...), applied first. The keys that define
+    /// offset semantics (`enable.auto.commit`, `enable.auto.offset.store`, `group.id`,
+    /// `bootstrap.servers`) are set after them and cannot be overridden.
+    pub properties: BTreeMap<String, String>,
+    /// How often finished offsets are committed (also on revoke and shutdown).
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "recaptcha-annotator".into(),
+            topics: TopicsConfig::default(),
+            properties: BTreeMap::new(),
+            commit_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Assessment-created events; they feed the cache.
+    pub assessments: String,
+    /// Login outcomes.
+    pub logins: String,
+    /// Registration outcomes.
+    pub registrations: String,
+    /// Later fraud or legitimacy evidence.
+    pub fraud_signals: String,
+    /// Where events are set aside, with the reason in headers.
+    pub dead_letter: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            assessments: "assessments".into(),
+            logins: "logins".into(),
+            registrations: "registrations".into(),
+            fraud_signals: "fraud-signals".into(),
+            dead_letter: "annotator-dead-letter".into(),
+        }
+    }
+}
+
+impl TopicsConfig {
+    /// The topic name carrying outcomes for `topic`.
+    pub fn outcome(&self, topic: OutcomeTopic) -> &str {
+        match topic {
+            OutcomeTopic::Logins => &self.logins,
+            OutcomeTopic::Registrations => &self.registrations,
+            OutcomeTopic::FraudSignals => &self.fraud_signals,
+        }
+    }
+
+    /// The four consumed topics.
+    pub fn consumed(&self) -> [&str; 4] {
+        [
+            &self.assessments,
+            &self.logins,
+            &self.registrations,
+            &self.fraud_signals,
+        ]
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecaptchaConfig {
+    /// API base URL; tests and the demo point it at the sandbox.
+    pub endpoint: String,
+    /// Project (id or number) for bare assessment ids.
+    #[serde(deserialize_with = "opt_string_or_number")]
+    pub project: Option<String>,
+    /// When not empty, the only projects whose assessments may be annotated.
+    #[serde(deserialize_with = "vec_string_or_number")]
+    pub allowed_projects: Vec<String>,
+    /// API key, sent as `x-goog-api-key`. Without it, Google Application Default Credentials.
+    pub api_key: Option<SecretString>,
+    /// Deadline of one annotate call.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Connections kept open to the endpoint per HTTP client.
+    pub max_idle_connections: usize,
+    /// Independent HTTP clients used in turn. With HTTP/2 each keeps one connection whose
+    /// concurrent streams the server caps (about 100 at Google), so in-flight calls are
+    /// bounded by about `clients` x 100: raise it with `delivery.max_in_flight`.
+    pub clients: usize,
+    /// Speak HTTP/2 without TLS negotiation to a plain `http://` endpoint (the sandbox
+    /// supports it). `https://` endpoints negotiate HTTP/2 by ALPN whatever this says.
+    pub http2_prior_knowledge: bool,
+}
+
+impl Default for RecaptchaConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://recaptchaenterprise.googleapis.com".into(),
+            project: None,
+            allowed_projects: Vec::new(),
+            api_key: None,
+            request_timeout: Duration::from_secs(10),
+            max_idle_connections: 512,
+            clients: 16,
+            http2_prior_knowledge: false,
+        }
+    }
+}
+
+/// Where `key -> assessment` mappings live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    /// Embedded persistent store (redb) in `cache.path`: one instance only.
+    Embedded,
+    /// Redis at `cache.redis_url`: shared by every instance of the group.
+    Redis,
+    /// Process memory: lost on restart; for tests and demos.
+    Memory,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// `embedded` (default, one instance), `redis` (consumer groups) or `memory`.
+    pub backend: CacheBackend,
+    /// Redis URL for `backend = "redis"`.
+    pub redis_url: SecretString,
+    /// Prefix of Redis keys; a mapping is `SET <prefix><key> <assessment name> EX <ttl>`.
+    pub redis_prefix: String,
+    /// Prefix of the Redis keys that remember annotated event ids (duplicate suppression).
+    pub redis_done_prefix: String,
+    /// How long an annotated `event_id` is remembered so a redelivered event is not sent
+    /// again; `0s` turns duplicate suppression off.
+    #[serde(with = "humantime_serde")]
+    pub dedup_ttl: Duration,
+    /// File of the embedded store.
+    pub path: PathBuf,
+    /// How long a mapping is kept: chargebacks arrive weeks to months later.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            backend: CacheBackend::Embedded,
+            redis_url: SecretString::from("redis://127.0.0.1:6379"),
+            redis_prefix: "recaptcha-annotator:key:".into(),
+            redis_done_prefix: "recaptcha-annotator:done:".into(),
+            dedup_ttl: Duration::from_secs(7 * 24 * 3600),
+            path: PathBuf::from("data/annotator-cache.redb"),
+            ttl: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Annotate calls in flight at once, across all partitions.
+    pub max_in_flight: usize,
+    /// Events taken from Kafka and not yet finished (in flight, queued behind the same
+    /// assessment, or parked); fetching pauses above it.
+    pub max_pending: usize,
+    /// How long an outcome whose key is not in the cache yet waits before it is dead-lettered
+    /// as `unjoined`.
+    #[serde(with = "humantime_serde")]
+    pub join_grace: Duration,
+    /// How often parked outcomes look in the cache again.
+    #[serde(with = "humantime_serde")]
+    pub join_retry: Duration,
+    /// First retry delay after 429, 5xx, a timeout or a connection error.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Cap of the exponential retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// While halted on credentials (401, 403, invalid key), how often one call probes.
+    #[serde(with = "humantime_serde")]
+    pub halt_retry: Duration,
+    /// Most annotate calls per second (the project's quota); 0 = no limit.
+    pub rate_limit: u32,
+    /// How long revoked partitions may drain before their work is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub rebalance_timeout: Duration,
+    /// How long SIGTERM/SIGINT may drain before the rest is abandoned (it is redelivered).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 1024,
+            max_pending: 4096,
+            join_grace: Duration::from_secs(60),
+            join_retry: Duration::from_millis(500),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(32),
+            halt_retry: Duration::from_secs(30),
+            rate_limit: 0,
+            rebalance_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: String,
+    /// How often consumer lag (`annotator_consumer_lag`) is measured from the broker.
+    #[serde(with = "humantime_serde")]
+    pub lag_interval: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            lag_interval: Duration::from_secs(5),
+        }
+    }
+}
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `recaptcha_annotator=debug`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    pub logins: BTreeMap<String, Rule>,
+    pub registrations: BTreeMap<String, Rule>,
+    pub fraud_signals: BTreeMap<String, Rule>,
+}
+
+impl Config {
+    /// Loads `path` (when given) under the environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        env::load(path)
+    }
+
+    /// Parses a TOML string (tests and examples).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[kafka]\nbrokerz = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("brokerz"), "{err}");
+        let err = Config::from_toml("[recaptcha]\napi_kee = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_kee"), "{err}");
+    }
+}

@@ -1,0 +1,271 @@
+//! Checks every value without IO, collecting all problems, each naming its key.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{CacheBackend, Config, ConfigError};
+use crate::domain::assessment::{ProjectAllowList, ProjectRef};
+use crate::domain::rules::{OutcomeTopic, Rules};
+
+/// Checked values derived from the config.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub project: Option<ProjectRef>,
+    pub allowed: ProjectAllowList,
+    pub rules: Rules,
+    pub endpoint: reqwest::Url,
+    pub admin_listen: SocketAddr,
+}
+
+impl Config {
+    /// Checks every value without IO, collecting all problems, each naming its key.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        let mut errors = Vec::new();
+        fn require(errors: &mut Vec<String>, ok: bool, msg: &str) {
+            if !ok {
+                errors.push(msg.to_owned());
+            }
+        }
+
+        require(
+            &mut errors,
+            !self.kafka.brokers.trim().is_empty(),
+            "kafka.brokers: must not be empty",
+        );
+        require(
+            &mut errors,
+            !self.kafka.group_id.trim().is_empty(),
+            "kafka.group_id: must not be empty",
+        );
+        let t = &self.kafka.topics;
+        let named = [
+            ("assessments", &t.assessments),
+            ("logins", &t.logins),
+            ("registrations", &t.registrations),
+            ("fraud_signals", &t.fraud_signals),
+            ("dead_letter", &t.dead_letter),
+        ];
+        for (i, (key, name)) in named.iter().enumerate() {
+            let legal = !name.is_empty()
+                && name.len() <= 249
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !(legal) {
+                errors.push(format!(
+                    "kafka.topics.{key}: {name:?} is not a legal topic name"
+                ));
+            }
+            if let Some((other, _)) = named[..i].iter().find(|(_, n)| n == name) {
+                errors.push(format!(
+                    "kafka.topics.{key}: same topic as kafka.topics.{other}"
+                ));
+            }
+        }
+        require(
+            &mut errors,
+            !self.kafka.commit_interval.is_zero(),
+            "kafka.commit_interval: must be above zero",
+        );
+
+        let endpoint = match reqwest::Url::parse(&self.recaptcha.endpoint) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Some(url)
+            }
+            Ok(_) => {
+                errors.push("recaptcha.endpoint: must be an http or https URL with a host".into());
+                None
+            }
+            Err(e) => {
+                errors.push(format!("recaptcha.endpoint: {e}"));
+                None
+            }
+        };
+        let project = match self
+            .recaptcha
+            .project
+            .as_deref()
+            .map(ProjectRef::parse)
+            .transpose()
+        {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(format!("recaptcha.project: {e}"));
+                None
+            }
+        };
+        let mut allowed = Vec::new();
+        for (i, raw) in self.recaptcha.allowed_projects.iter().enumerate() {
+            match ProjectRef::parse(raw) {
+                Ok(p) => allowed.push(p),
+                Err(e) => errors.push(format!("recaptcha.allowed_projects[{i}]: {e}")),
+            }
+        }
+        if let (Some(p), false) = (&project, allowed.is_empty())
+            && !allowed.contains(p)
+        {
+            errors.push("recaptcha.project: not in recaptcha.allowed_projects".into());
+        }
+        require(
+            &mut errors,
+            !self.recaptcha.request_timeout.is_zero(),
+            "recaptcha.request_timeout: must be above zero",
+        );
+
+        require(
+            &mut errors,
+            self.cache.ttl >= Duration::from_secs(1),
+            "cache.ttl: must be at least 1s",
+        );
+        require(
+            &mut errors,
+            !self.cache.redis_prefix.is_empty(),
+            "cache.redis_prefix: must not be empty",
+        );
+        require(
+            &mut errors,
+            !self.cache.redis_done_prefix.is_empty()
+                && self.cache.redis_done_prefix != self.cache.redis_prefix,
+            "cache.redis_done_prefix: must not be empty or equal to cache.redis_prefix",
+        );
+        // The URL may hold a password: the message never repeats it.
+        require(
+            &mut errors,
+            self.cache.backend != CacheBackend::Redis
+                || redis::Client::open(secrecy::ExposeSecret::expose_secret(&self.cache.redis_url))
+                    .is_ok(),
+            "cache.redis_url: not a valid redis:// or rediss:// URL",
+        );
+
+        let d = &self.delivery;
+        require(
+            &mut errors,
+            d.max_in_flight >= 1,
+            "delivery.max_in_flight: must be at least 1",
+        );
+        require(
+            &mut errors,
+            d.max_pending >= d.max_in_flight,
+            "delivery.max_pending: must be at least delivery.max_in_flight",
+        );
+        require(
+            &mut errors,
+            !d.join_retry.is_zero(),
+            "delivery.join_retry: must be above zero",
+        );
+        require(
+            &mut errors,
+            !d.retry_initial.is_zero(),
+            "delivery.retry_initial: must be above zero",
+        );
+        require(
+            &mut errors,
+            d.retry_max >= d.retry_initial,
+            "delivery.retry_max: must be at least delivery.retry_initial",
+        );
+        require(
+            &mut errors,
+            !d.halt_retry.is_zero(),
+            "delivery.halt_retry: must be above zero",
+        );
+
+        require(
+            &mut errors,
+            self.recaptcha.clients >= 1,
+            "recaptcha.clients: must be at least 1",
+        );
+
+        require(
+            &mut errors,
+            !self.admin.lag_interval.is_zero(),
+            "admin.lag_interval: must be above zero",
+        );
+
+        let admin_listen = match self.admin.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.push(format!("admin.listen: {e}"));
+                None
+            }
+        };
+
+        let mut overrides = Vec::new();
+        for topic in OutcomeTopic::ALL {
+            let table = match topic {
+                OutcomeTopic::Logins => &self.rules.logins,
+                OutcomeTopic::Registrations => &self.rules.registrations,
+                OutcomeTopic::FraudSignals => &self.rules.fraud_signals,
+            };
+            for (outcome, rule) in table {
+                if outcome.is_empty() {
+                    errors.push(format!("rules.{topic}: empty outcome name"));
+                }
+                overrides.push((topic, outcome.as_str(), rule.clone()));
+            }
+        }
+
+        match (errors.is_empty(), endpoint, admin_listen) {
+            (true, Some(endpoint), Some(admin_listen)) => Ok(Validated {
+                project,
+                allowed: ProjectAllowList::new(allowed),
+                rules: Rules::with_overrides(overrides),
+                endpoint,
+                admin_listen,
+            }),
+            _ => Err(ConfigError::Invalid(errors)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(config.kafka.topics.fraud_signals, "fraud-signals");
+        assert_eq!(config.cache.ttl, Duration::from_secs(90 * 86400));
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_all_reported_with_their_key() {
+        let config = Config::from_toml(
+            "[recaptcha]\nendpoint = \"ftp://x\"\nproject = \"a/b\"\n[delivery]\nmax_in_flight = 0\n[admin]\nlisten = \"nope\"",
+        )
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        for key in [
+            "recaptcha.endpoint",
+            "recaptcha.project",
+            "delivery.max_in_flight",
+            "admin.listen",
+        ] {
+            assert!(err.contains(key), "{key} missing from {err}");
+        }
+        let err = Config::from_toml("[cache]\nttl = \"forever\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ttl"), "{err}");
+    }
+
+    #[test]
+    fn rules_from_config_are_checked_against_the_enums() {
+        let config = Config::from_toml(
+            "[rules.logins.captcha_solved]\nannotation = \"LEGITIMATE\"\nreasons = [\"CORRECT_PASSWORD\"]",
+        )
+        .unwrap();
+        let v = config.validate().unwrap();
+        assert!(
+            v.rules
+                .get(OutcomeTopic::Logins, "captcha_solved")
+                .is_some()
+        );
+        let err = Config::from_toml("[rules.logins.x]\nannotation = \"MAYBE\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MAYBE"), "{err}");
+    }
+}
