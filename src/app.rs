@@ -1,5 +1,6 @@
-//! Startup: build every part from the config (IO happens here), serve the admin endpoints,
-//! run the pipeline until shutdown, stop the admin server last.
+//! Startup and all wiring: every part is built here from the config (IO happens here), each
+//! given only what it uses; then the admin endpoints are served, the pipeline runs until
+//! shutdown, and the admin server stops last.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,21 @@ use crate::admin;
 use crate::annotate::AnnotateClient;
 use crate::annotate::auth::Auth;
 use crate::cache::{self, Cache};
-use crate::config::{CacheBackend, Config};
+use crate::config::{CacheBackend, Config, Validated};
+use crate::dead_letter::DeadLetterWriter;
 use crate::health::Health;
-use crate::pipeline::Service;
+use crate::kafka;
+use crate::pipeline::catchup::CatchUp;
+use crate::pipeline::deliver::{HaltGate, Sender};
+use crate::pipeline::event::Runner;
+use crate::pipeline::join::Joiner;
+use crate::pipeline::lag::Lag;
+use crate::pipeline::message::Topics;
+use crate::pipeline::offsets::OffsetBook;
+use crate::pipeline::plan::Planner;
+use crate::pipeline::rebalance::{AnnotatorContext, Partitions};
+use crate::pipeline::store::Store;
+use crate::pipeline::{Consumer, Pipeline, Tuning};
 use crate::telemetry::Metrics;
 
 /// Chooses credentials: the API key when configured, else Application Default Credentials.
@@ -60,11 +73,103 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         dry_run = config.dry_run,
         "starting"
     );
-    let service = Service::build(&config, &validated, cache, client, metrics, health)?;
-    let result = service.run(shutdown).await;
+    let pipeline = pipeline(&config, &validated, cache, client, metrics, health)?;
+    let result = pipeline.run(shutdown).await;
     admin_stop.cancel();
     let _ = admin_task.await;
     result
+}
+
+/// Builds the pipeline: the consumer (subscribed) with its context, and every part an event
+/// meets, each holding only what it uses.
+fn pipeline(
+    config: &Config,
+    validated: &Validated,
+    cache: Arc<dyn Cache>,
+    client: AnnotateClient,
+    metrics: Metrics,
+    health: Arc<Health>,
+) -> anyhow::Result<Pipeline> {
+    let d = &config.delivery;
+    let book = Arc::new(OffsetBook::default());
+    let catch_up = Arc::new(CatchUp::default());
+    let watermarks =
+        Arc::new(kafka::group_reader(&config.kafka).context("creating the watermark client")?);
+    let context = AnnotatorContext {
+        partitions: Arc::new(Partitions::new(
+            Arc::clone(&book),
+            Arc::clone(&catch_up),
+            metrics.clone(),
+        )),
+        metrics: metrics.clone(),
+        health: Arc::clone(&health),
+        rebalance_timeout: d.rebalance_timeout,
+        assessments_topic: Arc::from(config.kafka.topics.assessments.as_str()),
+        watermarks: Arc::clone(&watermarks),
+        topics: config
+            .kafka
+            .topics
+            .consumed()
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect(),
+        shared_cache: cache.shared(),
+        assignment_changed: Arc::default(),
+        starts_at_end: kafka::starts_at_end(&config.kafka),
+    };
+    let consumer: Consumer = kafka::consumer_config(&config.kafka)
+        .create_with_context(context)
+        .context("creating the Kafka consumer")?;
+    rdkafka::consumer::Consumer::subscribe(&consumer, &config.kafka.topics.consumed())
+        .context("subscribing to the topics")?;
+    let store = Arc::new(Store::new(
+        cache,
+        config.cache.ttl,
+        config.cache.dedup_ttl,
+        Arc::clone(&health),
+    ));
+    let joiner = Joiner::new(
+        Arc::clone(&store),
+        catch_up,
+        Arc::clone(&book),
+        validated.allowed.clone(),
+        d.join_grace,
+        d.join_retry,
+        metrics.clone(),
+    );
+    let gate = HaltGate::new(health, metrics.clone(), d.halt_retry);
+    let sender = Sender::new(client, d.max_in_flight, d.rate_limit, gate, metrics.clone());
+    let dead_letters =
+        DeadLetterWriter::new(&config.kafka).context("creating the dead-letter producer")?;
+    let runner = Runner::new(
+        store,
+        joiner,
+        sender,
+        dead_letters,
+        Arc::clone(&book),
+        metrics.clone(),
+        (d.retry_initial, d.retry_max),
+        config.dry_run,
+    );
+    let planner = Planner::new(
+        validated.rules.clone(),
+        validated.project.clone(),
+        validated.allowed.clone(),
+    );
+    Ok(Pipeline::new(
+        consumer,
+        Topics::new(&config.kafka.topics),
+        planner,
+        Arc::new(runner),
+        Lag::new(watermarks, book, metrics.clone()),
+        metrics,
+        Tuning {
+            commit_interval: config.kafka.commit_interval,
+            max_pending: d.max_pending,
+            shutdown_timeout: d.shutdown_timeout,
+            lag_interval: config.admin.lag_interval,
+        },
+    ))
 }
 
 /// Opens the cache. A Redis server that does not answer yet is waited for (not ready:
@@ -121,11 +226,12 @@ async fn watch_cache(
             metrics.cache_errors.inc();
         }
         if now_down != down {
-            match &result {
-                Ok(Ok(())) => tracing::info!("cache reachable again"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "cache ping failed"),
-                Err(_) => tracing::warn!("cache ping timed out"),
-            }
+            let error = match &result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("no answer in time".to_owned()),
+            };
+            metrics.cache_ping_changed(error.as_deref());
             health.set_cache_down(now_down);
             down = now_down;
         }

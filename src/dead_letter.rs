@@ -1,4 +1,5 @@
 //! Dead-letter records (SPEC section 4): the original key and value, the reason in headers.
+//! The reasons themselves are a failure class ([`crate::failure::DeadLetterReason`]).
 
 use std::time::Duration;
 
@@ -7,47 +8,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::KafkaConfig;
+use crate::failure::{DeadLetter, Failure, RetryCause};
 use crate::kafka::{self, REPLAY_COUNT};
-
-/// Why an event was set aside; the value of the `annotator.error` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadLetterReason {
-    Decode,
-    UnknownOutcome,
-    InvalidReference,
-    Unjoined,
-    Rejected,
-}
-
-impl DeadLetterReason {
-    pub const ALL: [Self; 5] = [
-        Self::Decode,
-        Self::UnknownOutcome,
-        Self::InvalidReference,
-        Self::Unjoined,
-        Self::Rejected,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Decode => "decode",
-            Self::UnknownOutcome => "unknown_outcome",
-            Self::InvalidReference => "invalid_reference",
-            Self::Unjoined => "unjoined",
-            Self::Rejected => "rejected",
-        }
-    }
-}
-
-/// One event to set aside.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub reason: DeadLetterReason,
-    /// Human-readable; never carries secrets or account data.
-    pub detail: String,
-    /// HTTP status, for `rejected`.
-    pub status: Option<u16>,
-}
 
 /// Where a message came from.
 #[derive(Debug, Clone)]
@@ -76,8 +38,8 @@ impl DeadLetterWriter {
         })
     }
 
-    /// Writes one record and waits for the broker's acknowledgement.
-    pub async fn write(&self, source: &Source<'_>, letter: &DeadLetter) -> Result<(), KafkaError> {
+    /// Writes one record and waits for the broker's acknowledgement; a failure is retried.
+    pub async fn write(&self, source: &Source<'_>, letter: &DeadLetter) -> Result<(), Failure> {
         let origin = format!("{}/{}/{}", source.topic, source.partition, source.offset);
         let status = letter.status.map(|s| s.to_string());
         let mut headers = OwnedHeaders::new_with_capacity(4)
@@ -118,6 +80,6 @@ impl DeadLetterWriter {
             .send(record, Duration::from_secs(5))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| e)
+            .map_err(|(e, _)| Failure::retry(RetryCause::DeadLetterWrite, None, e.to_string()))
     }
 }

@@ -20,6 +20,7 @@ pub mod commands;
 pub mod config;
 pub mod dead_letter;
 pub mod domain;
+pub mod failure;
 pub mod health;
 pub mod kafka;
 pub mod pipeline;

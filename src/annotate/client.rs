@@ -9,10 +9,10 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 
 use super::auth::Auth;
-use super::retry::{Delivery, RetryCause, classify_status, parse_retry_after};
 use crate::config::RecaptchaConfig;
 use crate::domain::api::AnnotateRequest;
 use crate::domain::assessment::AssessmentName;
+use crate::failure::{Failure, RetryCause, classify_status, parse_retry_after};
 
 /// Longest error detail kept from a response body.
 const MAX_DETAIL: usize = 300;
@@ -52,7 +52,8 @@ struct ErrorDetail {
 /// One call's result with its timing, for metrics.
 #[derive(Debug)]
 pub struct CallResult {
-    pub delivery: Delivery,
+    /// `Ok` on a 2xx; otherwise what happens next.
+    pub result: Result<(), Failure>,
     pub status: Option<u16>,
     pub elapsed: Duration,
 }
@@ -105,14 +106,10 @@ impl AnnotateClient {
             Ok(h) => h,
             Err(e) => {
                 return CallResult {
-                    delivery: Delivery::Retry {
-                        cause: RetryCause::Auth,
-                        after: None,
-                    },
+                    result: Err(Failure::retry(RetryCause::Auth, None, e.to_string())),
                     status: None,
                     elapsed: started.elapsed(),
-                }
-                .with_log(&e);
+                };
             }
         };
         let client = &self.http[self.next.fetch_add(1, Ordering::Relaxed) % self.http.len()];
@@ -126,13 +123,8 @@ impl AnnotateClient {
         let response = match response {
             Ok(r) => r,
             Err(e) => {
-                let cause = if e.is_timeout() {
-                    RetryCause::Timeout
-                } else {
-                    RetryCause::Connection
-                };
                 return CallResult {
-                    delivery: Delivery::Retry { cause, after: None },
+                    result: Err(transport_failure(&e)),
                     status: None,
                     elapsed: started.elapsed(),
                 };
@@ -148,13 +140,8 @@ impl AnnotateClient {
         let bytes = match response.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                let cause = if e.is_timeout() {
-                    RetryCause::Timeout
-                } else {
-                    RetryCause::Connection
-                };
                 return CallResult {
-                    delivery: Delivery::Retry { cause, after: None },
+                    result: Err(transport_failure(&e)),
                     status: Some(status),
                     elapsed: started.elapsed(),
                 };
@@ -174,16 +161,30 @@ impl AnnotateClient {
             }
         };
         CallResult {
-            delivery: classify_status(status, retry_after, reason.as_deref(), detail),
+            result: classify_status(status, retry_after, reason.as_deref(), detail),
             status: Some(status),
             elapsed: started.elapsed(),
         }
     }
 }
 
-impl CallResult {
-    fn with_log(self, err: &dyn std::fmt::Display) -> Self {
-        tracing::warn!(error = %err, "could not get credentials for the annotate call");
-        self
+/// A request that got no answer: a timeout or a connection error, both retried.
+fn transport_failure(err: &reqwest::Error) -> Failure {
+    let cause = if err.is_timeout() {
+        RetryCause::Timeout
+    } else {
+        RetryCause::Connection
+    };
+    // The innermost cause, without the URL (it names the assessment).
+    let mut detail = None;
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        detail = Some(inner.to_string());
+        source = inner.source();
     }
+    Failure::retry(
+        cause,
+        None,
+        detail.unwrap_or_else(|| cause.as_str().to_owned()),
+    )
 }

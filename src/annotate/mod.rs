@@ -1,9 +1,7 @@
-//! The annotate call: authentication, the HTTP client, and the classification of every
-//! outcome into what happens next.
+//! The annotate call: authentication and the HTTP client; its answers are classified by
+//! [`crate::failure::classify_status`].
 
 pub mod auth;
 pub mod client;
-pub mod retry;
 
 pub use client::AnnotateClient;
-pub use retry::{Backoff, Delivery, RetryCause};

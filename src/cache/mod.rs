@@ -58,6 +58,11 @@ pub trait Cache: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), CacheError>;
     /// Backend name for logs and metrics.
     fn name(&self) -> &'static str;
+    /// Whether every instance of the group sees the same store (joins across instances
+    /// need it).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 pub(crate) fn parse_stored(value: &str) -> Lookup {

@@ -110,6 +110,10 @@ impl Cache for RedisCache {
         Ok(())
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "redis"
     }

@@ -22,7 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::dead_letter::DeadLetterReason;
+use crate::failure::DeadLetterReason;
 use crate::kafka::{self, REPLAY_COUNT};
 
 pub struct ReplayArgs {

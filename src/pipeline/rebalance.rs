@@ -1,22 +1,28 @@
-//! The consumer context: assignment and revocation of partitions, and commit results.
+//! The partitions this instance owns: assignment, revocation and the drain both revocation
+//! and shutdown end with.
 //!
-//! librdkafka calls these synchronously on the thread that polls the consumer. On revoke we
-//! block there (bounded by `delivery.rebalance_timeout`) until the revoked partitions'
-//! events finish, abandon the rest, commit synchronously, and forget the partitions, so a
-//! late completion can never store an offset for a partition we no longer own.
+//! librdkafka calls the context synchronously on the thread that polls the consumer. On
+//! revoke we block there (bounded by `delivery.rebalance_timeout`) until the revoked
+//! partitions' events finish, then [`Partitions::close`] them: abandon the rest, commit
+//! synchronously, forget them, so a late completion can never store an offset for a
+//! partition we no longer own. Shutdown waits on the poll loop instead (it keeps polling)
+//! and closes every partition the same way.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::catchup::CatchUp;
+use super::commit::Committer;
 use super::offsets::{OffsetBook, TopicPartition};
 use crate::health::Health;
+use crate::kafka::{self, QUERY_TIMEOUT};
 use crate::telemetry::Metrics;
 
 /// A cancellation token per owned partition: cancelled to abandon its in-flight events.
@@ -36,55 +42,109 @@ impl PartitionTokens {
         self.lock().get(tp).cloned()
     }
 
-    fn insert(&self, tp: TopicPartition, parent: &CancellationToken) {
-        self.lock().insert(tp, parent.child_token());
+    fn insert(&self, tp: TopicPartition) {
+        self.lock().insert(tp, CancellationToken::new());
     }
 
     fn remove(&self, tp: &TopicPartition) -> Option<CancellationToken> {
         self.lock().remove(tp)
     }
+}
 
-    pub fn cancel_all(&self) {
-        for token in self.lock().values() {
-            token.cancel();
+/// The partitions this instance owns, and how it lets them go.
+pub struct Partitions {
+    /// Finished and unfinished offsets of every owned partition.
+    pub book: Arc<OffsetBook>,
+    /// One token per owned partition, to abandon its events.
+    pub tokens: PartitionTokens,
+    /// The catch-up of owned assessments partitions.
+    pub catch_up: Arc<CatchUp>,
+    /// The one commit routine.
+    pub committer: Committer,
+    /// Lag and committed-offset series of partitions no longer owned are removed.
+    metrics: Metrics,
+}
+
+impl Partitions {
+    pub fn new(book: Arc<OffsetBook>, catch_up: Arc<CatchUp>, metrics: Metrics) -> Self {
+        Self {
+            committer: Committer::new(Arc::clone(&book), metrics.clone()),
+            book,
+            tokens: PartitionTokens::default(),
+            catch_up,
+            metrics,
+        }
+    }
+
+    fn assign(&self, tp: &TopicPartition) {
+        self.tokens.insert(tp.clone());
+        self.book.assign(tp.clone());
+    }
+
+    /// Blocks until `tps` have no unfinished event, or `timeout` passes; true when drained.
+    fn drain(&self, tps: &[TopicPartition], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        tokio::task::block_in_place(|| self.book.wait_drained(tps, deadline))
+    }
+
+    /// Lets `tps` go (revoked, or every partition at shutdown), after their drain: abandons
+    /// their unfinished events unless `drained` (they are redelivered to the next owner),
+    /// commits their finished offsets synchronously, and forgets them.
+    pub fn close<C: ConsumerContext, K: Consumer<C>>(
+        &self,
+        consumer: &K,
+        tps: &[TopicPartition],
+        drained: bool,
+    ) {
+        if !drained {
+            tracing::warn!(
+                pending = self.book.pending(Some(tps)),
+                "partitions did not drain in time; abandoning their unfinished events (they will be redelivered)"
+            );
+            for tp in tps {
+                if let Some(token) = self.tokens.get(tp) {
+                    token.cancel();
+                }
+            }
+        }
+        self.committer.commit(consumer, Some(tps), CommitMode::Sync);
+        for tp in tps {
+            self.book.revoke(tp);
+            self.catch_up.revoked(tp);
+            if let Some(token) = self.tokens.remove(tp) {
+                token.cancel();
+            }
+            let labels = [tp.topic.as_ref(), &tp.partition.to_string()];
+            let _ = self.metrics.consumer_lag.remove_label_values(&labels);
+            let _ = self.metrics.committed_offset.remove_label_values(&labels);
         }
     }
 }
 
-/// Builds the list to commit; `offset` is already the commit offset (next to read).
-pub fn commit_list(commits: &[(TopicPartition, i64)]) -> KafkaResult<TopicPartitionList> {
-    let mut tpl = TopicPartitionList::with_capacity(commits.len());
-    for (tp, offset) in commits {
-        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))?;
-    }
-    Ok(tpl)
-}
-
+/// The consumer's context: what librdkafka calls back on assignment, revocation and commits.
 pub struct AnnotatorContext {
-    pub book: Arc<OffsetBook>,
-    pub tokens: Arc<PartitionTokens>,
+    /// Owned partitions: offsets, tokens, catch-up, commits.
+    pub partitions: Arc<Partitions>,
+    /// `annotator_rebalances_total`.
     pub metrics: Metrics,
+    /// Readiness: `assigned` after every rebalance.
     pub health: Arc<Health>,
+    /// `delivery.rebalance_timeout`: how long revoked partitions may drain.
     pub rebalance_timeout: Duration,
-    /// Parent of every partition token.
-    pub abandon_all: CancellationToken,
-    pub catch_up: Arc<CatchUp>,
+    /// The assessments topic: its partitions are caught up on assignment.
     pub assessments_topic: Arc<str>,
     /// A plain client (no group) for watermarks and metadata, queried off the poll thread.
     pub watermarks: Arc<BaseConsumer>,
     /// The consumed topics, for the partial-assignment check.
     pub topics: Vec<String>,
-    /// The cache is local to this instance (embedded, memory): warn when other members own
+    /// The cache is shared by the group; when it is not, warn when other members own
     /// partitions, since joins then need a shared backend.
-    pub local_cache: bool,
+    pub shared_cache: bool,
     /// Raised after every rebalance (the poll loop re-applies a backpressure pause).
-    pub assignment_changed: Arc<std::sync::atomic::AtomicBool>,
+    pub assignment_changed: Arc<AtomicBool>,
     /// `auto.offset.reset` points at the end: a partition without a commit starts there.
     pub starts_at_end: bool,
 }
-
-/// Longest wait for one watermark or metadata answer.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `f` on the blocking pool when a runtime is there (rebalance callbacks also run while
 /// the consumer closes).
@@ -106,7 +166,7 @@ fn catch_up_range(client: &BaseConsumer, tp: &TopicPartition, starts_at_end: boo
         }
     };
     let wanted = (tp.topic.to_string(), tp.partition);
-    let committed = match crate::kafka::committed_offsets(client, std::slice::from_ref(&wanted)) {
+    let committed = match kafka::committed_offsets(client, std::slice::from_ref(&wanted)) {
         Ok(offsets) => offsets.get(&wanted).copied(),
         Err(e) => {
             tracing::warn!(error = %e, partition = tp.partition, "no committed offset for catch-up; not waiting for it");
@@ -127,49 +187,66 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 }
 
 impl AnnotatorContext {
-    /// Records committed offsets in the book (for lag) and the metrics.
-    pub fn record_committed(&self, commits: &[(TopicPartition, i64)]) {
-        for (tp, offset) in self.book.confirm_committed(commits) {
-            self.metrics
-                .committed_offset
-                .with_label_values(&[tp.topic.as_ref(), tp.partition.to_string().as_str()])
-                .set(offset);
-        }
-    }
-
     fn revoke(&self, consumer: &BaseConsumer<Self>, tps: &[TopicPartition]) {
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
-        let deadline = Instant::now() + self.rebalance_timeout;
-        let drained = tokio::task::block_in_place(|| self.book.wait_drained(tps, deadline));
-        if !drained {
-            tracing::warn!(
-                pending = self.book.pending(Some(tps)),
-                "revoked partitions did not drain in time; abandoning their unfinished events"
-            );
-            for tp in tps {
-                if let Some(token) = self.tokens.get(tp) {
-                    token.cancel();
-                }
-            }
-        }
-        let commits = self.book.take_commits(Some(tps));
-        if !commits.is_empty() {
-            match commit_list(&commits).and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync)) {
-                Ok(()) => self.record_committed(&commits),
-                Err(e) => tracing::warn!(error = %e, "commit on revoke failed"),
-            }
-        }
-        for tp in tps {
-            self.book.revoke(tp);
-            self.catch_up.revoked(tp);
-            if let Some(token) = self.tokens.remove(tp) {
-                token.cancel();
-            }
-            let labels = [tp.topic.as_ref(), &tp.partition.to_string()];
-            let _ = self.metrics.consumer_lag.remove_label_values(&labels);
-            let _ = self.metrics.committed_offset.remove_label_values(&labels);
-        }
+        let drained = self.partitions.drain(tps, self.rebalance_timeout);
+        self.partitions.close(consumer, tps, drained);
         tracing::info!(partitions = tps.len(), drained, "partitions revoked");
+    }
+
+    fn assign(&self, tpl: &TopicPartitionList) {
+        self.metrics.rebalances.with_label_values(&["assign"]).inc();
+        let mut assessments = Vec::new();
+        for tp in partitions(tpl) {
+            self.partitions.assign(&tp);
+            if tp.topic == self.assessments_topic {
+                self.partitions.catch_up.assigned(tp.clone());
+                assessments.push(tp);
+            }
+        }
+        if !assessments.is_empty() {
+            let client = Arc::clone(&self.watermarks);
+            let catch_up = Arc::clone(&self.partitions.catch_up);
+            let starts_at_end = self.starts_at_end;
+            off_the_poll_thread(move || {
+                for tp in assessments {
+                    let (start, end) = catch_up_range(&client, &tp, starts_at_end);
+                    tracing::info!(
+                        partition = tp.partition,
+                        start,
+                        end,
+                        "assessments partition: catching up to its end offset"
+                    );
+                    catch_up.target(&tp, start, end);
+                }
+            });
+        }
+        tracing::info!(partitions = tpl.count(), "partitions assigned");
+    }
+
+    /// With a cache of its own, warns when other members own partitions of the group.
+    fn warn_if_partial(&self, owned: usize) {
+        let client = Arc::clone(&self.watermarks);
+        let topics = self.topics.clone();
+        off_the_poll_thread(move || {
+            let total: usize = topics
+                .iter()
+                .filter_map(|t| client.fetch_metadata(Some(t), QUERY_TIMEOUT).ok())
+                .flat_map(|m| {
+                    m.topics()
+                        .iter()
+                        .map(|t| t.partitions().len())
+                        .collect::<Vec<_>>()
+                })
+                .sum();
+            if owned < total {
+                tracing::warn!(
+                    owned,
+                    total,
+                    "this instance owns only part of the partitions: other members exist, and joins need a shared cache (cache.backend = \"redis\")"
+                );
+            }
+        });
     }
 }
 
@@ -179,40 +256,11 @@ impl ConsumerContext for AnnotatorContext {
             Rebalance::Revoke(tpl) => {
                 let tps: Vec<_> = partitions(tpl)
                     .into_iter()
-                    .filter(|tp| self.book.owns(tp))
+                    .filter(|tp| self.partitions.book.owns(tp))
                     .collect();
                 self.revoke(consumer, &tps);
             }
-            Rebalance::Assign(tpl) => {
-                self.metrics.rebalances.with_label_values(&["assign"]).inc();
-                let mut assessments = Vec::new();
-                for tp in partitions(tpl) {
-                    self.tokens.insert(tp.clone(), &self.abandon_all);
-                    self.book.assign(tp.clone());
-                    if tp.topic == self.assessments_topic {
-                        self.catch_up.assigned(tp.clone());
-                        assessments.push(tp);
-                    }
-                }
-                if !assessments.is_empty() {
-                    let client = Arc::clone(&self.watermarks);
-                    let catch_up = Arc::clone(&self.catch_up);
-                    let starts_at_end = self.starts_at_end;
-                    off_the_poll_thread(move || {
-                        for tp in assessments {
-                            let (start, end) = catch_up_range(&client, &tp, starts_at_end);
-                            tracing::info!(
-                                partition = tp.partition,
-                                start,
-                                end,
-                                "assessments partition: catching up to its end offset"
-                            );
-                            catch_up.target(&tp, start, end);
-                        }
-                    });
-                }
-                tracing::info!(partitions = tpl.count(), "partitions assigned");
-            }
+            Rebalance::Assign(tpl) => self.assign(tpl),
             Rebalance::Error(e) => {
                 self.metrics.rebalances.with_label_values(&["error"]).inc();
                 tracing::warn!(error = %e, "rebalance error");
@@ -221,55 +269,15 @@ impl ConsumerContext for AnnotatorContext {
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
-        self.assignment_changed
-            .store(true, std::sync::atomic::Ordering::Release);
-        let owned = self.book.owned().len();
+        self.assignment_changed.store(true, Ordering::Release);
+        let owned = self.partitions.book.owned().len();
         self.health.set_assigned(owned > 0);
-        if self.local_cache && owned > 0 {
-            let client = Arc::clone(&self.watermarks);
-            let topics = self.topics.clone();
-            off_the_poll_thread(move || {
-                let total: usize = topics
-                    .iter()
-                    .filter_map(|t| client.fetch_metadata(Some(t), QUERY_TIMEOUT).ok())
-                    .flat_map(|m| {
-                        m.topics()
-                            .iter()
-                            .map(|t| t.partitions().len())
-                            .collect::<Vec<_>>()
-                    })
-                    .sum();
-                if owned < total {
-                    tracing::warn!(
-                        owned,
-                        total,
-                        "this instance owns only part of the partitions: other members exist, and joins need a shared cache (cache.backend = \"redis\")"
-                    );
-                }
-            });
+        if !self.shared_cache && owned > 0 {
+            self.warn_if_partial(owned);
         }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        // The request can succeed while single partitions fail (e.g. ILLEGAL_GENERATION
-        // during a rebalance): check each one and hand failed ones out again.
-        let mut failed = Vec::new();
-        let mut committed = Vec::new();
-        for e in offsets.elements() {
-            let tp = TopicPartition::new(e.topic(), e.partition());
-            match (&result, e.error(), e.offset()) {
-                (Ok(()), Ok(()), Offset::Offset(o)) => committed.push((tp, o)),
-                (Ok(()), Ok(()), _) => {}
-                _ => failed.push(tp),
-            }
-        }
-        self.record_committed(&committed);
-        if !failed.is_empty() {
-            let error = result
-                .err()
-                .map_or_else(|| "partition error".to_owned(), |e| e.to_string());
-            tracing::warn!(error = %error, partitions = failed.len(), "offset commit failed; it will be retried");
-            self.book.commit_failed(&failed);
-        }
+        self.partitions.committer.on_result(result, offsets);
     }
 }

@@ -1,7 +1,10 @@
-//! The metric catalogue (one place for every name and help text) and the logging setup.
+//! The metric catalogue (one place for every name and help text), the named events that
+//! log and count ([`events`]), and the logging setup.
 //!
 //! Labels are bounded: topic (four configured names), partition, result, status class,
 //! retry cause, dead-letter reason. Never keys, ids or account data.
+
+mod events;
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -1,0 +1,66 @@
+//! Consumer lag per owned partition: the high watermark minus the offset last sent to the
+//! broker as a commit, never negative. Watermarks are network calls, so they are read off
+//! the poll loop, one reading at a time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+
+use super::offsets::OffsetBook;
+use crate::kafka::QUERY_TIMEOUT;
+use crate::telemetry::Metrics;
+
+pub struct Lag {
+    /// A plain client for watermarks.
+    client: Arc<BaseConsumer>,
+    /// Owned partitions and their committed offsets.
+    book: Arc<OffsetBook>,
+    /// `annotator_consumer_lag`.
+    metrics: Metrics,
+    /// Set while a reading runs, so readings never pile up behind a slow broker.
+    running: Arc<AtomicBool>,
+}
+
+impl Lag {
+    pub fn new(client: Arc<BaseConsumer>, book: Arc<OffsetBook>, metrics: Metrics) -> Self {
+        Self {
+            client,
+            book,
+            metrics,
+            running: Arc::default(),
+        }
+    }
+
+    /// Starts a reading on the blocking pool unless one is running.
+    pub fn update(&self) {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let running = Arc::clone(&self.running);
+        let client = Arc::clone(&self.client);
+        let book = Arc::clone(&self.book);
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            for tp in book.owned() {
+                let Ok((_, high)) = client.fetch_watermarks(&tp.topic, tp.partition, QUERY_TIMEOUT)
+                else {
+                    continue;
+                };
+                // Read the committed offset after the watermark, so a busy partition reads
+                // low, never negative.
+                let Some(position) = book.lag_position(&tp) else {
+                    continue;
+                };
+                if !book.owns(&tp) {
+                    continue;
+                }
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[tp.topic.as_ref(), &tp.partition.to_string()])
+                    .set((high - position).max(0));
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
+}

@@ -1,0 +1,98 @@
+//! Named events: where a fact is both logged and counted, one call does both, so the log
+//! line and the metric cannot drift apart. Lines about one event are written inside its
+//! `event` span, which carries topic, partition, offset and `event_id`: they do not repeat
+//! them.
+
+use std::time::Duration;
+
+use super::Metrics;
+use crate::failure::{DeadLetter, Failure, RetryCause};
+
+impl Metrics {
+    /// An event finished with `result` (a label of `annotator_events_total`).
+    pub fn event_finished(&self, topic: &str, result: &str, timestamp_ms: Option<i64>) {
+        self.events.with_label_values(&[topic, result]).inc();
+        if let Some(ts) = timestamp_ms {
+            let age = chrono::Utc::now()
+                .timestamp_millis()
+                .saturating_sub(ts)
+                .max(0);
+            #[allow(clippy::cast_precision_loss)]
+            self.end_to_end
+                .with_label_values(&[topic])
+                .observe(age as f64 / 1000.0);
+        }
+    }
+
+    /// One annotate call answered (`status`) or failed without an answer (`None`).
+    pub fn call_finished(&self, status: Option<u16>, elapsed: Duration) {
+        self.requests
+            .with_label_values(&[Self::status_class(status)])
+            .inc();
+        self.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A step failed and is tried again after `delay`.
+    pub fn retrying(&self, cause: RetryCause, detail: &str, delay: Duration) {
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        match cause {
+            RetryCause::Cache => {
+                self.cache_errors.inc();
+                tracing::warn!(error = %detail, delay_ms, "cache operation failed; retrying");
+            }
+            RetryCause::DeadLetterWrite => {
+                tracing::warn!(error = %detail, delay_ms, "dead-letter write failed; retrying");
+            }
+            RetryCause::Auth => {
+                self.retries.with_label_values(&[cause.as_str()]).inc();
+                tracing::warn!(error = %detail, delay_ms, "could not get credentials for the annotate call; retrying");
+            }
+            _ => {
+                self.retries.with_label_values(&[cause.as_str()]).inc();
+                tracing::debug!(cause = cause.as_str(), detail = %detail, delay_ms, "annotate failed; retrying");
+            }
+        }
+    }
+
+    /// An annotated event id could not be remembered (its last try failed): a redelivery
+    /// of it would be sent again.
+    pub fn not_remembered(&self, failure: &Failure) {
+        if let Failure::Retry(retry) = failure {
+            if retry.cause == RetryCause::Cache {
+                self.cache_errors.inc();
+            }
+            tracing::warn!(error = %retry.detail, "could not remember an annotated event; a redelivery would be sent again");
+        }
+    }
+
+    /// An event was written to the dead-letter topic and acknowledged.
+    pub fn dead_lettered(&self, letter: &DeadLetter) {
+        self.dead_letters
+            .with_label_values(&[letter.reason.as_str()])
+            .inc();
+        tracing::warn!(
+            reason = letter.reason.as_str(), detail = %letter.detail, status = ?letter.status,
+            "event dead-lettered"
+        );
+    }
+
+    /// The endpoint refused our credentials: every call stops.
+    pub fn halted(&self, status: u16, detail: &str) {
+        self.halted.set(1);
+        tracing::error!(status, detail = %detail, "annotate endpoint refuses our credentials; halting all sending until they work");
+    }
+
+    /// A probe was answered: calls go out again.
+    pub fn resumed(&self) {
+        self.halted.set(0);
+        tracing::info!("annotate endpoint accepts our credentials again; resuming");
+    }
+
+    /// The periodic cache ping changed its answer (`error` is `None` when it answers again).
+    pub fn cache_ping_changed(&self, error: Option<&str>) {
+        match error {
+            Some(error) => tracing::warn!(error = %error, "cache ping failed"),
+            None => tracing::info!("cache reachable again"),
+        }
+    }
+}
