@@ -78,6 +78,7 @@ pub struct Pipeline {
     lag: Lag,
     /// `annotator_pending`.
     metrics: Metrics,
+    /// Intervals and bounds from the config.
     tuning: Tuning,
 }
 

@@ -1,0 +1,129 @@
+//! The service binary as a process: spawned, signalled, its logs read.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Runs the service binary with a config file.
+pub fn spawn_binary(config: &std::path::Path) -> Process {
+    spawn_binary_with_env(config, &[])
+}
+
+/// A service process that is killed if the test ends (or panics) while it still runs.
+pub struct Process(std::process::Child);
+
+impl std::ops::Deref for Process {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Runs the service binary with a config file and extra environment overrides.
+pub fn spawn_binary_with_env(config: &std::path::Path, vars: &[(&str, &str)]) -> Process {
+    Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
+            .args(["run", "--config"])
+            .arg(config)
+            .envs(vars.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A service process whose stdout and stderr are read as it runs (so a chatty log level
+/// cannot fill the pipe and block it).
+pub struct Logged {
+    child: Process,
+    output: Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Logged {
+    /// Waits until the output contains `text`; false after `within`.
+    pub async fn wait_for(&self, text: &str, within: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if self.output.lock().unwrap().contains(text) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Sends `sig`, waits for the exit and returns everything it wrote.
+    pub fn stop(mut self, sig: &str) -> String {
+        signal(&self.child, sig);
+        tokio::task::block_in_place(|| {
+            self.child.wait().unwrap();
+            for reader in self.readers.drain(..) {
+                reader.join().unwrap();
+            }
+        });
+        std::mem::take(&mut *self.output.lock().unwrap())
+    }
+}
+
+/// Runs the service binary with its stdout and stderr captured, logging at `level`.
+pub fn spawn_logged(config: &std::path::Path, level: &str) -> Logged {
+    let mut child = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", level)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let output = Arc::new(std::sync::Mutex::new(String::new()));
+    let pipes: [Box<dyn std::io::Read + Send>; 2] = [
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ];
+    let readers = pipes
+        .into_iter()
+        .map(|pipe| {
+            let output = Arc::clone(&output);
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut out = output.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            })
+        })
+        .collect();
+    Logged {
+        child,
+        output,
+        readers,
+    }
+}
+
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args(["-s", sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
