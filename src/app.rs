@@ -128,29 +128,29 @@ fn pipeline(
         config.cache.dedup_ttl,
         Arc::clone(&health),
     ));
-    let joiner = Joiner::new(
-        Arc::clone(&store),
+    let joiner = Joiner {
+        store: Arc::clone(&store),
         catch_up,
-        Arc::clone(&book),
-        validated.allowed.clone(),
-        d.join_grace,
-        d.join_retry,
-        metrics.clone(),
-    );
+        book: Arc::clone(&book),
+        allowed: validated.allowed.clone(),
+        grace: d.join_grace,
+        retry: d.join_retry,
+        metrics: metrics.clone(),
+    };
     let gate = HaltGate::new(health, metrics.clone(), d.halt_retry);
     let sender = Sender::new(client, d.max_in_flight, d.rate_limit, gate, metrics.clone());
     let dead_letters =
         DeadLetterWriter::new(&config.kafka).context("creating the dead-letter producer")?;
-    let runner = Runner::new(
+    let runner = Runner {
         store,
         joiner,
         sender,
         dead_letters,
-        Arc::clone(&book),
-        metrics.clone(),
-        (d.retry_initial, d.retry_max),
-        config.dry_run,
-    );
+        book: Arc::clone(&book),
+        metrics: metrics.clone(),
+        retry: (d.retry_initial, d.retry_max),
+        dry_run: config.dry_run,
+    };
     let planner = Planner::new(
         validated.rules.clone(),
         validated.project.clone(),

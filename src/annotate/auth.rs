@@ -59,13 +59,19 @@ impl Auth {
                 headers.insert("x-goog-api-key", value.clone());
                 Ok(headers)
             }
-            Self::Google(credentials) => match credentials.headers(http::Extensions::new()).await {
-                Ok(google_cloud_auth::credentials::CacheableResource::New { data, .. }) => Ok(data),
-                Ok(google_cloud_auth::credentials::CacheableResource::NotModified) => {
-                    Err(AuthError::Google("credentials returned no headers".into()))
+            // Boxed: the token source's future is large and every call's future would carry
+            // its size, API key or not.
+            Self::Google(credentials) => {
+                match Box::pin(credentials.headers(http::Extensions::new())).await {
+                    Ok(google_cloud_auth::credentials::CacheableResource::New { data, .. }) => {
+                        Ok(data)
+                    }
+                    Ok(google_cloud_auth::credentials::CacheableResource::NotModified) => {
+                        Err(AuthError::Google("credentials returned no headers".into()))
+                    }
+                    Err(e) => Err(AuthError::Google(e.to_string())),
                 }
-                Err(e) => Err(AuthError::Google(e.to_string())),
-            },
+            }
         }
     }
 }

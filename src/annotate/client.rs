@@ -113,13 +113,17 @@ impl AnnotateClient {
             }
         };
         let client = &self.http[self.next.fetch_add(1, Ordering::Relaxed) % self.http.len()];
-        let response = client
-            .post(self.url(name))
-            .headers(headers)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(body)
-            .send()
-            .await;
+        // Boxed: reqwest's request future is large, and thousands of calls wait in flight;
+        // one allocation per call keeps each waiting event task small.
+        let response = Box::pin(
+            client
+                .post(self.url(name))
+                .headers(headers)
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(body)
+                .send(),
+        )
+        .await;
         let response = match response {
             Ok(r) => r,
             Err(e) => {
@@ -137,7 +141,7 @@ impl AnnotateClient {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         // Read the body so the connection returns to the pool.
-        let bytes = match response.bytes().await {
+        let bytes = match Box::pin(response.bytes()).await {
             Ok(b) => b,
             Err(e) => {
                 return CallResult {

@@ -53,12 +53,13 @@ impl HaltGate {
 
     /// Returns once calls may go out: at once when open, or for the task that probes.
     async fn wait_open(&self, probe: &Probe) {
-        if probe.is_probing() {
+        if probe.is_probing() || !*self.halted.borrow() {
             return;
         }
         let mut halted = self.halted.subscribe();
-        // The sender lives as long as `self`.
-        let _ = halted.wait_for(|h| !*h).await;
+        // The sender lives as long as `self`. Boxed: the rare path, kept out of the size of
+        // every call's future.
+        let _ = Box::pin(halted.wait_for(|h| !*h)).await;
     }
 
     /// Closes the gate after `halt`; the first task to get here becomes the prober. The

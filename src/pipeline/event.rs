@@ -17,6 +17,7 @@ use super::offsets::{OffsetBook, Ticket};
 use super::plan::{Plan, Target};
 use super::store::Store;
 use crate::dead_letter::DeadLetterWriter;
+use crate::domain::assessment::{AssessmentName, CorrelationKey};
 use crate::failure::{Backoff, DeadLetter, Failure};
 use crate::telemetry::Metrics;
 
@@ -39,50 +40,27 @@ struct Attempt {
     probe: Probe,
 }
 
-/// Runs events; one per process, shared by every event task.
+/// Runs events; one per process, shared by every event task (built in `app.rs`).
 pub struct Runner {
     /// Mapping writes and duplicate checks.
-    store: Arc<Store>,
+    pub store: Arc<Store>,
     /// Outcomes that name their assessment by key.
-    joiner: Joiner,
+    pub joiner: Joiner,
     /// The annotate calls.
-    sender: Sender,
+    pub sender: Sender,
     /// Where failed events are set aside.
-    dead_letters: DeadLetterWriter,
+    pub dead_letters: DeadLetterWriter,
     /// Marks offsets finished.
-    book: Arc<OffsetBook>,
+    pub book: Arc<OffsetBook>,
     /// Events finished by result, retries, dead letters.
-    metrics: Metrics,
+    pub metrics: Metrics,
     /// `delivery.retry_initial` and `delivery.retry_max`.
-    retry: (Duration, Duration),
+    pub retry: (Duration, Duration),
     /// Decide and log every annotation, call nothing.
-    dry_run: bool,
+    pub dry_run: bool,
 }
 
 impl Runner {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: Arc<Store>,
-        joiner: Joiner,
-        sender: Sender,
-        dead_letters: DeadLetterWriter,
-        book: Arc<OffsetBook>,
-        metrics: Metrics,
-        retry: (Duration, Duration),
-        dry_run: bool,
-    ) -> Self {
-        Self {
-            store,
-            joiner,
-            sender,
-            dead_letters,
-            book,
-            metrics,
-            retry,
-            dry_run,
-        }
-    }
-
     /// The asynchronous part of one event. The offset is released when it finishes; when
     /// `abandon` fires first (revoked partition, shutdown deadline) it is not, and the event
     /// is redelivered to whoever owns the partition next.
@@ -128,10 +106,12 @@ impl Runner {
     async fn execute(&self, msg: &Message, plan: Result<Plan, DeadLetter>) -> &'static str {
         let result = match plan {
             Ok(Plan::Skip) => Ok("skipped"),
-            Ok(Plan::Store { key, name }) => self
-                .until_done(None, || self.store.put(&key, &name))
-                .await
-                .map(|()| "cached"),
+            // Boxed, like every path but the call's, to keep event tasks small.
+            Ok(Plan::Store { key, name }) => {
+                Box::pin(self.until_done(None, || self.store.put(&key, &name)))
+                    .await
+                    .map(|()| "cached")
+            }
             Ok(Plan::Annotate {
                 event_id,
                 target,
@@ -142,7 +122,8 @@ impl Runner {
         match result {
             Ok(label) => label,
             Err(Stop::DeadLetter(letter)) => {
-                self.write_dead_letter(msg, &letter).await;
+                // Boxed: a rare path, kept out of every event task's size.
+                Box::pin(self.write_dead_letter(msg, &letter)).await;
                 "dead_lettered"
             }
             // Only steps with a try limit give up, and none of them decides the result.
@@ -157,21 +138,13 @@ impl Runner {
         target: Target,
         body: Bytes,
     ) -> Result<&'static str, Stop> {
-        let mut attempt = self.attempt();
         let name = match target {
             Target::Known(name) => {
                 self.joiner.inline();
                 name
             }
-            Target::Join(key) => {
-                let mut wait = self.joiner.wait();
-                loop {
-                    match self.joiner.join(&key, &mut wait).await {
-                        Ok(name) => break name,
-                        Err(failure) => self.settle(failure, &mut attempt).await?,
-                    }
-                }
-            }
+            // Boxed: a parked join's state would otherwise add to the size of every task.
+            Target::Join(key) => Box::pin(self.join(&key)).await?,
         };
         if self.dry_run {
             // The decision only: account ids and phone numbers never reach the logs.
@@ -192,7 +165,8 @@ impl Runner {
         }
         let mut attempt = self.attempt();
         let slot = loop {
-            match self.sender.send(&name, &body, &attempt.probe).await {
+            let sent = self.sender.send(&name, &body, &attempt.probe).await;
+            match sent {
                 Ok(slot) => break slot,
                 Err(failure) => self.settle(failure, &mut attempt).await?,
             }
@@ -212,6 +186,19 @@ impl Runner {
         Ok("annotated")
     }
 
+    /// Waits for the assessment of `key`; cache failures are settled like any other.
+    async fn join(&self, key: &CorrelationKey) -> Result<AssessmentName, Stop> {
+        let mut attempt = self.attempt();
+        let mut wait = self.joiner.wait();
+        loop {
+            let joined = self.joiner.join(key, &mut wait).await;
+            match joined {
+                Ok(name) => return Ok(name),
+                Err(failure) => self.settle(failure, &mut attempt).await?,
+            }
+        }
+    }
+
     fn attempt(&self) -> Attempt {
         Attempt {
             backoff: Backoff::new(self.retry.0, self.retry.1),
@@ -221,7 +208,13 @@ impl Runner {
 
     /// What happens after `failure`: the one place that matches on the failure class.
     /// `Ok` when the step is to be tried again (after the wait this did), else why it stops.
+    /// Boxed: failures are the rare path, and their waits would otherwise add to the size of
+    /// every event task.
     async fn settle(&self, failure: Failure, attempt: &mut Attempt) -> Result<(), Stop> {
+        Box::pin(self.settle_inner(failure, attempt)).await
+    }
+
+    async fn settle_inner(&self, failure: Failure, attempt: &mut Attempt) -> Result<(), Stop> {
         match failure {
             Failure::Retry(retry) => {
                 let delay = attempt.backoff.next_delay(retry.after);
@@ -246,7 +239,8 @@ impl Runner {
     {
         let mut attempt = self.attempt();
         loop {
-            match step().await {
+            let done = step().await;
+            match done {
                 Ok(value) => return Ok(value),
                 Err(failure) if tries.is_some_and(|n| attempt.backoff.attempts() + 1 >= n) => {
                     return Err(Stop::GaveUp(failure));

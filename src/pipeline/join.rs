@@ -15,19 +15,19 @@ use crate::telemetry::Metrics;
 
 pub struct Joiner {
     /// Where the mappings are.
-    store: Arc<Store>,
+    pub store: Arc<Store>,
     /// Whether the owned `assessments` partitions are read up to their end at assignment.
-    catch_up: Arc<CatchUp>,
+    pub catch_up: Arc<CatchUp>,
     /// Commit positions, which the catch-up compares with its targets.
-    book: Arc<OffsetBook>,
+    pub book: Arc<OffsetBook>,
     /// A cached name must belong to an allowed project too.
-    allowed: ProjectAllowList,
+    pub allowed: ProjectAllowList,
     /// `delivery.join_grace`: how long an outcome waits after catch-up.
-    grace: Duration,
+    pub grace: Duration,
     /// `delivery.join_retry`: how often a parked outcome looks again.
-    retry: Duration,
+    pub retry: Duration,
     /// `annotator_join_total`, `annotator_parked`, `annotator_join_wait_seconds`.
-    metrics: Metrics,
+    pub metrics: Metrics,
 }
 
 /// One outcome's wait for its key; counted as parked from its first miss until dropped.
@@ -49,26 +49,6 @@ impl Drop for JoinWait {
 }
 
 impl Joiner {
-    pub fn new(
-        store: Arc<Store>,
-        catch_up: Arc<CatchUp>,
-        book: Arc<OffsetBook>,
-        allowed: ProjectAllowList,
-        grace: Duration,
-        retry: Duration,
-        metrics: Metrics,
-    ) -> Self {
-        Self {
-            store,
-            catch_up,
-            book,
-            allowed,
-            grace,
-            retry,
-            metrics,
-        }
-    }
-
     /// Counts an outcome whose assessment was named inline.
     pub fn inline(&self) {
         self.metrics.joins.with_label_values(&["inline"]).inc();
