@@ -91,12 +91,12 @@ impl Runner {
                 .event_finished(msg.kind.label(), result, msg.timestamp_ms);
             self.book.done(&ticket);
         };
-        let span_for_abandon = span.clone();
         tokio::select! {
             biased;
             () = tracing::Instrument::instrument(work, span) => {}
             () = abandon.cancelled() => {
-                span_for_abandon.in_scope(|| tracing::debug!("event abandoned; it will be redelivered"));
+                // Outside the event's span (it went with the work), so the place is named.
+                tracing::debug!(topic = %msg.tp.topic, partition = msg.tp.partition, offset = msg.offset, "event abandoned; it will be redelivered");
             }
         }
         drop(slot);

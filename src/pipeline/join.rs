@@ -31,13 +31,13 @@ pub struct Joiner {
 }
 
 /// One outcome's wait for its key; counted as parked from its first miss until dropped.
-pub struct JoinWait {
+pub struct JoinWait<'a> {
     started: Instant,
     parked: bool,
-    metrics: Metrics,
+    metrics: &'a Metrics,
 }
 
-impl Drop for JoinWait {
+impl Drop for JoinWait<'_> {
     fn drop(&mut self) {
         if self.parked {
             self.metrics.parked.dec();
@@ -55,11 +55,11 @@ impl Joiner {
     }
 
     /// A new wait, starting now.
-    pub fn wait(&self) -> JoinWait {
+    pub fn wait(&self) -> JoinWait<'_> {
         JoinWait {
             started: Instant::now(),
             parked: false,
-            metrics: self.metrics.clone(),
+            metrics: &self.metrics,
         }
     }
 
@@ -68,7 +68,7 @@ impl Joiner {
     pub async fn join(
         &self,
         key: &CorrelationKey,
-        wait: &mut JoinWait,
+        wait: &mut JoinWait<'_>,
     ) -> Result<AssessmentName, Failure> {
         loop {
             // The grace period counts from when this instance has read its assessments
