@@ -32,7 +32,7 @@ async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
     state
         .metrics
         .ready
-        .set(i64::from(state.health.readiness().is_ok()));
+        .set(i64::from(state.health.readiness().ready()));
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -40,13 +40,22 @@ async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn ready_handler(State(state): State<AdminState>) -> impl IntoResponse {
-    match state.health.readiness() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(reasons) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", reasons.join("; ")),
-        ),
+    let readiness = state.health.readiness();
+    let mut body = if readiness.ready() {
+        "ready\n".to_owned()
+    } else {
+        format!("not ready: {}\n", readiness.reasons.join("; "))
+    };
+    for note in &readiness.notes {
+        body.push_str(note);
+        body.push('\n');
     }
+    let status = if readiness.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
 }
 
 /// Binds the admin listener; fails at start when the address is taken.

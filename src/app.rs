@@ -100,6 +100,7 @@ fn pipeline(
             Arc::clone(&book),
             Arc::clone(&catch_up),
             metrics.clone(),
+            Arc::clone(&health),
         )),
         metrics: metrics.clone(),
         health: Arc::clone(&health),
@@ -137,7 +138,7 @@ fn pipeline(
         retry: d.join_retry,
         metrics: metrics.clone(),
     };
-    let gate = HaltGate::new(health, metrics.clone(), d.halt_retry);
+    let gate = HaltGate::new(Arc::clone(&health), metrics.clone(), d.halt_retry);
     let sender = Sender::new(client, d.max_in_flight, d.rate_limit, gate, metrics.clone());
     let dead_letters =
         DeadLetterWriter::new(&config.kafka).context("creating the dead-letter producer")?;
@@ -148,6 +149,7 @@ fn pipeline(
         dead_letters,
         book: Arc::clone(&book),
         metrics: metrics.clone(),
+        health: Arc::clone(&health),
         retry: (d.retry_initial, d.retry_max),
         dry_run: config.dry_run,
     };

@@ -56,12 +56,10 @@ pub enum RetryCause {
     ServerError,
     /// 408, or no answer within `recaptcha.request_timeout`.
     Timeout,
+    /// 409 `ABORTED`: a concurrency conflict at Google, worth another try.
+    Aborted,
     /// The endpoint could not be reached.
     Connection,
-    /// A 3xx: redirects are never followed.
-    Redirect,
-    /// Google credentials gave no token.
-    Auth,
     /// The cache failed or could not be reached.
     Cache,
     /// The broker did not acknowledge a dead letter.
@@ -70,13 +68,12 @@ pub enum RetryCause {
 
 impl RetryCause {
     /// The causes of a failed annotate call: the `cause` label of `annotator_retries_total`.
-    pub const CALL: [Self; 6] = [
+    pub const CALL: [Self; 5] = [
         Self::RateLimited,
         Self::ServerError,
         Self::Timeout,
+        Self::Aborted,
         Self::Connection,
-        Self::Redirect,
-        Self::Auth,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,9 +81,8 @@ impl RetryCause {
             Self::RateLimited => "rate_limited",
             Self::ServerError => "server_error",
             Self::Timeout => "timeout",
+            Self::Aborted => "aborted",
             Self::Connection => "connection",
-            Self::Redirect => "redirect",
-            Self::Auth => "auth",
             Self::Cache => "cache",
             Self::DeadLetterWrite => "dead_letter_write",
         }
@@ -96,7 +92,7 @@ impl RetryCause {
 /// What a halt stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HaltScope {
-    /// Every call: the credentials (or the endpoint) are the same for all of them.
+    /// Every call: the credentials and the endpoint are the same for all of them.
     Service,
 }
 
@@ -104,10 +100,25 @@ pub enum HaltScope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Halt {
     pub scope: HaltScope,
-    /// The HTTP status that said so.
-    pub status: u16,
-    /// Google's error status and message.
+    /// The HTTP status that said so; `None` when no call could be made (no credentials).
+    pub status: Option<u16>,
+    /// Why, for the log and `/readyz`.
     pub detail: String,
+}
+
+impl Halt {
+    fn service(status: Option<u16>, detail: impl Into<String>) -> Failure {
+        Failure::Halt(Self {
+            scope: HaltScope::Service,
+            status,
+            detail: detail.into(),
+        })
+    }
+
+    /// No credentials could be had (Google Application Default Credentials failed).
+    pub fn no_credentials(detail: impl Into<String>) -> Failure {
+        Self::service(None, detail)
+    }
 }
 
 /// Why an event was set aside; the value of the `annotator.error` header.
@@ -187,34 +198,94 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     Some(delta.min(MAX_RETRY_AFTER))
 }
 
-/// Classifies an HTTP answer of the annotate endpoint. `error_reason` is
-/// `error.details[].reason` from Google's error body when present (`API_KEY_INVALID` is a
-/// 400 that means bad credentials).
-pub fn classify_status(
-    status: u16,
-    retry_after: Option<Duration>,
-    error_reason: Option<&str>,
-    detail: String,
-) -> Result<(), Failure> {
-    let halt = |detail| {
-        Failure::Halt(Halt {
-            scope: HaltScope::Service,
-            status,
+/// Google's error body (`{"error": {"code", "message", "status", "details"}}`), the parts
+/// that decide what happens next.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GoogleError {
+    /// `google.rpc.ErrorInfo.reason`, e.g. `API_KEY_INVALID`.
+    pub reason: Option<String>,
+    /// `google.rpc.RetryInfo.retryDelay`.
+    pub retry_delay: Option<Duration>,
+    /// `status` and `message`, cut to a log line.
+    pub detail: String,
+}
+
+/// Longest error detail kept from a response body.
+const MAX_DETAIL: usize = 300;
+
+impl GoogleError {
+    /// Parses an error body; `None` when it is not Google's error shape.
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let error = value.get("error")?.as_object()?;
+        let text = |key: &str| error.get(key).and_then(|v| v.as_str()).unwrap_or_default();
+        let mut detail = format!("{} {}", text("status"), text("message"));
+        detail.truncate(detail.floor_char_boundary(MAX_DETAIL));
+        let details = error.get("details").and_then(|d| d.as_array());
+        let reason = details
+            .into_iter()
+            .flatten()
+            .find_map(|d| d.get("reason")?.as_str())
+            .map(str::to_owned);
+        let retry_delay = details
+            .into_iter()
+            .flatten()
+            .find_map(|d| d.get("retryDelay")?.as_str())
+            .and_then(parse_proto_duration);
+        Some(Self {
+            reason,
+            retry_delay,
             detail,
         })
-    };
-    let retry = |cause, after| Failure::retry(cause, after, format!("HTTP {status}"));
+    }
+}
+
+/// A proto3 JSON `Duration` (`"1.5s"`), capped like `Retry-After`.
+fn parse_proto_duration(text: &str) -> Option<Duration> {
+    let seconds: f64 = text.strip_suffix('s')?.parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0)
+        .then(|| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64())))
+}
+
+/// What the endpoint answered, as far as the class depends on it.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub status: u16,
+    /// `Retry-After`, parsed.
+    pub retry_after: Option<Duration>,
+    /// Google's error body, when the answer carried one.
+    pub error: Option<GoogleError>,
+}
+
+/// Classifies an answer of the annotate endpoint (SPEC 3, `reference/annotate-api.md`).
+pub fn classify(answer: &Answer) -> Result<(), Failure> {
+    let status = answer.status;
+    let google = answer.error.as_ref();
+    let detail = || google.map_or_else(|| format!("HTTP {status}"), |e| e.detail.clone());
+    // The server's minimum wait: the larger of `Retry-After` and `RetryInfo`.
+    let after = answer.retry_after.max(google.and_then(|e| e.retry_delay));
+    let retry = |cause| Err(Failure::retry(cause, after, format!("HTTP {status}")));
     match status {
         200..=299 => Ok(()),
-        400 if error_reason == Some("API_KEY_INVALID") => Err(halt(detail)),
-        401 | 403 => Err(halt(detail)),
-        408 => Err(retry(RetryCause::Timeout, retry_after)),
-        429 => Err(retry(RetryCause::RateLimited, retry_after)),
-        500..=599 => Err(retry(RetryCause::ServerError, retry_after)),
-        300..=399 => Err(retry(RetryCause::Redirect, None)),
+        300..=399 => Err(Halt::service(
+            Some(status),
+            format!("HTTP {status}: the endpoint redirects; recaptcha.endpoint is wrong"),
+        )),
+        400 if google.and_then(|e| e.reason.as_deref()) == Some("API_KEY_INVALID") => {
+            Err(Halt::service(Some(status), detail()))
+        }
+        401 | 403 => Err(Halt::service(Some(status), detail())),
+        404 if google.is_none() => Err(Halt::service(
+            Some(status),
+            "HTTP 404 without Google's error body: recaptcha.endpoint is wrong",
+        )),
+        408 => retry(RetryCause::Timeout),
+        409 => retry(RetryCause::Aborted),
+        429 => retry(RetryCause::RateLimited),
+        500..=599 => retry(RetryCause::ServerError),
         _ => Err(Failure::DeadLetter(DeadLetter {
             reason: DeadLetterReason::Rejected,
-            detail,
+            detail: detail(),
             status: Some(status),
         })),
     }
@@ -268,9 +339,24 @@ mod tests {
         }
     }
 
+    fn google(reason: Option<&str>) -> Option<GoogleError> {
+        Some(GoogleError {
+            reason: reason.map(str::to_owned),
+            ..GoogleError::default()
+        })
+    }
+
+    fn answer(status: u16, error: Option<GoogleError>) -> Answer {
+        Answer {
+            status,
+            retry_after: None,
+            error,
+        }
+    }
+
     #[test]
     fn classes_follow_the_spec() {
-        let c = |s, r| classify_status(s, None, r, String::new());
+        let c = |s, r| classify(&answer(s, google(r)));
         assert_eq!(c(200, None), Ok(()));
         for status in [400, 404] {
             assert!(matches!(
@@ -284,15 +370,72 @@ mod tests {
         }
         assert!(matches!(
             c(400, Some("API_KEY_INVALID")),
-            Err(Failure::Halt(Halt { status: 400, .. }))
+            Err(Failure::Halt(Halt {
+                status: Some(400),
+                ..
+            }))
         ));
         assert!(matches!(c(401, None), Err(Failure::Halt(_))));
         assert!(matches!(c(403, None), Err(Failure::Halt(_))));
         assert_eq!(cause(c(429, None)), Some(RetryCause::RateLimited));
+        assert_eq!(cause(c(409, None)), Some(RetryCause::Aborted));
+        assert_eq!(cause(c(408, None)), Some(RetryCause::Timeout));
         for s in [500, 502, 503, 504] {
             assert_eq!(cause(c(s, None)), Some(RetryCause::ServerError));
         }
-        assert_eq!(cause(c(302, None)), Some(RetryCause::Redirect));
+    }
+
+    #[test]
+    fn a_wrong_endpoint_halts_instead_of_retrying_or_dead_lettering() {
+        for status in [301, 302, 307, 308] {
+            let halt = classify(&answer(status, None));
+            assert!(
+                matches!(&halt, Err(Failure::Halt(h)) if h.detail.contains("recaptcha.endpoint")),
+                "{status}: {halt:?}"
+            );
+        }
+        // A 404 with Google's error body is about the assessment; without it, the URL is wrong.
+        assert!(matches!(
+            classify(&answer(404, None)),
+            Err(Failure::Halt(h)) if h.detail.contains("recaptcha.endpoint")
+        ));
+        let body =
+            br#"{"error":{"code":404,"message":"Assessment not found.","status":"NOT_FOUND"}}"#;
+        assert!(matches!(
+            classify(&answer(404, GoogleError::parse(body))),
+            Err(Failure::DeadLetter(DeadLetter {
+                status: Some(404),
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn retry_info_is_honoured_like_retry_after() {
+        let body = br#"{"error":{"code":429,"message":"Quota exceeded.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"RATE_LIMIT_EXCEEDED"},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"7.5s"}]}}"#;
+        let error = GoogleError::parse(body).unwrap();
+        assert_eq!(error.reason.as_deref(), Some("RATE_LIMIT_EXCEEDED"));
+        assert_eq!(error.retry_delay, Some(Duration::from_millis(7500)));
+        let with = |retry_after| Answer {
+            status: 429,
+            retry_after,
+            error: Some(error.clone()),
+        };
+        for (retry_after, expected) in [
+            (None, 7500),
+            (Some(Duration::from_secs(2)), 7500),
+            (Some(Duration::from_secs(9)), 9000),
+        ] {
+            match classify(&with(retry_after)) {
+                Err(Failure::Retry(r)) => {
+                    assert_eq!(r.after, Some(Duration::from_millis(expected)))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(GoogleError::parse(b"<html>"), None);
+        assert_eq!(parse_proto_duration("-1s"), None);
+        assert_eq!(parse_proto_duration("1e9s"), Some(MAX_RETRY_AFTER));
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! Readiness: what `/readyz` answers, made of the facts the parts report.
+//!
+//! Not ready: no assignment, the cache unreachable, or every call halted (credentials,
+//! endpoint). Ready but worth saying: partitions stalled by an event that crashed, which
+//! the body lists while the other partitions flow.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What readiness is made of.
@@ -7,7 +13,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Health {
     assigned: AtomicBool,
     cache_down: AtomicBool,
-    halted: AtomicBool,
+    /// Why every call is halted, while it is.
+    halted: Mutex<Option<String>>,
+    /// Partitions (`topic/partition`) whose commit point an event that crashed holds.
+    stalled: Mutex<BTreeSet<String>>,
+}
+
+/// `/readyz`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// Why the instance is not ready; empty when it is.
+    pub reasons: Vec<String>,
+    /// What an operator should know while it is ready.
+    pub notes: Vec<String>,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.reasons.is_empty()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Health {
@@ -19,32 +47,46 @@ impl Health {
         self.cache_down.store(yes, Ordering::Relaxed);
     }
 
-    pub fn set_halted(&self, yes: bool) {
-        self.halted.store(yes, Ordering::Relaxed);
+    /// Every call halted, and why; `None` when calls go out again.
+    pub fn set_halted(&self, why: Option<String>) {
+        *lock(&self.halted) = why;
     }
 
     pub fn halted(&self) -> bool {
-        self.halted.load(Ordering::Relaxed)
+        lock(&self.halted).is_some()
     }
 
-    /// `Ok` when ready, else every reason why not.
-    pub fn readiness(&self) -> Result<(), Vec<&'static str>> {
+    /// A partition whose commit point is held by an event that crashed; returns how many
+    /// are stalled now.
+    pub fn add_stalled(&self, partition: String) -> usize {
+        let mut stalled = lock(&self.stalled);
+        stalled.insert(partition);
+        stalled.len()
+    }
+
+    /// The partition was let go (its next owner starts from the commit point again);
+    /// returns how many are stalled now.
+    pub fn remove_stalled(&self, partition: &str) -> usize {
+        let mut stalled = lock(&self.stalled);
+        stalled.remove(partition);
+        stalled.len()
+    }
+
+    pub fn readiness(&self) -> Readiness {
         let mut reasons = Vec::new();
         if !self.assigned.load(Ordering::Relaxed) {
-            reasons.push("not a member of the consumer group with an assignment");
+            reasons.push("not a member of the consumer group with an assignment".to_owned());
         }
         if self.cache_down.load(Ordering::Relaxed) {
-            reasons.push("cache unreachable");
+            reasons.push("cache unreachable".to_owned());
         }
-        if self.halted.load(Ordering::Relaxed) {
-            reasons.push(
-                "halted: the annotate endpoint refuses our credentials (401/403/invalid key)",
-            );
+        if let Some(why) = lock(&self.halted).as_ref() {
+            reasons.push(format!("halted: {why}"));
         }
-        if reasons.is_empty() {
-            Ok(())
-        } else {
-            Err(reasons)
-        }
+        let notes = lock(&self.stalled)
+            .iter()
+            .map(|p| format!("partition {p} stalled: an event crashed and holds its commit point (see the log; a restart or rebalance retries it)"))
+            .collect();
+        Readiness { reasons, notes }
     }
 }

@@ -449,3 +449,43 @@ async fn embedded_store_warns_when_other_members_share_the_partitions() {
     let logs = [first.stop("TERM"), second.stop("TERM")].concat();
     assert!(both_warned, "no warning from both members:\n{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_values_of_another_type_or_not_utf8_are_invalid_references() {
+    let env = TestEnv::new("redis-foreign").await;
+    let mut config = env.config();
+    env.use_redis(&mut config, &redis_url());
+    // Written by someone else: a hash where a string belongs, and bytes that are not UTF-8.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("HSET")
+        .arg(format!("{}key:hash-1", env.prefix))
+        .arg("assessment")
+        .arg(format!("projects/{PROJECT}/assessments/x"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg(format!("{}key:bytes-1", env.prefix))
+        .arg(&[0xff_u8, 0xfe, b'p'][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in ["hash-1", "bytes-1"] {
+        let event = json!({"event_id": key, "outcome": "verified", "key": key});
+        env.produce("registrations", None, Some(&event.to_string()))
+            .await;
+    }
+    let service = env.start(config);
+    env.wait_all_committed(Duration::from_secs(30)).await;
+    let (status, body) = env.http_get("/readyz").await;
+    service.stop().await;
+    assert_eq!(status, 200, "{body}");
+    let letters = env.dead_letters(2, Duration::from_secs(10));
+    let reasons: Vec<_> = letters
+        .iter()
+        .map(|l| l.headers["annotator.error"].as_str())
+        .collect();
+    assert_eq!(reasons, ["invalid_reference", "invalid_reference"]);
+    assert!(env.sandbox.recorded().is_empty());
+}

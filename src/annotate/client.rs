@@ -6,16 +6,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use serde::Deserialize;
 
 use super::auth::Auth;
 use crate::config::RecaptchaConfig;
 use crate::domain::api::AnnotateRequest;
 use crate::domain::assessment::AssessmentName;
-use crate::failure::{Failure, RetryCause, classify_status, parse_retry_after};
+use crate::failure::{Answer, Failure, GoogleError, Halt, RetryCause, classify, parse_retry_after};
 
-/// Longest error detail kept from a response body.
-const MAX_DETAIL: usize = 300;
+/// The most of a response body that is read: Google's error bodies are small, and a wrong
+/// endpoint can answer with anything.
+const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AnnotateClient {
@@ -26,27 +26,6 @@ pub struct AnnotateClient {
     next: Arc<AtomicUsize>,
     base: String,
     auth: Auth,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorInner,
-}
-
-#[derive(Deserialize)]
-struct ErrorInner {
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    status: String,
-    #[serde(default)]
-    details: Vec<ErrorDetail>,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    #[serde(default)]
-    reason: Option<String>,
 }
 
 /// One call's result with its timing, for metrics.
@@ -106,7 +85,7 @@ impl AnnotateClient {
             Ok(h) => h,
             Err(e) => {
                 return CallResult {
-                    result: Err(Failure::retry(RetryCause::Auth, None, e.to_string())),
+                    result: Err(Halt::no_credentials(e.to_string())),
                     status: None,
                     elapsed: started.elapsed(),
                 };
@@ -140,8 +119,8 @@ impl AnnotateClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        // Read the body so the connection returns to the pool.
-        let bytes = match Box::pin(response.bytes()).await {
+        // Read the body (capped) so the connection returns to the pool.
+        let bytes = match Box::pin(read_capped(response)).await {
             Ok(b) => b,
             Err(e) => {
                 return CallResult {
@@ -151,25 +130,35 @@ impl AnnotateClient {
                 };
             }
         };
-        let (reason, detail) = if (200..300).contains(&status) {
-            (None, String::new())
+        let error = if (200..300).contains(&status) {
+            None
         } else {
-            match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => {
-                    let reason = body.error.details.into_iter().find_map(|d| d.reason);
-                    let mut detail = format!("{} {}", body.error.status, body.error.message);
-                    detail.truncate(detail.floor_char_boundary(MAX_DETAIL));
-                    (reason, detail)
-                }
-                Err(_) => (None, format!("HTTP {status}")),
-            }
+            GoogleError::parse(&bytes)
+        };
+        let answer = Answer {
+            status,
+            retry_after,
+            error,
         };
         CallResult {
-            result: classify_status(status, retry_after, reason.as_deref(), detail),
+            result: classify(&answer),
             status: Some(status),
             elapsed: started.elapsed(),
         }
     }
+}
+
+/// The body, or its first [`MAX_BODY`] bytes.
+async fn read_capped(mut response: reqwest::Response) -> reqwest::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = MAX_BODY - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_BODY {
+            break;
+        }
+    }
+    Ok(body)
 }
 
 /// A request that got no answer: a timeout or a connection error, both retried.

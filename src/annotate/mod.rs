@@ -1,5 +1,5 @@
 //! The annotate call: authentication and the HTTP client; its answers are classified by
-//! [`crate::failure::classify_status`].
+//! [`crate::failure::classify`].
 
 pub mod auth;
 pub mod client;

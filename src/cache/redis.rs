@@ -26,6 +26,11 @@ fn redis_error(err: &redis::RedisError) -> CacheError {
     CacheError(format!("redis {:?}: {}", err.kind(), err.category()))
 }
 
+/// `WRONGTYPE`: the key holds a hash, list or set where a string belongs.
+fn is_wrong_type(err: &redis::RedisError) -> bool {
+    err.code() == Some("WRONGTYPE")
+}
+
 impl RedisCache {
     pub async fn connect(
         url: &SecretString,
@@ -56,8 +61,16 @@ impl RedisCache {
 impl Cache for RedisCache {
     async fn get(&self, key: &CorrelationKey) -> Result<Lookup, CacheError> {
         let mut conn = self.conn.clone();
-        let value: Option<String> = conn.get(self.key(key)).await.map_err(|e| redis_error(&e))?;
-        Ok(value.as_deref().map_or(Lookup::Miss, parse_stored))
+        // Values are written by producers too: one that is not UTF-8, or a key of another
+        // type, is an invalid mapping (a dead letter), not a cache failure (retried forever).
+        match conn.get::<_, Option<Vec<u8>>>(self.key(key)).await {
+            Ok(None) => Ok(Lookup::Miss),
+            Ok(Some(bytes)) => {
+                Ok(std::str::from_utf8(&bytes).map_or(Lookup::Invalid, parse_stored))
+            }
+            Err(e) if is_wrong_type(&e) => Ok(Lookup::Invalid),
+            Err(e) => Err(redis_error(&e)),
+        }
     }
 
     async fn put(
@@ -76,11 +89,16 @@ impl Cache for RedisCache {
 
     async fn is_done(&self, event_id: &str, record: &str) -> Result<bool, CacheError> {
         let mut conn = self.conn.clone();
-        let stored: Option<String> = conn
-            .get(format!("{}{event_id}", self.done_prefix))
+        // Anything but this record under the id (another value, another type) is not a
+        // redelivery of it: the event is sent.
+        match conn
+            .get::<_, Option<Vec<u8>>>(format!("{}{event_id}", self.done_prefix))
             .await
-            .map_err(|e| redis_error(&e))?;
-        Ok(stored.is_some_and(|r| r == record))
+        {
+            Ok(stored) => Ok(stored.is_some_and(|r| r == record.as_bytes())),
+            Err(e) if is_wrong_type(&e) => Ok(false),
+            Err(e) => Err(redis_error(&e)),
+        }
     }
 
     async fn mark_done(

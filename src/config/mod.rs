@@ -155,6 +155,10 @@ pub struct RecaptchaConfig {
     /// Speak HTTP/2 without TLS negotiation to a plain `http://` endpoint (the sandbox
     /// supports it). `https://` endpoints negotiate HTTP/2 by ALPN whatever this says.
     pub http2_prior_knowledge: bool,
+    /// Allow a plain `http://` endpoint on a host that is not loopback (a private sandbox,
+    /// as in the compose file). Without it the service refuses to start rather than send an
+    /// API key or token unencrypted.
+    pub allow_insecure_endpoint: bool,
 }
 
 impl Default for RecaptchaConfig {
@@ -168,6 +172,7 @@ impl Default for RecaptchaConfig {
             max_idle_connections: 512,
             clients: 16,
             http2_prior_knowledge: false,
+            allow_insecure_endpoint: false,
         }
     }
 }

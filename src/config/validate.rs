@@ -17,7 +17,43 @@ pub struct Validated {
     pub admin_listen: SocketAddr,
 }
 
+/// Whether `url` points at this machine.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    url.host_str().is_some_and(|host| {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
 impl Config {
+    /// The endpoint is a base URL (the service appends `/v1/...`), and credentials never go
+    /// over plain `http` to another machine unless a private sandbox is declared.
+    fn check_endpoint(&self, url: reqwest::Url, errors: &mut Vec<String>) -> Option<reqwest::Url> {
+        let before = errors.len();
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            errors.push("recaptcha.endpoint: must be an http or https URL with a host".into());
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            errors.push(
+                "recaptcha.endpoint: must be a base URL without a path, query or fragment (the service adds /v1/projects/...)".into(),
+            );
+        }
+        if url.scheme() == "http"
+            && url.host().is_some()
+            && !is_loopback(&url)
+            && !self.dry_run
+            && !self.recaptcha.allow_insecure_endpoint
+        {
+            errors.push(
+                "recaptcha.endpoint: plain http to a host that is not loopback would send the API key or token unencrypted; use https, or set recaptcha.allow_insecure_endpoint = true for a private sandbox".into(),
+            );
+        }
+        (errors.len() == before).then_some(url)
+    }
+
     /// Checks every value without IO, collecting all problems, each naming its key.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
         let mut errors = Vec::new();
@@ -69,13 +105,7 @@ impl Config {
         );
 
         let endpoint = match reqwest::Url::parse(&self.recaptcha.endpoint) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-                Some(url)
-            }
-            Ok(_) => {
-                errors.push("recaptcha.endpoint: must be an http or https URL with a host".into());
-                None
-            }
+            Ok(url) => self.check_endpoint(url, &mut errors),
             Err(e) => {
                 errors.push(format!("recaptcha.endpoint: {e}"));
                 None
@@ -220,6 +250,44 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_endpoint_is_a_base_url_and_never_plain_http_to_another_host() {
+        let check = |endpoint: &str, extra: &str| {
+            Config::from_toml(&format!("[recaptcha]\nendpoint = \"{endpoint}\"\n{extra}"))
+                .unwrap()
+                .validate()
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        for ok in [
+            "https://recaptchaenterprise.googleapis.com",
+            "https://recaptchaenterprise.googleapis.com/",
+            "http://127.0.0.1:8085",
+            "http://localhost:8085",
+            "http://[::1]:8085",
+        ] {
+            assert!(check(ok, "").is_ok(), "{ok}: {:?}", check(ok, ""));
+        }
+        for bad in [
+            "https://example.com/v1",
+            "https://example.com/?key=x",
+            "https://example.com/#x",
+        ] {
+            let err = check(bad, "").unwrap_err();
+            assert!(
+                err.contains("recaptcha.endpoint") && err.contains("base URL"),
+                "{bad}: {err}"
+            );
+        }
+        let err = check("http://sandbox:8085", "").unwrap_err();
+        assert!(
+            err.contains("recaptcha.endpoint") && err.contains("allow_insecure_endpoint"),
+            "{err}"
+        );
+        assert!(check("http://sandbox:8085", "allow_insecure_endpoint = true").is_ok());
+        assert!(check("http://10.0.0.7:8085", "allow_insecure_endpoint = true").is_ok());
+    }
 
     #[test]
     fn defaults_validate() {

@@ -1,5 +1,6 @@
-//! The one commit routine: the periodic tick, revocation and shutdown all commit through
-//! [`Committer::commit`]; the broker's answers come back through [`Committer::on_result`].
+//! The one commit routine: the periodic tick ([`Committer::commit_moved`]) and revocation
+//! and shutdown ([`Committer::commit_final`]) all commit through `Committer::commit`; the
+//! broker's answers come back through [`Committer::on_result`].
 
 use std::sync::Arc;
 
@@ -31,16 +32,30 @@ impl Committer {
         Self { book, metrics }
     }
 
-    /// Commits the finished offsets that moved, of `only` these partitions or of every owned
-    /// one. An asynchronous commit is recorded when sent; a failure reported later (or now)
-    /// hands the offsets out again.
-    pub fn commit<C: ConsumerContext, K: Consumer<C>>(
+    /// The periodic commit: the finished offsets that moved since they were last handed out,
+    /// of every owned partition, sent asynchronously. It is recorded when sent; a failure
+    /// reported later hands the offsets out again.
+    pub fn commit_moved<C: ConsumerContext, K: Consumer<C>>(&self, consumer: &K) {
+        self.commit(consumer, self.book.take_commits(None), CommitMode::Async);
+    }
+
+    /// The final commit of partitions this instance lets go (revoke, shutdown): every one of
+    /// `tps` at its finished offset, moved or not, synchronously.
+    pub fn commit_final<C: ConsumerContext, K: Consumer<C>>(
         &self,
         consumer: &K,
-        only: Option<&[TopicPartition]>,
+        tps: &[TopicPartition],
+    ) {
+        self.commit(consumer, self.book.final_commits(tps), CommitMode::Sync);
+    }
+
+    /// The one commit routine both go through.
+    fn commit<C: ConsumerContext, K: Consumer<C>>(
+        &self,
+        consumer: &K,
+        commits: Vec<(TopicPartition, i64)>,
         mode: CommitMode,
     ) {
-        let commits = self.book.take_commits(only);
         if commits.is_empty() {
             return;
         }

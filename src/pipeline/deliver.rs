@@ -1,5 +1,5 @@
 //! Sending one annotation: the halt gate, the rate limit and an in-flight slot, then the
-//! call. What a failed call means is decided by [`crate::failure::classify_status`] and
+//! call. What a failed call means is decided by [`crate::failure::classify`] and
 //! handled by the event runner; this file only sends, and opens and closes the gate.
 
 use std::sync::Arc;
@@ -14,7 +14,8 @@ use crate::failure::{Failure, Halt};
 use crate::health::Health;
 use crate::telemetry::Metrics;
 
-/// Stops every call while the service is halted (401, 403, an invalid API key). One task
+/// Stops every call while the service is halted (401, 403, an invalid API key, no
+/// credentials, a wrong endpoint). One task
 /// at a time probes every `delivery.halt_retry`; the first call that is not refused reopens
 /// the gate.
 pub struct HaltGate {
@@ -69,7 +70,7 @@ impl HaltGate {
             self.metrics.halted(halt.status, &halt.detail);
         }
         self.halted.send_replace(true);
-        self.health.set_halted(true);
+        self.health.set_halted(Some(halt.detail.clone()));
         if !probe.is_probing() {
             probe.0 = Arc::clone(&self.probe).try_lock_owned().ok();
         }
@@ -86,7 +87,7 @@ impl HaltGate {
         if self.health.halted() {
             self.metrics.resumed();
         }
-        self.health.set_halted(false);
+        self.health.set_halted(None);
         self.halted.send_replace(false);
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::deliver::{Probe, Sender};
@@ -19,19 +20,8 @@ use super::store::Store;
 use crate::dead_letter::DeadLetterWriter;
 use crate::domain::assessment::{AssessmentName, CorrelationKey};
 use crate::failure::{Backoff, DeadLetter, Failure};
+use crate::health::Health;
 use crate::telemetry::Metrics;
-
-/// Tries to remember an annotated event id before giving up (its offset is not held for it:
-/// a failure only weakens duplicate suppression).
-const REMEMBER_ATTEMPTS: u32 = 3;
-
-/// How a step that keeps failing ends.
-enum Stop {
-    /// It failed for good: set the event aside.
-    DeadLetter(DeadLetter),
-    /// It ran out of tries (only for steps that may give up).
-    GaveUp(Failure),
-}
 
 /// One event's state across the retries of its steps.
 struct Attempt {
@@ -54,6 +44,8 @@ pub struct Runner {
     pub book: Arc<OffsetBook>,
     /// Events finished by result, retries, dead letters.
     pub metrics: Metrics,
+    /// Partitions stalled by a crashed event show in `/readyz`.
+    pub health: Arc<Health>,
     /// `delivery.retry_initial` and `delivery.retry_max`.
     pub retry: (Duration, Duration),
     /// Decide and log every annotation, call nothing.
@@ -91,9 +83,23 @@ impl Runner {
                 .event_finished(msg.kind.label(), result, msg.timestamp_ms);
             self.book.done(&ticket);
         };
+        // A panic in one event must not take the stream down: it is caught here, its offset
+        // stays unfinished (nothing says the annotation happened), and the stall is shown.
+        let work = std::panic::AssertUnwindSafe(work).catch_unwind();
         tokio::select! {
             biased;
-            () = tracing::Instrument::instrument(work, span) => {}
+            finished = tracing::Instrument::instrument(work, span) => {
+                if let Err(panic) = finished {
+                    let partition = format!("{}/{}", msg.tp.topic, msg.tp.partition);
+                    let stalled = self.health.add_stalled(partition.clone());
+                    let text = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    self.metrics.event_crashed(&format!("{partition}/{}", msg.offset), &text, stalled);
+                }
+            }
             () = abandon.cancelled() => {
                 // Outside the event's span (it went with the work), so the place is named.
                 tracing::debug!(topic = %msg.tp.topic, partition = msg.tp.partition, offset = msg.offset, "event abandoned; it will be redelivered");
@@ -108,7 +114,7 @@ impl Runner {
             Ok(Plan::Skip) => Ok("skipped"),
             // Boxed, like every path but the call's, to keep event tasks small.
             Ok(Plan::Store { key, name }) => {
-                Box::pin(self.until_done(None, || self.store.put(&key, &name)))
+                Box::pin(self.until_done(|| self.store.put(&key, &name)))
                     .await
                     .map(|()| "cached")
             }
@@ -117,17 +123,15 @@ impl Runner {
                 target,
                 body,
             }) => self.annotate(msg, &event_id, target, body).await,
-            Err(letter) => Err(Stop::DeadLetter(letter)),
+            Err(letter) => Err(letter),
         };
         match result {
             Ok(label) => label,
-            Err(Stop::DeadLetter(letter)) => {
+            Err(letter) => {
                 // Boxed: a rare path, kept out of every event task's size.
                 Box::pin(self.write_dead_letter(msg, &letter)).await;
                 "dead_lettered"
             }
-            // Only steps with a try limit give up, and none of them decides the result.
-            Err(Stop::GaveUp(_)) => "skipped",
         }
     }
 
@@ -137,7 +141,7 @@ impl Runner {
         event_id: &str,
         target: Target,
         body: Bytes,
-    ) -> Result<&'static str, Stop> {
+    ) -> Result<&'static str, DeadLetter> {
         let name = match target {
             Target::Known(name) => {
                 self.joiner.inline();
@@ -157,7 +161,7 @@ impl Runner {
         }
         let record = msg.identity();
         if self
-            .until_done(None, || self.store.is_done(event_id, &record))
+            .until_done(|| self.store.is_done(event_id, &record))
             .await?
         {
             tracing::debug!("already annotated; not sent again");
@@ -173,21 +177,17 @@ impl Runner {
         };
         // The in-flight slot is held until the event is remembered, so a crash repeats at
         // most `max_in_flight` annotated events.
-        if let Err(Stop::GaveUp(failure)) = self
-            .until_done(Some(REMEMBER_ATTEMPTS), || {
-                self.store.remember(event_id, &record)
-            })
-            .await
-        {
-            self.metrics.not_remembered(&failure);
-        }
+        // Retried like every cache write: a later event of the same assessment must not be
+        // suppressed on redelivery while this one is sent again.
+        self.until_done(|| self.store.remember(event_id, &record))
+            .await?;
         drop(slot);
         tracing::debug!("annotated");
         Ok("annotated")
     }
 
     /// Waits for the assessment of `key`; cache failures are settled like any other.
-    async fn join(&self, key: &CorrelationKey) -> Result<AssessmentName, Stop> {
+    async fn join(&self, key: &CorrelationKey) -> Result<AssessmentName, DeadLetter> {
         let mut attempt = self.attempt();
         let mut wait = self.joiner.wait();
         loop {
@@ -210,11 +210,15 @@ impl Runner {
     /// `Ok` when the step is to be tried again (after the wait this did), else why it stops.
     /// Boxed: failures are the rare path, and their waits would otherwise add to the size of
     /// every event task.
-    async fn settle(&self, failure: Failure, attempt: &mut Attempt) -> Result<(), Stop> {
+    async fn settle(&self, failure: Failure, attempt: &mut Attempt) -> Result<(), DeadLetter> {
         Box::pin(self.settle_inner(failure, attempt)).await
     }
 
-    async fn settle_inner(&self, failure: Failure, attempt: &mut Attempt) -> Result<(), Stop> {
+    async fn settle_inner(
+        &self,
+        failure: Failure,
+        attempt: &mut Attempt,
+    ) -> Result<(), DeadLetter> {
         match failure {
             Failure::Retry(retry) => {
                 let delay = attempt.backoff.next_delay(retry.after);
@@ -222,7 +226,7 @@ impl Runner {
                 tokio::time::sleep(delay).await;
                 Ok(())
             }
-            Failure::DeadLetter(letter) => Err(Stop::DeadLetter(letter)),
+            Failure::DeadLetter(letter) => Err(letter),
             Failure::Halt(halt) => {
                 self.sender.gate().halt(&halt, &mut attempt.probe).await;
                 Ok(())
@@ -230,9 +234,8 @@ impl Runner {
         }
     }
 
-    /// Runs `step` until it succeeds, settling each failure; with `tries`, gives up after
-    /// that many.
-    async fn until_done<T, F, Fut>(&self, tries: Option<u32>, mut step: F) -> Result<T, Stop>
+    /// Runs `step` until it succeeds, settling each failure.
+    async fn until_done<T, F, Fut>(&self, mut step: F) -> Result<T, DeadLetter>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
@@ -242,9 +245,6 @@ impl Runner {
             let done = step().await;
             match done {
                 Ok(value) => return Ok(value),
-                Err(failure) if tries.is_some_and(|n| attempt.backoff.attempts() + 1 >= n) => {
-                    return Err(Stop::GaveUp(failure));
-                }
                 Err(failure) => self.settle(failure, &mut attempt).await?,
             }
         }
@@ -255,7 +255,7 @@ impl Runner {
         let source = msg.source();
         // The writer only ever asks for a retry.
         if self
-            .until_done(None, || self.dead_letters.write(&source, letter))
+            .until_done(|| self.dead_letters.write(&source, letter))
             .await
             .is_ok()
         {
@@ -263,3 +263,7 @@ impl Runner {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "event_tests.rs"]
+mod tests;

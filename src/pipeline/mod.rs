@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -193,7 +193,7 @@ impl Pipeline {
                         self.partitions().book.recommit_all();
                     }
                     self.advance_positions();
-                    self.partitions().committer.commit(&self.consumer, None, CommitMode::Async);
+                    self.partitions().committer.commit_moved(&self.consumer);
                     let pending = backpressure.pending.count();
                     self.metrics.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
                 }

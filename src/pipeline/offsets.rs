@@ -237,6 +237,22 @@ impl OffsetBook {
             .collect()
     }
 
+    /// The commit offset of each of `tps` that has one, whether or not it moved since it was
+    /// last handed out: the final commit of a partition this instance lets go (revoke,
+    /// shutdown), which must not rely on an earlier asynchronous commit that may still be in
+    /// flight or may have failed.
+    pub fn final_commits(&self, tps: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
+        let mut owned = self.lock();
+        tps.iter()
+            .filter_map(|tp| {
+                let entry = owned.get_mut(tp)?;
+                let offset = entry.offsets.committable()?;
+                entry.offsets.committed = Some(offset);
+                Some((tp.clone(), offset))
+            })
+            .collect()
+    }
+
     /// Hands every owned partition's commit offset out again on the next call: a periodic
     /// refresh, so a commit lost without an error report is repaired.
     pub fn recommit_all(&self) {

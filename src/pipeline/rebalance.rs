@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -63,16 +63,24 @@ pub struct Partitions {
     pub committer: Committer,
     /// Lag and committed-offset series of partitions no longer owned are removed.
     metrics: Metrics,
+    /// A partition stalled by a crashed event is no longer stalled once let go.
+    health: Arc<Health>,
 }
 
 impl Partitions {
-    pub fn new(book: Arc<OffsetBook>, catch_up: Arc<CatchUp>, metrics: Metrics) -> Self {
+    pub fn new(
+        book: Arc<OffsetBook>,
+        catch_up: Arc<CatchUp>,
+        metrics: Metrics,
+        health: Arc<Health>,
+    ) -> Self {
         Self {
             committer: Committer::new(Arc::clone(&book), metrics.clone()),
             book,
             tokens: PartitionTokens::default(),
             catch_up,
             metrics,
+            health,
         }
     }
 
@@ -107,7 +115,7 @@ impl Partitions {
                 }
             }
         }
-        self.committer.commit(consumer, Some(tps), CommitMode::Sync);
+        self.committer.commit_final(consumer, tps);
         for tp in tps {
             self.book.revoke(tp);
             self.catch_up.revoked(tp);
@@ -117,6 +125,12 @@ impl Partitions {
             let labels = [tp.topic.as_ref(), &tp.partition.to_string()];
             let _ = self.metrics.consumer_lag.remove_label_values(&labels);
             let _ = self.metrics.committed_offset.remove_label_values(&labels);
+            let stalled = self
+                .health
+                .remove_stalled(&format!("{}/{}", tp.topic, tp.partition));
+            self.metrics
+                .stalled_partitions
+                .set(i64::try_from(stalled).unwrap_or(i64::MAX));
         }
     }
 }
@@ -279,5 +293,46 @@ impl ConsumerContext for AnnotatorContext {
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         self.partitions.committer.on_result(result, offsets);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::DefaultConsumerContext;
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    #[test]
+    fn letting_a_partition_go_commits_its_finished_offset_even_if_it_was_handed_out_before() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let consumer: BaseConsumer<DefaultConsumerContext> = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "g")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let book = Arc::new(OffsetBook::default());
+        let partitions = Partitions::new(
+            Arc::clone(&book),
+            Arc::new(CatchUp::default()),
+            Metrics::new(),
+            Arc::new(Health::default()),
+        );
+        let tp = TopicPartition::new("t", 0);
+        partitions.assign(&tp);
+        for offset in 0..5 {
+            let ticket = book.register(&tp, offset).unwrap();
+            book.done(&ticket);
+        }
+        // An asynchronous commit took offset 5 and is still in flight (or failed silently).
+        assert_eq!(book.take_commits(None), vec![(tp.clone(), 5)]);
+        partitions.close(&consumer, std::slice::from_ref(&tp), true);
+        let wanted = [("t".to_owned(), 0)];
+        let committed = kafka::committed_offsets(&consumer, &wanted).unwrap();
+        assert_eq!(committed.get(&wanted[0]), Some(&5));
+        assert!(!book.owns(&tp));
     }
 }

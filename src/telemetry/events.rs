@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::Metrics;
-use crate::failure::{DeadLetter, Failure, RetryCause};
+use crate::failure::{DeadLetter, RetryCause};
 
 impl Metrics {
     /// An event finished with `result` (a label of `annotator_events_total`).
@@ -43,10 +43,6 @@ impl Metrics {
             RetryCause::DeadLetterWrite => {
                 tracing::warn!(error = %detail, delay_ms, "dead-letter write failed; retrying");
             }
-            RetryCause::Auth => {
-                self.retries.with_label_values(&[cause.as_str()]).inc();
-                tracing::warn!(error = %detail, delay_ms, "could not get credentials for the annotate call; retrying");
-            }
             _ => {
                 self.retries.with_label_values(&[cause.as_str()]).inc();
                 tracing::debug!(cause = cause.as_str(), detail = %detail, delay_ms, "annotate failed; retrying");
@@ -54,15 +50,13 @@ impl Metrics {
         }
     }
 
-    /// An annotated event id could not be remembered (its last try failed): a redelivery
-    /// of it would be sent again.
-    pub fn not_remembered(&self, failure: &Failure) {
-        if let Failure::Retry(retry) = failure {
-            if retry.cause == RetryCause::Cache {
-                self.cache_errors.inc();
-            }
-            tracing::warn!(error = %retry.detail, "could not remember an annotated event; a redelivery would be sent again");
-        }
+    /// An event task panicked: its offset stays unfinished, so its partition's commit point
+    /// stops there until the partition is let go.
+    pub fn event_crashed(&self, place: &str, panic: &str, stalled: usize) {
+        self.event_crashes.inc();
+        self.stalled_partitions
+            .set(i64::try_from(stalled).unwrap_or(i64::MAX));
+        tracing::error!(place = %place, panic = %panic, "an event crashed; its partition's commit point stays before it until the partition is revoked or the service restarts (it is then retried)");
     }
 
     /// An event was written to the dead-letter topic and acknowledged.
@@ -76,16 +70,17 @@ impl Metrics {
         );
     }
 
-    /// The endpoint refused our credentials: every call stops.
-    pub fn halted(&self, status: u16, detail: &str) {
+    /// The service is misconfigured (credentials refused or unavailable, a wrong endpoint):
+    /// every call stops.
+    pub fn halted(&self, status: Option<u16>, detail: &str) {
         self.halted.set(1);
-        tracing::error!(status, detail = %detail, "annotate endpoint refuses our credentials; halting all sending until they work");
+        tracing::error!(status, detail = %detail, "annotate calls halted: the endpoint refuses our credentials, none could be had, or recaptcha.endpoint is wrong; probing until a call goes through");
     }
 
     /// A probe was answered: calls go out again.
     pub fn resumed(&self) {
         self.halted.set(0);
-        tracing::info!("annotate endpoint accepts our credentials again; resuming");
+        tracing::info!("annotate endpoint answers again; resuming");
     }
 
     /// The periodic cache ping changed its answer (`error` is `None` when it answers again).

@@ -49,11 +49,23 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub cache_errors: IntCounter,
     pub end_to_end: HistogramVec,
+    /// `annotator_event_crashes_total`: event tasks that panicked.
+    pub event_crashes: IntCounter,
+    /// `annotator_stalled_partitions`: partitions whose commit point a crashed event holds.
+    pub stalled_partitions: IntGauge,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric =
         IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("metric definition is valid");
     registry
         .register(Box::new(metric.clone()))
         .expect("metric names are unique");
@@ -190,17 +202,21 @@ impl Metrics {
                 "annotator_ready",
                 "1 when ready (assigned, cache reachable, not halted), else 0",
             ),
-            cache_errors: {
-                let metric = IntCounter::new(
-                    "annotator_cache_errors_total",
-                    "Failed cache operations (retried)",
-                )
-                .expect("metric definition is valid");
-                registry
-                    .register(Box::new(metric.clone()))
-                    .expect("metric names are unique");
-                metric
-            },
+            cache_errors: counter(
+                &registry,
+                "annotator_cache_errors_total",
+                "Failed cache operations (retried)",
+            ),
+            event_crashes: counter(
+                &registry,
+                "annotator_event_crashes_total",
+                "Event tasks that panicked; their offset stays uncommitted",
+            ),
+            stalled_partitions: gauge(
+                &registry,
+                "annotator_stalled_partitions",
+                "Partitions whose commit point is held by an event that crashed (until revoked or restarted)",
+            ),
             end_to_end: {
                 let metric = HistogramVec::new(
                     HistogramOpts::new(
