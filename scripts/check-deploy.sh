@@ -11,6 +11,7 @@ if ! command -v promtool >/dev/null 2>&1; then
   pkill -x prometheus 2>/dev/null || true
 fi
 promtool check rules deploy/alerts.yml
+promtool test rules deploy/alerts.test.yml
 promtool check config deploy/prometheus.yml
 python3 - <<'PY'
 import json, os, sys

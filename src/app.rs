@@ -17,7 +17,7 @@ use crate::dead_letter::DeadLetterWriter;
 use crate::health::Health;
 use crate::kafka;
 use crate::pipeline::catchup::CatchUp;
-use crate::pipeline::deliver::{HaltGate, Sender};
+use crate::pipeline::deliver::{HaltGates, Sender};
 use crate::pipeline::event::Runner;
 use crate::pipeline::join::Joiner;
 use crate::pipeline::lag::Lag;
@@ -42,6 +42,12 @@ pub fn auth(config: &Config) -> anyhow::Result<Auth> {
 /// Runs the service until `shutdown` is cancelled, then drains and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let validated = config.validate()?;
+    if validated.allowed.is_open() {
+        tracing::warn!("{}", crate::config::OPEN_PROJECTS_RISK);
+    }
+    for warning in &validated.warnings {
+        tracing::warn!("{warning}");
+    }
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
     let listener = admin::bind(validated.admin_listen)
@@ -138,7 +144,12 @@ fn pipeline(
         retry: d.join_retry,
         metrics: metrics.clone(),
     };
-    let gate = HaltGate::new(Arc::clone(&health), metrics.clone(), d.halt_retry);
+    let gate = HaltGates::new(
+        Arc::clone(&health),
+        metrics.clone(),
+        d.halt_retry,
+        d.forbidden_grace,
+    );
     let sender = Sender::new(client, d.max_in_flight, d.rate_limit, gate, metrics.clone());
     let dead_letters =
         DeadLetterWriter::new(&config.kafka).context("creating the dead-letter producer")?;

@@ -117,7 +117,8 @@ pub enum DeadLetterCommand {
     Replay {
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Only this reason (decode, unknown_outcome, invalid_reference, unjoined, rejected);
+        /// Only this reason (decode, unknown_outcome, invalid_reference, unjoined, rejected,
+        /// forbidden);
         /// repeatable. All reasons when not given.
         #[arg(long = "reason")]
         reasons: Vec<String>,
@@ -176,6 +177,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let sandbox = sandbox::Sandbox::new(api_key, record_limit);
             sandbox.set_script(sandbox::Script {
                 responses: vec![],
+                forbidden: None,
                 default: Some(sandbox::DefaultAnswer {
                     delay_ms: latency_ms,
                     ..Default::default()

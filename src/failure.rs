@@ -94,6 +94,8 @@ impl RetryCause {
 pub enum HaltScope {
     /// Every call: the credentials and the endpoint are the same for all of them.
     Service,
+    /// The calls for the project of the refused event (403): the other projects flow.
+    Project,
 }
 
 /// Sending stops until a probe is accepted.
@@ -134,15 +136,19 @@ pub enum DeadLetterReason {
     Unjoined,
     /// The endpoint refused this event (400, 404 ...).
     Rejected,
+    /// 403 for this event while other events of its project went through, or its project
+    /// refused every call for `delivery.forbidden_grace`.
+    Forbidden,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Decode,
         Self::UnknownOutcome,
         Self::InvalidReference,
         Self::Unjoined,
         Self::Rejected,
+        Self::Forbidden,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -152,6 +158,7 @@ impl DeadLetterReason {
             Self::InvalidReference => "invalid_reference",
             Self::Unjoined => "unjoined",
             Self::Rejected => "rejected",
+            Self::Forbidden => "forbidden",
         }
     }
 
@@ -167,7 +174,7 @@ pub struct DeadLetter {
     pub reason: DeadLetterReason,
     /// Human-readable; never carries secrets or account data.
     pub detail: String,
-    /// HTTP status, for `rejected`.
+    /// HTTP status, for `rejected` and `forbidden`.
     pub status: Option<u16>,
 }
 
@@ -274,7 +281,12 @@ pub fn classify(answer: &Answer) -> Result<(), Failure> {
         400 if google.and_then(|e| e.reason.as_deref()) == Some("API_KEY_INVALID") => {
             Err(Halt::service(Some(status), detail()))
         }
-        401 | 403 => Err(Halt::service(Some(status), detail())),
+        401 => Err(Halt::service(Some(status), detail())),
+        403 => Err(Failure::Halt(Halt {
+            scope: HaltScope::Project,
+            status: Some(status),
+            detail: detail(),
+        })),
         404 if google.is_none() => Err(Halt::service(
             Some(status),
             "HTTP 404 without Google's error body: recaptcha.endpoint is wrong",
@@ -375,8 +387,20 @@ mod tests {
                 ..
             }))
         ));
-        assert!(matches!(c(401, None), Err(Failure::Halt(_))));
-        assert!(matches!(c(403, None), Err(Failure::Halt(_))));
+        assert!(matches!(
+            c(401, None),
+            Err(Failure::Halt(Halt {
+                scope: HaltScope::Service,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            c(403, Some("IAM_PERMISSION_DENIED")),
+            Err(Failure::Halt(Halt {
+                scope: HaltScope::Project,
+                ..
+            }))
+        ));
         assert_eq!(cause(c(429, None)), Some(RetryCause::RateLimited));
         assert_eq!(cause(c(409, None)), Some(RetryCause::Aborted));
         assert_eq!(cause(c(408, None)), Some(RetryCause::Timeout));

@@ -1,8 +1,8 @@
 //! Readiness: what `/readyz` answers, made of the facts the parts report.
 //!
 //! Not ready: no assignment, the cache unreachable, or every call halted (credentials,
-//! endpoint). Ready but worth saying: partitions stalled by an event that crashed, which
-//! the body lists while the other partitions flow.
+//! endpoint). Ready but worth saying, listed in the body while the rest flows: projects
+//! halted by 403, and partitions stalled by an event that crashed.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -17,6 +17,8 @@ pub struct Health {
     halted: Mutex<Option<String>>,
     /// Partitions (`topic/partition`) whose commit point an event that crashed holds.
     stalled: Mutex<BTreeSet<String>>,
+    /// Projects whose calls are halted by 403, and why.
+    projects: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// `/readyz`'s answer.
@@ -56,6 +58,19 @@ impl Health {
         lock(&self.halted).is_some()
     }
 
+    /// A project halted by 403 (the others flow), and why; `None` when it answers again.
+    pub fn set_project_halted(&self, project: &str, why: Option<String>) {
+        let mut projects = lock(&self.projects);
+        match why {
+            Some(why) => {
+                projects.insert(project.to_owned(), why);
+            }
+            None => {
+                projects.remove(project);
+            }
+        }
+    }
+
     /// A partition whose commit point is held by an event that crashed; returns how many
     /// are stalled now.
     pub fn add_stalled(&self, partition: String) -> usize {
@@ -83,10 +98,13 @@ impl Health {
         if let Some(why) = lock(&self.halted).as_ref() {
             reasons.push(format!("halted: {why}"));
         }
-        let notes = lock(&self.stalled)
+        let mut notes: Vec<String> = lock(&self.projects)
             .iter()
-            .map(|p| format!("partition {p} stalled: an event crashed and holds its commit point (see the log; a restart or rebalance retries it)"))
+            .map(|(p, why)| format!("project {p} halted: {why}"))
             .collect();
+        notes.extend(lock(&self.stalled).iter().map(|p| {
+            format!("partition {p} stalled: an event crashed and holds its commit point (see the log; a restart or rebalance retries it)")
+        }));
         Readiness { reasons, notes }
     }
 }

@@ -448,6 +448,11 @@ async fn embedded_store_warns_when_other_members_share_the_partitions() {
         && second.wait_for(warning, Duration::from_secs(30)).await;
     let logs = [first.stop("TERM"), second.stop("TERM")].concat();
     assert!(both_warned, "no warning from both members:\n{logs}");
+    // Written to a pipe, not a terminal: no colour codes.
+    assert!(
+        !logs.contains('\u{1b}'),
+        "escape codes in piped logs:\n{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

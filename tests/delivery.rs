@@ -270,3 +270,118 @@ async fn wait_ready(port: u16, within: Duration) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Outcome events with inline names: `(event_id, project, id)` each.
+fn inline_events(items: &[(&str, &str, &str)]) -> Vec<(String, Option<String>, String)> {
+    items
+        .iter()
+        .map(|(event_id, project, id)| {
+            let event = serde_json::json!({"event_id": event_id, "outcome": "chargeback",
+                "assessment": format!("projects/{project}/assessments/{id}")});
+            (
+                "fraud-signals".to_owned(),
+                Some((*id).to_owned()),
+                event.to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_refused_with_403_waits_while_the_other_projects_flow() {
+    let env = TestEnv::new("project-403").await;
+    env.forbid(&["projects/222/".to_owned()]);
+    let mut items = vec![("blocked", "222", "b0")];
+    let ids: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+    let event_ids: Vec<String> = (0..20).map(|i| format!("ok-{i}")).collect();
+    for (id, event_id) in ids.iter().zip(&event_ids) {
+        items.push((event_id, PROJECT, id));
+    }
+    env.produce_bulk(inline_events(&items)).await;
+    let service = env.start(env.config());
+    env.wait_accepted(20, Duration::from_secs(30)).await;
+    // The instance stays ready and says which project is halted.
+    let started = std::time::Instant::now();
+    let (status, body) = loop {
+        let (status, body) = env.http_get("/readyz").await;
+        if body.contains("project 222 halted") || started.elapsed() > Duration::from_secs(10) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("project 222 halted"), "{body}");
+    let (_, metrics) = env.http_get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "annotator_halted_projects", &[]),
+        Some(1.0)
+    );
+    assert_eq!(metric(&metrics, "annotator_halted", &[]), Some(0.0));
+    // Access is granted: the waiting event's probe goes through.
+    env.forbid(&[]);
+    env.wait_all_committed(Duration::from_secs(30)).await;
+    let (_, metrics) = env.http_get("/metrics").await;
+    service.stop().await;
+    assert_eq!(
+        metric(&metrics, "annotator_halted_projects", &[]),
+        Some(0.0)
+    );
+    let names: BTreeSet<_> = env.sandbox.recorded().into_iter().map(|r| r.name).collect();
+    assert_eq!(names.len(), 21);
+    assert!(env.dead_letters(0, Duration::from_millis(100)).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_assessment_refused_with_403_costs_one_dead_letter() {
+    let env = TestEnv::with_partitions("event-403", 1).await;
+    let bad = format!("projects/{PROJECT}/assessments/bad");
+    env.forbid(std::slice::from_ref(&bad));
+    let mut items = vec![("bad-1", PROJECT, "bad")];
+    let ids: Vec<String> = (0..10).map(|i| format!("g{i}")).collect();
+    let event_ids: Vec<String> = (0..10).map(|i| format!("good-{i}")).collect();
+    for (id, event_id) in ids.iter().zip(&event_ids) {
+        items.push((event_id, PROJECT, id));
+    }
+    env.produce_bulk(inline_events(&items)).await;
+    let service = env.start(env.config());
+    env.wait_all_committed(Duration::from_secs(30)).await;
+    service.stop().await;
+    assert_eq!(env.sandbox.accepted_count(), 10);
+    let letters = env.dead_letters(1, Duration::from_secs(10));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].headers["annotator.error"], "forbidden");
+    assert_eq!(letters[0].headers["annotator.status"], "403");
+    assert!(letters[0].value.as_deref().unwrap().contains("bad-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_refused_past_the_grace_is_set_aside_until_a_probe_goes_through() {
+    let env = TestEnv::new("project-grace").await;
+    env.forbid(&["projects/222/".to_owned()]);
+    let items: Vec<(String, String)> = (0..5)
+        .map(|i| (format!("f-{i}"), format!("f{i}")))
+        .collect();
+    let refs: Vec<(&str, &str, &str)> = items
+        .iter()
+        .map(|(e, id)| (e.as_str(), "222", id.as_str()))
+        .collect();
+    env.produce_bulk(inline_events(&refs)).await;
+    let mut config = env.config();
+    config.delivery.forbidden_grace = Duration::from_secs(2);
+    let service = env.start(config);
+    env.wait_all_committed(Duration::from_secs(30)).await;
+    let letters = env.dead_letters(5, Duration::from_secs(10));
+    assert_eq!(letters.len(), 5);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.headers["annotator.error"] == "forbidden")
+    );
+    // Access fixed: the next event of the project probes and goes through.
+    env.forbid(&[]);
+    env.produce_bulk(inline_events(&[("after", "222", "after")]))
+        .await;
+    env.wait_all_committed(Duration::from_secs(30)).await;
+    service.stop().await;
+    assert_eq!(env.sandbox.accepted_count(), 1);
+}

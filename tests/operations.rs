@@ -165,7 +165,13 @@ async fn check_passes_on_a_live_stack_and_names_what_is_down() {
     let (ok, stdout, stderr) =
         tokio::task::block_in_place(|| run_command(&["check", "--config", path], &[]));
     assert!(ok, "live stack: {stdout}\n{stderr}");
-    for line in ["ok   broker", "ok   cache", "ok   endpoint", "REDACTED"] {
+    for line in [
+        "ok   broker",
+        "ok   cache",
+        "ok   endpoint",
+        "REDACTED",
+        "recaptcha.allowed_projects is empty",
+    ] {
         assert!(stdout.contains(line), "{line} missing:\n{stdout}");
     }
     assert!(!stdout.contains(API_KEY), "API key printed:\n{stdout}");

@@ -153,6 +153,7 @@ pub async fn run_once(args: &BenchArgs) -> anyhow::Result<Figures> {
     };
     sandbox.set_script(sandbox::Script {
         responses: vec![],
+        forbidden: None,
         default: Some(sandbox::DefaultAnswer {
             status: 200,
             delay_ms: delay,

@@ -106,7 +106,18 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
         Finding {
             what: "config",
             ok: true,
-            detail: "valid".into(),
+            detail: {
+                let mut detail = "valid".to_owned();
+                let open = validated
+                    .allowed
+                    .is_open()
+                    .then_some(crate::config::OPEN_PROJECTS_RISK.to_owned());
+                for warning in open.into_iter().chain(validated.warnings.iter().cloned()) {
+                    detail.push_str("; warning: ");
+                    detail.push_str(&warning);
+                }
+                detail
+            },
         },
         finding("broker", broker),
         finding("cache", check_cache(config).await),

@@ -22,7 +22,7 @@ use thiserror::Error;
 
 pub use self::env::ENV_PREFIX;
 use self::env::{opt_string_or_number, vec_string_or_number};
-pub use self::validate::Validated;
+pub use self::validate::{OPEN_PROJECTS_RISK, Validated};
 use crate::domain::rules::{OutcomeTopic, Rule};
 use crate::telemetry::LogFormat;
 
@@ -246,9 +246,14 @@ pub struct DeliveryConfig {
     /// Cap of the exponential retry delay.
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
-    /// While halted on credentials (401, 403, invalid key), how often one call probes.
+    /// While calls are halted (credentials, endpoint, or a project answering 403), how
+    /// often one call probes.
     #[serde(with = "humantime_serde")]
     pub halt_retry: Duration,
+    /// How long a project may answer 403 to every probe before its waiting and new events
+    /// are dead-lettered `forbidden` (one probe per `halt_retry` still tests it).
+    #[serde(with = "humantime_serde")]
+    pub forbidden_grace: Duration,
     /// Most annotate calls per second (the project's quota); 0 = no limit.
     pub rate_limit: u32,
     /// How long revoked partitions may drain before their work is abandoned.
@@ -269,6 +274,7 @@ impl Default for DeliveryConfig {
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(32),
             halt_retry: Duration::from_secs(30),
+            forbidden_grace: Duration::from_secs(15 * 60),
             rate_limit: 0,
             rebalance_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{CacheBackend, Config, ConfigError};
+use crate::domain::api::{Annotation, Reason};
 use crate::domain::assessment::{ProjectAllowList, ProjectRef};
 use crate::domain::rules::{OutcomeTopic, Rules};
 
@@ -15,6 +16,8 @@ pub struct Validated {
     pub rules: Rules,
     pub endpoint: reqwest::Url,
     pub admin_listen: SocketAddr,
+    /// Valid but worth a warning at start (and in `check`), each naming its key.
+    pub warnings: Vec<String>,
 }
 
 /// Whether `url` points at this machine.
@@ -27,6 +30,9 @@ fn is_loopback(url: &reqwest::Url) -> bool {
                 .is_ok_and(|ip| ip.is_loopback())
     })
 }
+
+/// What `recaptcha.allowed_projects = []` risks, for the start-up log and `check`.
+pub const OPEN_PROJECTS_RISK: &str = "recaptcha.allowed_projects is empty: events may name any project; one the credentials cannot reach answers 403, its events wait and are dead-lettered `forbidden` after delivery.forbidden_grace. List the projects you annotate";
 
 impl Config {
     /// The endpoint is a base URL (the service appends `/v1/...`), and credentials never go
@@ -198,6 +204,11 @@ impl Config {
             !d.halt_retry.is_zero(),
             "delivery.halt_retry: must be above zero",
         );
+        require(
+            &mut errors,
+            !d.forbidden_grace.is_zero(),
+            "delivery.forbidden_grace: must be above zero",
+        );
 
         require(
             &mut errors,
@@ -220,6 +231,7 @@ impl Config {
         };
 
         let mut overrides = Vec::new();
+        let mut warnings = Vec::new();
         for topic in OutcomeTopic::ALL {
             let table = match topic {
                 OutcomeTopic::Logins => &self.rules.logins,
@@ -229,6 +241,21 @@ impl Config {
             for (outcome, rule) in table {
                 if outcome.is_empty() {
                     errors.push(format!("rules.{topic}: empty outcome name"));
+                }
+                let key = format!("rules.{topic}.{outcome}");
+                if rule.annotation == Some(Annotation::Unspecified)
+                    || rule.reasons.contains(&Reason::Unspecified)
+                {
+                    errors.push(format!("{key}: *_UNSPECIFIED is not a value to send"));
+                }
+                if matches!(
+                    rule.annotation,
+                    Some(Annotation::PasswordCorrect | Annotation::PasswordIncorrect)
+                ) {
+                    warnings.push(format!(
+                        "{key}: annotation {} is deprecated by Google; use the reasons CORRECT_PASSWORD or INCORRECT_PASSWORD",
+                        rule.annotation.map_or("", Annotation::as_str)
+                    ));
                 }
                 overrides.push((topic, outcome.as_str(), rule.clone()));
             }
@@ -241,6 +268,7 @@ impl Config {
                 rules: Rules::with_overrides(overrides),
                 endpoint,
                 admin_listen,
+                warnings,
             }),
             _ => Err(ConfigError::Invalid(errors)),
         }
@@ -250,6 +278,35 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unspecified_rules_are_refused_and_deprecated_ones_warned_about() {
+        for bad in [
+            "annotation = \"ANNOTATION_UNSPECIFIED\"",
+            "reasons = [\"REASON_UNSPECIFIED\"]",
+        ] {
+            let err = Config::from_toml(&format!("[rules.logins.x]\n{bad}"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("rules.logins.x") && err.contains("UNSPECIFIED"),
+                "{err}"
+            );
+        }
+        let v = Config::from_toml("[rules.logins.ok]\nannotation = \"PASSWORD_CORRECT\"")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(
+            v.warnings
+                .iter()
+                .any(|w| w.contains("rules.logins.ok") && w.contains("deprecated")),
+            "{:?}",
+            v.warnings
+        );
+    }
 
     #[test]
     fn the_endpoint_is_a_base_url_and_never_plain_http_to_another_host() {

@@ -82,10 +82,18 @@ impl AssessmentId {
     }
 
     /// Extracts the id from a reCAPTCHA token issued through a WAF integration: the 16
-    /// alphanumeric characters after the final `:U=`.
+    /// alphanumeric characters that end the token after `U=` (`...:U=<id>`, or `...U=<id>` as
+    /// Google's own page shows it). Nothing looser: the id is exactly those 16 characters.
     pub fn from_waf_token(token: &str) -> Result<Self, ReferenceError> {
-        let (_, id) = token.rsplit_once(":U=").ok_or(ReferenceError::Token)?;
-        if id.len() == 16 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        let split = token.len().checked_sub(16).ok_or(ReferenceError::Token)?;
+        let (head, id) = (token.get(..split), token.get(split..));
+        let (Some(head), Some(id)) = (head, id) else {
+            return Err(ReferenceError::Token);
+        };
+        let marked = head
+            .strip_suffix("U=")
+            .is_some_and(|before| !before.is_empty());
+        if marked && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
             Ok(Self(id.to_owned()))
         } else {
             Err(ReferenceError::Token)
@@ -166,6 +174,11 @@ pub struct ProjectAllowList(Vec<ProjectRef>);
 impl ProjectAllowList {
     pub fn new(projects: Vec<ProjectRef>) -> Self {
         Self(projects)
+    }
+
+    /// Whether any project is allowed.
+    pub fn is_open(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn check(&self, name: &AssessmentName) -> Result<(), ReferenceError> {
@@ -266,6 +279,19 @@ mod tests {
         assert!(AssessmentId::from_waf_token("no-marker").is_err());
         assert!(AssessmentId::from_waf_token("x:U=short").is_err());
         assert!(AssessmentId::from_waf_token("x:U=6ZZZZe73fZZZZZ/0").is_err());
+        // Google's own page writes the token without the colon.
+        let id = AssessmentId::from_waf_token(".................U=6ZZZZe73fZZZZZZ0").unwrap();
+        assert_eq!(id.as_str(), "6ZZZZe73fZZZZZZ0");
+        for looser in [
+            "U=6ZZZZe73fZZZZZZ0",
+            "x:u=6ZZZZe73fZZZZZZ0",
+            "x:U=6ZZZZe73fZZZZZZ0x",
+            "x:U=6ZZZZe73fZZZZZZ",
+            "xU-6ZZZZe73fZZZZZZ0",
+            "x:U=6ZZZZe73fZZZZZé",
+        ] {
+            assert!(AssessmentId::from_waf_token(looser).is_err(), "{looser}");
+        }
     }
 
     #[test]

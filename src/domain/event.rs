@@ -3,7 +3,10 @@
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::api::{Annotation, Reason, TransactionEvent, TransactionEventType, decode_base64_bytes};
+use super::api::{
+    Annotation, PhoneAuthenticationEvent, Reason, TransactionEvent, TransactionEventType,
+    decode_base64_bytes,
+};
 
 /// Why a message could not be decoded into an event.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -77,6 +80,13 @@ struct RawTransaction {
     event_time: Option<String>,
 }
 
+/// The `phone_authentication` object of an outcome event.
+#[derive(Deserialize)]
+struct RawPhone {
+    phone_number: Option<String>,
+    event_time: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct RawOutcomeEvent {
     event_id: Option<String>,
@@ -88,6 +98,7 @@ struct RawOutcomeEvent {
     account_id: Option<String>,
     hashed_account_id: Option<String>,
     transaction: Option<RawTransaction>,
+    phone_authentication: Option<RawPhone>,
     annotation: Option<String>,
     reasons: Option<Vec<String>>,
 }
@@ -104,6 +115,7 @@ pub struct OutcomeEvent {
     pub account_id: Option<String>,
     pub hashed_account_id: Option<String>,
     pub transaction: Option<TransactionEvent>,
+    pub phone_authentication: Option<PhoneAuthenticationEvent>,
     pub annotation: Option<Annotation>,
     pub reasons: Option<Vec<Reason>>,
 }
@@ -111,18 +123,76 @@ pub struct OutcomeEvent {
 /// Longest `event_id` accepted; it is logged and used as a dedup key.
 const MAX_EVENT_ID: usize = 256;
 
-fn check_time(field: &'static str, value: &Option<String>) -> Result<(), DecodeError> {
-    if let Some(text) = value {
-        chrono::DateTime::parse_from_rfc3339(text)
-            .map_err(|_| invalid(field, "not an RFC 3339 timestamp"))?;
+/// A timestamp in Google's form: RFC 3339, parsed strictly (`T` between date and time, `Z`
+/// or a `+hh:mm` offset, at most 9 fraction digits; `t` and `z` are read as `T` and `Z`).
+/// Anything looser Google would refuse, so it is a decode error here.
+pub fn google_time(field: &'static str, text: &str) -> Result<String, DecodeError> {
+    let bad = || invalid(field, "not an RFC 3339 timestamp (2026-11-25T12:00:00Z)");
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let shape = b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && matches!(b[10], b'T' | b't')
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    if !shape {
+        return Err(bad());
     }
-    Ok(())
+    let mut rest = &b[19..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 || n > 9 {
+            return Err(invalid(
+                field,
+                "fraction of a second must have 1 to 9 digits",
+            ));
+        }
+        rest = &fraction[n..];
+    }
+    let zone_ok = matches!(rest, [b'Z' | b'z'])
+        || (rest.len() == 6
+            && matches!(rest[0], b'+' | b'-')
+            && rest[1..3].iter().all(u8::is_ascii_digit)
+            && rest[3] == b':'
+            && rest[4..6].iter().all(u8::is_ascii_digit));
+    if !zone_ok {
+        return Err(bad());
+    }
+    let normal = text.replace('t', "T").replace('z', "Z");
+    // The calendar and clock ranges (month 13, hour 25, leap-year days).
+    chrono::DateTime::parse_from_rfc3339(&normal).map_err(|_| bad())?;
+    Ok(normal)
+}
+
+fn check_time(field: &'static str, value: Option<String>) -> Result<Option<String>, DecodeError> {
+    value.map(|text| google_time(field, &text)).transpose()
+}
+
+/// E.164: `+`, a country code that does not start with 0, at most 15 digits in all.
+fn is_e164(number: &str) -> bool {
+    number.strip_prefix('+').is_some_and(|d| {
+        (2..=15).contains(&d.len()) && !d.starts_with('0') && d.bytes().all(|c| c.is_ascii_digit())
+    })
 }
 
 fn parse_enum<T: std::str::FromStr<Err = super::api::UnknownEnum>>(
     field: &'static str,
     text: &str,
 ) -> Result<T, DecodeError> {
+    // `*_UNSPECIFIED` is the proto's "no value": sending it is a mistake, never a choice.
+    if text.ends_with("_UNSPECIFIED") {
+        return Err(invalid(field, format!("{text} is not a value to send")));
+    }
     text.parse()
         .map_err(|e: super::api::UnknownEnum| invalid(field, e.to_string()))
 }
@@ -144,7 +214,7 @@ impl OutcomeEvent {
             ));
         }
         let outcome = raw.outcome.ok_or(DecodeError::Missing("outcome"))?;
-        check_time("occurred_at", &raw.occurred_at)?;
+        let occurred_at = check_time("occurred_at", raw.occurred_at)?;
         if let Some(hashed) = &raw.hashed_account_id {
             decode_base64_bytes(hashed)
                 .ok_or_else(|| invalid("hashed_account_id", "not base64"))?;
@@ -152,7 +222,7 @@ impl OutcomeEvent {
         let transaction = match raw.transaction {
             None => None,
             Some(t) => {
-                check_time("transaction.event_time", &t.event_time)?;
+                let event_time = check_time("transaction.event_time", t.event_time)?;
                 let event_type = t
                     .event_type
                     .as_deref()
@@ -165,7 +235,25 @@ impl OutcomeEvent {
                     event_type,
                     reason: t.reason,
                     value: t.value,
-                    event_time: t.event_time,
+                    event_time,
+                })
+            }
+        };
+        let phone_authentication = match raw.phone_authentication {
+            None => None,
+            Some(p) => {
+                let phone_number = p
+                    .phone_number
+                    .ok_or(DecodeError::Missing("phone_authentication.phone_number"))?;
+                if !is_e164(&phone_number) {
+                    return Err(invalid(
+                        "phone_authentication.phone_number",
+                        "not an E.164 number (+15555550100)",
+                    ));
+                }
+                Some(PhoneAuthenticationEvent {
+                    phone_number,
+                    event_time: check_time("phone_authentication.event_time", p.event_time)?,
                 })
             }
         };
@@ -185,13 +273,14 @@ impl OutcomeEvent {
         Ok(Self {
             event_id,
             outcome,
-            occurred_at: raw.occurred_at,
+            occurred_at,
             assessment: raw.assessment,
             recaptcha_token: raw.recaptcha_token,
             key: raw.key,
             account_id: raw.account_id,
             hashed_account_id: raw.hashed_account_id,
             transaction,
+            phone_authentication,
             annotation,
             reasons,
         })
@@ -272,5 +361,94 @@ mod tests {
             panic!("expected a json error");
         };
         assert!(!msg.contains("secret"), "{msg}");
+    }
+
+    #[test]
+    fn timestamps_are_strict_rfc3339_and_sent_in_googles_form() {
+        for (given, sent) in [
+            ("2026-11-25T12:00:00Z", "2026-11-25T12:00:00Z"),
+            ("2026-11-25t12:00:00z", "2026-11-25T12:00:00Z"),
+            (
+                "2026-11-25T12:00:00.123456789+01:00",
+                "2026-11-25T12:00:00.123456789+01:00",
+            ),
+            ("2024-02-29T23:59:59-05:30", "2024-02-29T23:59:59-05:30"),
+        ] {
+            assert_eq!(google_time("t", given).as_deref(), Ok(sent), "{given}");
+        }
+        for bad in [
+            "2026-11-25 12:00:00Z",
+            "2026-11-25T12:00:00",
+            "2026-11-25T12:00Z",
+            "2026-11-25T12:00:00.1234567891Z",
+            "2026-11-25T12:00:00.Z",
+            "2026-11-25T12:00:00+0100",
+            "2026-13-25T12:00:00Z",
+            "2025-02-29T12:00:00Z",
+            "yesterday",
+            "2026-11-25T12:00:00Zjunk",
+        ] {
+            assert!(google_time("t", bad).is_err(), "{bad} accepted");
+        }
+        let event = OutcomeEvent::decode(
+            br#"{"event_id":"e","outcome":"x","transaction":{"event_time":"2026-11-25t12:00:00z"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            event.transaction.unwrap().event_time.as_deref(),
+            Some("2026-11-25T12:00:00Z")
+        );
+        assert!(matches!(
+            OutcomeEvent::decode(
+                br#"{"event_id":"e","outcome":"x","occurred_at":"2026-11-25 12:00:00"}"#
+            ),
+            Err(DecodeError::Invalid {
+                field: "occurred_at",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn phone_authentication_is_checked_and_kept() {
+        let event = OutcomeEvent::decode(
+            br#"{"event_id":"e","outcome":"x","phone_authentication":{"phone_number":"+15555550100","event_time":"2026-11-25T12:00:00Z"}}"#,
+        )
+        .unwrap();
+        let phone = event.phone_authentication.unwrap();
+        assert_eq!(phone.phone_number, "+15555550100");
+        assert_eq!(phone.event_time.as_deref(), Some("2026-11-25T12:00:00Z"));
+        for bad in [
+            r#"{"phone_number":"5555550100"}"#,
+            r#"{"phone_number":"+0555550100"}"#,
+            r#"{"phone_number":"+1555555010012345"}"#,
+            r#"{"phone_number":"+1 555 555"}"#,
+            r#"{"event_time":"2026-11-25T12:00:00Z"}"#,
+            r#"{"phone_number":"+15555550100","event_time":"soon"}"#,
+        ] {
+            let json = format!(r#"{{"event_id":"e","outcome":"x","phone_authentication":{bad}}}"#);
+            assert!(
+                OutcomeEvent::decode(json.as_bytes()).is_err(),
+                "{bad} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn unspecified_enum_values_are_refused() {
+        for bad in [
+            r#""annotation":"ANNOTATION_UNSPECIFIED""#,
+            r#""reasons":["REASON_UNSPECIFIED"]"#,
+            r#""transaction":{"event_type":"TRANSACTION_EVENT_TYPE_UNSPECIFIED"}"#,
+        ] {
+            let json = format!(r#"{{"event_id":"e","outcome":"x",{bad}}}"#);
+            assert!(
+                matches!(
+                    OutcomeEvent::decode(json.as_bytes()),
+                    Err(DecodeError::Invalid { .. })
+                ),
+                "{bad} accepted"
+            );
+        }
     }
 }

@@ -144,7 +144,7 @@ impl Rules {
             account_id: event.account_id.clone(),
             hashed_account_id: event.hashed_account_id.clone(),
             transaction_event: event.transaction.clone(),
-            phone_authentication_event: None,
+            phone_authentication_event: event.phone_authentication.clone(),
         })
     }
 }

@@ -1,95 +1,182 @@
-//! Sending one annotation: the halt gate, the rate limit and an in-flight slot, then the
-//! call. What a failed call means is decided by [`crate::failure::classify`] and
-//! handled by the event runner; this file only sends, and opens and closes the gate.
+//! Sending one annotation: the halt gates, the rate limit and an in-flight slot, then the
+//! call. What an answer means is decided by [`crate::failure::classify`]; the gates learn
+//! from it here (a refusal closes one, an answer opens it), and the event runner settles
+//! the failure.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, SemaphorePermit, watch};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
+use super::gate::{Gate, Pass, Probe};
 use crate::annotate::AnnotateClient;
 use crate::domain::assessment::AssessmentName;
-use crate::failure::{Failure, Halt};
+use crate::failure::{DeadLetter, DeadLetterReason, Failure, Halt, HaltScope};
 use crate::health::Health;
 use crate::telemetry::Metrics;
 
-/// Stops every call while the service is halted (401, 403, an invalid API key, no
-/// credentials, a wrong endpoint). One task
-/// at a time probes every `delivery.halt_retry`; the first call that is not refused reopens
-/// the gate.
-pub struct HaltGate {
-    /// `true` while halted; tasks wait for `false`.
-    halted: watch::Sender<bool>,
-    /// Held by the one task that probes while halted.
-    probe: Arc<Mutex<()>>,
-    /// Readiness: `halted` while closed.
-    health: Arc<Health>,
-    /// `annotator_halted`, and the halt and resume log lines.
-    metrics: Metrics,
-    /// `delivery.halt_retry`: the probe interval.
+/// Most projects held closed at once; beyond it, a refused event of yet another project is
+/// set aside at once (state stays bounded whatever the events name).
+const MAX_CLOSED_PROJECTS: usize = 1000;
+
+/// The gates every call passes: one for the service (credentials, endpoint), one per
+/// project that answered 403.
+pub struct HaltGates {
+    /// Closed on 401, an invalid API key, no credentials, a wrong endpoint.
+    service: Arc<Gate>,
+    /// Closed project gates by project; open ones are dropped.
+    projects: Mutex<HashMap<String, Arc<Gate>>>,
+    /// `delivery.halt_retry`.
     retry: Duration,
+    /// `delivery.forbidden_grace`.
+    grace: Duration,
+    /// Readiness: halted (service) or a note per closed project.
+    health: Arc<Health>,
+    /// `annotator_halted`, `annotator_halted_projects`, the halt and resume lines.
+    metrics: Metrics,
 }
 
-/// Whether this task is the one that probes a closed gate.
-#[derive(Default)]
-pub struct Probe(Option<OwnedMutexGuard<()>>);
-
-impl Probe {
-    pub fn is_probing(&self) -> bool {
-        self.0.is_some()
-    }
-}
-
-impl HaltGate {
-    pub fn new(health: Arc<Health>, metrics: Metrics, retry: Duration) -> Self {
+impl HaltGates {
+    pub fn new(health: Arc<Health>, metrics: Metrics, retry: Duration, grace: Duration) -> Self {
         Self {
-            halted: watch::Sender::new(false),
-            probe: Arc::new(Mutex::new(())),
+            service: Arc::new(Gate::new(retry, None)),
+            projects: Mutex::default(),
+            retry,
+            grace,
             health,
             metrics,
-            retry,
         }
     }
 
-    /// Returns once calls may go out: at once when open, or for the task that probes.
-    async fn wait_open(&self, probe: &Probe) {
-        if probe.is_probing() || !*self.halted.borrow() {
-            return;
-        }
-        let mut halted = self.halted.subscribe();
-        // The sender lives as long as `self`. Boxed: the rare path, kept out of the size of
-        // every call's future.
-        let _ = Box::pin(halted.wait_for(|h| !*h)).await;
+    fn projects(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Gate>>> {
+        self.projects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Closes the gate after `halt`; the first task to get here becomes the prober. The
-    /// prober then waits `delivery.halt_retry`; every other task waits for the gate.
-    pub async fn halt(&self, halt: &Halt, probe: &mut Probe) {
-        if !self.health.halted() {
-            self.metrics.halted(halt.status, &halt.detail);
+    fn project(&self, project: &str) -> Option<Arc<Gate>> {
+        self.projects().get(project).cloned()
+    }
+
+    /// Waits until the event may call; `Err` when it is to be set aside instead.
+    async fn pass(&self, project: &str, record: &str, probe: &mut Probe) -> Result<(), Failure> {
+        if self.service.pass(record, probe).await == Pass::Forbidden {
+            // The service gate has no grace: only a condemned event ends here.
+            return Err(forbidden(
+                "refused while the service was halted; another event went through",
+            ));
         }
-        self.halted.send_replace(true);
-        self.health.set_halted(Some(halt.detail.clone()));
-        if !probe.is_probing() {
-            probe.0 = Arc::clone(&self.probe).try_lock_owned().ok();
+        if let Some(gate) = self.project(project)
+            && gate.pass(record, probe).await == Pass::Forbidden
+        {
+            let why = gate
+                .detail()
+                .unwrap_or_else(|| "403 for this event while others went through".into());
+            return Err(forbidden(&format!(
+                "project {project} refuses our calls: {why}"
+            )));
         }
-        if probe.is_probing() {
-            tokio::time::sleep(self.retry).await;
+        Ok(())
+    }
+
+    /// An answer to a call of `record` for `project`: opens whatever gate it probed; the
+    /// event was accepted or refused for itself, so the credentials and the project work.
+    fn answered(&self, project: &str, record: &str, probe: &mut Probe) {
+        for gate in probe.take() {
+            if gate.answered(record) {
+                if Arc::ptr_eq(&gate, &self.service) {
+                    self.health.set_halted(None);
+                    self.metrics.resumed();
+                } else {
+                    self.project_opened(project);
+                }
+            }
+        }
+        // A call that was in flight when another closed the project's gate also shows that
+        // the project answers.
+        if let Some(gate) = self.project(project)
+            && gate.answered(record)
+        {
+            self.project_opened(project);
         }
     }
 
-    /// A probe was answered (accepted, or refused for the event itself): reopens the gate.
-    fn reopen(&self, probe: &Probe) {
-        if !probe.is_probing() {
-            return;
-        }
-        if self.health.halted() {
-            self.metrics.resumed();
-        }
-        self.health.set_halted(None);
-        self.halted.send_replace(false);
+    fn project_opened(&self, project: &str) {
+        let left = {
+            let mut projects = self.projects();
+            projects.retain(|_, g| g.is_closed());
+            projects.len()
+        };
+        self.health.set_project_halted(project, None);
+        self.metrics.project_resumed(project, left);
     }
+
+    /// A refusal of `record`: closes the gate of its scope. For a project past its grace
+    /// the event is set aside (`Err`); otherwise it waits at the gate.
+    fn refused(
+        &self,
+        project: &str,
+        record: &str,
+        halt: &Halt,
+        probe: &mut Probe,
+    ) -> Result<(), Failure> {
+        drop(probe.take());
+        match halt.scope {
+            HaltScope::Service => {
+                if self.service.refuse(record, &halt.detail) {
+                    self.metrics.halted(halt.status, &halt.detail);
+                }
+                self.health.set_halted(Some(halt.detail.clone()));
+                Ok(())
+            }
+            HaltScope::Project => {
+                let (gate, closed) = {
+                    let mut projects = self.projects();
+                    if !projects.contains_key(project) && projects.len() >= MAX_CLOSED_PROJECTS {
+                        projects.retain(|_, g| g.is_closed());
+                    }
+                    if !projects.contains_key(project) && projects.len() >= MAX_CLOSED_PROJECTS {
+                        return Err(forbidden(&format!(
+                            "project {project} refuses our calls and {MAX_CLOSED_PROJECTS} other projects are halted already"
+                        )));
+                    }
+                    let gate = projects
+                        .entry(project.to_owned())
+                        .or_insert_with(|| Arc::new(Gate::new(self.retry, Some(self.grace))))
+                        .clone();
+                    (gate, projects.len())
+                };
+                if gate.refuse(record, &halt.detail) {
+                    self.metrics.project_halted(project, &halt.detail, closed);
+                }
+                self.health.set_project_halted(
+                    project,
+                    Some(format!(
+                        "{} (events wait; one probe every {})",
+                        halt.detail,
+                        humantime::format_duration(self.retry)
+                    )),
+                );
+                if gate.is_forbidden() {
+                    return Err(forbidden(&format!(
+                        "project {project} refuses our calls: {}",
+                        halt.detail
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn forbidden(detail: &str) -> Failure {
+    Failure::DeadLetter(DeadLetter {
+        reason: DeadLetterReason::Forbidden,
+        detail: detail.to_owned(),
+        status: Some(403),
+    })
 }
 
 /// Sends annotate calls within the in-flight bound and the rate limit.
@@ -100,8 +187,8 @@ pub struct Sender {
     in_flight: Semaphore,
     /// `delivery.rate_limit`, when set.
     limiter: Option<governor::DefaultDirectRateLimiter>,
-    /// Closed while halted.
-    gate: HaltGate,
+    /// Closed while the service or a project is halted.
+    gates: HaltGates,
     /// Calls by status class, their duration, calls in flight.
     metrics: Metrics,
 }
@@ -111,7 +198,7 @@ impl Sender {
         client: AnnotateClient,
         max_in_flight: usize,
         rate_limit: u32,
-        gate: HaltGate,
+        gates: HaltGates,
         metrics: Metrics,
     ) -> Self {
         let limiter = std::num::NonZeroU32::new(rate_limit)
@@ -120,25 +207,23 @@ impl Sender {
             client,
             in_flight: Semaphore::new(max_in_flight),
             limiter,
-            gate,
+            gates,
             metrics,
         }
     }
 
-    /// The gate every call passes.
-    pub fn gate(&self) -> &HaltGate {
-        &self.gate
-    }
-
-    /// One call for `name`. On a 2xx the in-flight slot comes back still held, so the
-    /// caller can remember the event before another call starts in its place.
+    /// One call for `name`, from the event of Kafka record `record`. On a 2xx the in-flight
+    /// slot comes back still held, so the caller can remember the event before another call
+    /// starts in its place. A halt is returned once its gate knows; the next call waits.
     pub async fn send(
         &self,
         name: &AssessmentName,
         body: &Bytes,
-        probe: &Probe,
+        record: &str,
+        probe: &mut Probe,
     ) -> Result<Option<SemaphorePermit<'_>>, Failure> {
-        self.gate.wait_open(probe).await;
+        let project = name.project();
+        Box::pin(self.gates.pass(project, record, probe)).await?;
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
@@ -150,12 +235,16 @@ impl Sender {
         self.metrics.call_finished(call.status, call.elapsed);
         match call.result {
             Ok(()) => {
-                self.gate.reopen(probe);
+                self.gates.answered(project, record, probe);
                 Ok(slot)
             }
             Err(failure @ Failure::DeadLetter(_)) => {
-                self.gate.reopen(probe);
+                self.gates.answered(project, record, probe);
                 Err(failure)
+            }
+            Err(Failure::Halt(halt)) => {
+                self.gates.refused(project, record, &halt, probe)?;
+                Err(Failure::Halt(halt))
             }
             Err(failure) => Err(failure),
         }

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
-use super::deliver::{Probe, Sender};
+use super::deliver::Sender;
+use super::gate::Probe;
 use super::join::Joiner;
 use super::lanes::LaneSlot;
 use super::message::Message;
@@ -26,7 +27,7 @@ use crate::telemetry::Metrics;
 /// One event's state across the retries of its steps.
 struct Attempt {
     backoff: Backoff,
-    /// Whether this event's task probes a closed halt gate.
+    /// The halt gates this event's task probes, if any.
     probe: Probe,
 }
 
@@ -169,7 +170,10 @@ impl Runner {
         }
         let mut attempt = self.attempt();
         let slot = loop {
-            let sent = self.sender.send(&name, &body, &attempt.probe).await;
+            let sent = self
+                .sender
+                .send(&name, &body, &record, &mut attempt.probe)
+                .await;
             match sent {
                 Ok(slot) => break slot,
                 Err(failure) => self.settle(failure, &mut attempt).await?,
@@ -227,10 +231,9 @@ impl Runner {
                 Ok(())
             }
             Failure::DeadLetter(letter) => Err(letter),
-            Failure::Halt(halt) => {
-                self.sender.gate().halt(&halt, &mut attempt.probe).await;
-                Ok(())
-            }
+            // The sender closed the gate of the halt's scope; the next try waits there (one
+            // probe per `delivery.halt_retry`), holding the commit point.
+            Failure::Halt(_) => Ok(()),
         }
     }
 

@@ -17,7 +17,7 @@ use crate::dead_letter::DeadLetterWriter;
 use crate::domain::assessment::{AssessmentName, CorrelationKey, ProjectAllowList};
 use crate::health::Health;
 use crate::pipeline::catchup::CatchUp;
-use crate::pipeline::deliver::{HaltGate, Sender};
+use crate::pipeline::deliver::{HaltGates, Sender};
 use crate::pipeline::join::Joiner;
 use crate::pipeline::message::{Message, TopicKind};
 use crate::pipeline::offsets::{OffsetBook, TopicPartition};
@@ -110,10 +110,11 @@ impl Harness {
         };
         let client =
             AnnotateClient::new(&endpoint, Auth::None, &RecaptchaConfig::default()).unwrap();
-        let gate = HaltGate::new(
+        let gate = HaltGates::new(
             Arc::clone(&health),
             metrics.clone(),
             Duration::from_millis(50),
+            Duration::from_secs(60),
         );
         let runner = Runner {
             store,

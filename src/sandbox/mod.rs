@@ -81,6 +81,10 @@ pub struct Script {
     pub responses: Vec<Scripted>,
     #[serde(default)]
     pub default: Option<DefaultAnswer>,
+    /// Names refused with 403 `PERMISSION_DENIED` (`IAM_PERMISSION_DENIED`): a project
+    /// (`projects/p/`) or one assessment. Replaces the list when given.
+    #[serde(default)]
+    pub forbidden: Option<Vec<String>>,
 }
 
 /// An accepted request.
@@ -108,6 +112,7 @@ struct Inner {
     attempts: Vec<Attempt>,
     script: VecDeque<Scripted>,
     default: DefaultAnswer,
+    forbidden: Vec<String>,
 }
 
 /// The sandbox's state; cheap to clone.
@@ -191,6 +196,9 @@ impl Sandbox {
             .collect();
         if let Some(d) = script.default {
             inner.default = d;
+        }
+        if let Some(forbidden) = script.forbidden {
+            inner.forbidden = forbidden;
         }
     }
 
@@ -322,6 +330,20 @@ async fn annotate(
             400,
             "API key not valid. Please pass a valid API key.",
             Some("API_KEY_INVALID"),
+            None,
+        );
+    }
+    let refused = sandbox
+        .lock()
+        .forbidden
+        .iter()
+        .any(|prefix| name.starts_with(prefix.as_str()));
+    if refused {
+        sandbox.attempt(&name, 403);
+        return google_error(
+            403,
+            "Permission 'recaptchaenterprise.assessments.annotate' denied on resource (or it may not exist).",
+            Some("IAM_PERMISSION_DENIED"),
             None,
         );
     }

@@ -83,6 +83,20 @@ impl Metrics {
         tracing::info!("annotate endpoint answers again; resuming");
     }
 
+    /// A project answered 403: its calls stop, the other projects flow.
+    pub fn project_halted(&self, project: &str, detail: &str, halted: usize) {
+        self.halted_projects
+            .set(i64::try_from(halted).unwrap_or(i64::MAX));
+        tracing::error!(project = %project, detail = %detail, "annotate calls for this project halted: the endpoint answers 403; its events wait and are probed, the other projects flow");
+    }
+
+    /// A project's probe was answered: its calls go out again.
+    pub fn project_resumed(&self, project: &str, halted: usize) {
+        self.halted_projects
+            .set(i64::try_from(halted).unwrap_or(i64::MAX));
+        tracing::info!(project = %project, "annotate endpoint answers for this project again; resuming it");
+    }
+
     /// The periodic cache ping changed its answer (`error` is `None` when it answers again).
     pub fn cache_ping_changed(&self, error: Option<&str>) {
         match error {

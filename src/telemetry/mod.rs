@@ -11,6 +11,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::domain::rules::OutcomeTopic;
+use crate::failure::{DeadLetterReason, RetryCause};
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +56,8 @@ pub struct Metrics {
     pub event_crashes: IntCounter,
     /// `annotator_stalled_partitions`: partitions whose commit point a crashed event holds.
     pub stalled_partitions: IntGauge,
+    /// `annotator_halted_projects`: projects whose calls are halted by 403.
+    pub halted_projects: IntGauge,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -120,7 +125,7 @@ impl Metrics {
         let latency = vec![
             0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
-        Self {
+        let metrics = Self {
             events: counter_vec(
                 &registry,
                 "annotator_events_total",
@@ -195,7 +200,7 @@ impl Metrics {
             halted: gauge(
                 &registry,
                 "annotator_halted",
-                "1 while sending is halted on credentials (401, 403, invalid API key)",
+                "1 while every call is halted: credentials refused (401, invalid API key) or unavailable, or a wrong endpoint",
             ),
             ready: gauge(
                 &registry,
@@ -211,6 +216,11 @@ impl Metrics {
                 &registry,
                 "annotator_event_crashes_total",
                 "Event tasks that panicked; their offset stays uncommitted",
+            ),
+            halted_projects: gauge(
+                &registry,
+                "annotator_halted_projects",
+                "Projects whose annotate calls are halted because the endpoint answers 403 (the others flow)",
             ),
             stalled_partitions: gauge(
                 &registry,
@@ -233,6 +243,47 @@ impl Metrics {
                 metric
             },
             registry,
+        };
+        metrics.show_known_series();
+        metrics
+    }
+
+    /// Every known label set of the labelled families, at zero from start, so a scrape before
+    /// the first fault already has the series alerts and dashboards use.
+    fn show_known_series(&self) {
+        for cause in RetryCause::CALL {
+            self.retries.with_label_values(&[cause.as_str()]);
+        }
+        for reason in DeadLetterReason::ALL {
+            self.dead_letters.with_label_values(&[reason.as_str()]);
+        }
+        for class in ["2xx", "4xx", "5xx", "other", "error"] {
+            self.requests.with_label_values(&[class]);
+        }
+        for result in ["inline", "hit", "waited", "unjoined"] {
+            self.joins.with_label_values(&[result]);
+        }
+        for kind in ["assign", "revoke", "error"] {
+            self.rebalances.with_label_values(&[kind]);
+        }
+        let topics =
+            std::iter::once("assessments").chain(OutcomeTopic::ALL.map(OutcomeTopic::as_str));
+        for topic in topics {
+            let results: &[&str] = if topic == "assessments" {
+                &["cached", "dead_lettered", "skipped"]
+            } else {
+                &[
+                    "annotated",
+                    "dead_lettered",
+                    "skipped",
+                    "dry_run",
+                    "duplicate",
+                ]
+            };
+            for result in results {
+                self.events.with_label_values(&[topic, result]);
+            }
+            self.end_to_end.with_label_values(&[topic]);
         }
     }
 
@@ -261,8 +312,10 @@ impl Metrics {
 pub fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colours only on a terminal: a file or a pipe (a log shipper) gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
@@ -270,5 +323,27 @@ pub fn init_logging(format: LogFormat, level: &str) {
     };
     if result.is_err() {
         tracing::debug!("logging was already initialised");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_label_sets_are_exported_at_zero_from_start() {
+        let text = Metrics::new().render();
+        for series in [
+            r#"annotator_retries_total{cause="rate_limited"} 0"#,
+            r#"annotator_retries_total{cause="aborted"} 0"#,
+            r#"annotator_dead_letters_total{reason="forbidden"} 0"#,
+            r#"annotator_dead_letters_total{reason="unjoined"} 0"#,
+            r#"annotator_events_total{result="annotated",topic="fraud_signals"} 0"#,
+            r#"annotator_annotate_requests_total{status_class="5xx"} 0"#,
+            "annotator_halted_projects 0",
+            "annotator_stalled_partitions 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
     }
 }

@@ -185,7 +185,20 @@ join_retry = "100ms"
     }
 
     pub fn script(&self, responses: Vec<Scripted>, default: Option<DefaultAnswer>) {
-        self.sandbox.set_script(Script { responses, default });
+        self.sandbox.set_script(Script {
+            responses,
+            default,
+            forbidden: None,
+        });
+    }
+
+    /// Names the sandbox refuses with 403 from now on (a project `projects/p/`, or one
+    /// assessment); empty to refuse none.
+    pub fn forbid(&self, names: &[String]) {
+        self.sandbox.set_script(Script {
+            forbidden: Some(names.to_vec()),
+            ..Script::default()
+        });
     }
 
     pub async fn http_get(&self, path: &str) -> (u16, String) {
