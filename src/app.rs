@@ -168,6 +168,7 @@ fn pipeline(
         validated.rules.clone(),
         validated.project.clone(),
         validated.allowed.clone(),
+        d.max_event_bytes,
     );
     Ok(Pipeline::new(
         consumer,
@@ -179,6 +180,7 @@ fn pipeline(
         Tuning {
             commit_interval: config.kafka.commit_interval,
             max_pending: d.max_pending,
+            max_pending_bytes: d.max_pending_bytes,
             shutdown_timeout: d.shutdown_timeout,
             lag_interval: config.admin.lag_interval,
         },

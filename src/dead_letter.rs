@@ -6,6 +6,7 @@ use std::time::Duration;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
 use crate::failure::{DeadLetter, Failure, RetryCause};
@@ -23,10 +24,15 @@ pub struct Source<'a> {
     pub replay_count: Option<u32>,
 }
 
+/// Room kept for the record's framing and headers besides the key, the detail and the value.
+const RECORD_OVERHEAD: usize = 1024;
+
 #[derive(Clone)]
 pub struct DeadLetterWriter {
     producer: FutureProducer,
     topic: String,
+    /// The largest record the producer sends (`message.max.bytes`).
+    max_bytes: usize,
 }
 
 impl DeadLetterWriter {
@@ -35,14 +41,50 @@ impl DeadLetterWriter {
         Ok(Self {
             producer: kafka::dead_letter_producer(config)?,
             topic: config.topics.dead_letter.clone(),
+            max_bytes: kafka::max_message_bytes(config),
         })
     }
 
     /// Writes one record and waits for the broker's acknowledgement; a failure is retried.
+    /// A value the topic cannot take whole is cut to fit, with `annotator.truncated` = its
+    /// size; a record refused as too large is cut further, never retried as it is.
     pub async fn write(&self, source: &Source<'_>, letter: &DeadLetter) -> Result<(), Failure> {
+        let payload = source.payload.unwrap_or_default();
+        let overhead = RECORD_OVERHEAD
+            + source.key.map_or(0, <[u8]>::len)
+            + letter.detail.len()
+            + source.topic.len();
+        let mut keep = payload.len().min(self.max_bytes.saturating_sub(overhead));
+        loop {
+            match self.send(source, letter, keep).await {
+                Err(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize,
+                )) if keep > 0 => {
+                    // Permanent for this size: cut the value further.
+                    keep /= 2;
+                }
+                Err(e) => {
+                    return Err(Failure::retry(
+                        RetryCause::DeadLetterWrite,
+                        None,
+                        e.to_string(),
+                    ));
+                }
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    /// Sends the record with the first `keep` bytes of the value.
+    async fn send(
+        &self,
+        source: &Source<'_>,
+        letter: &DeadLetter,
+        keep: usize,
+    ) -> Result<(), KafkaError> {
         let origin = format!("{}/{}/{}", source.topic, source.partition, source.offset);
         let status = letter.status.map(|s| s.to_string());
-        let mut headers = OwnedHeaders::new_with_capacity(4)
+        let mut headers = OwnedHeaders::new_with_capacity(6)
             .insert(Header {
                 key: "annotator.error",
                 value: Some(letter.reason.as_str()),
@@ -68,18 +110,27 @@ impl DeadLetterWriter {
                 value: Some(status.as_str()),
             });
         }
+        let payload = source.payload.map(|p| &p[..keep.min(p.len())]);
+        let original = source.payload.map(<[u8]>::len).unwrap_or_default();
+        let truncated = (keep < original).then(|| original.to_string());
+        if let Some(size) = &truncated {
+            headers = headers.insert(Header {
+                key: "annotator.truncated",
+                value: Some(size.as_str()),
+            });
+        }
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&self.topic).headers(headers);
         if let Some(key) = source.key {
             record = record.key(key);
         }
-        if let Some(payload) = source.payload {
+        if let Some(payload) = payload {
             record = record.payload(payload);
         }
         self.producer
             .send(record, Duration::from_secs(5))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| Failure::retry(RetryCause::DeadLetterWrite, None, e.to_string()))
+            .map_err(|(e, _)| e)
     }
 }

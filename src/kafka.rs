@@ -139,12 +139,27 @@ pub fn metadata_client(config: &KafkaConfig) -> Result<BaseConsumer, KafkaError>
     client(config).create()
 }
 
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The largest record the dead-letter producer sends: `kafka.properties."message.max.bytes"`
+/// when given (match it to the dead-letter topic's `max.message.bytes`), else librdkafka's
+/// default.
+pub fn max_message_bytes(config: &KafkaConfig) -> usize {
+    config
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+}
+
 /// The dead-letter producer: waits for every in-sync replica.
 pub fn dead_letter_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     client(config)
         .set("acks", "all")
         .set("message.timeout.ms", "30000")
         .set("linger.ms", "5")
+        .set("message.max.bytes", max_message_bytes(config).to_string())
         .create()
 }
 

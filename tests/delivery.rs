@@ -385,3 +385,93 @@ async fn a_project_refused_past_the_grace_is_set_aside_until_a_probe_goes_throug
     service.stop().await;
     assert_eq!(env.sandbox.accepted_count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_events_are_dead_lettered_and_cut_to_fit_the_topic() {
+    let env = TestEnv::with_partitions("oversized", 1).await;
+    // Larger than delivery.max_event_bytes (64 KiB), and larger than the dead-letter
+    // producer's message.max.bytes (1,000,000) too.
+    let big = format!(
+        r#"{{"event_id":"big","outcome":"chargeback","pad":"{}"}}"#,
+        "x".repeat(100 * 1024)
+    );
+    let huge = format!(
+        r#"{{"event_id":"huge","outcome":"chargeback","pad":"{}"}}"#,
+        "y".repeat(1_200_000)
+    );
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    for (key, value) in [("k1", &big), ("k2", &huge)] {
+        env.produce_with(&producer, "fraud-signals", key, value)
+            .await;
+    }
+    env.produce_bulk(unique_events("after", 1)).await;
+    let service = env.start(env.config());
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    service.stop().await;
+    let letters = env.dead_letters(2, Duration::from_secs(10));
+    assert_eq!(
+        letters.len(),
+        2,
+        "{:?}",
+        letters.iter().map(|l| &l.headers).collect::<Vec<_>>()
+    );
+    for letter in &letters {
+        assert_eq!(letter.headers["annotator.error"], "decode");
+        assert!(letter.headers["annotator.detail"].contains("delivery.max_event_bytes"));
+    }
+    // Written concurrently: find each by its size.
+    let by_source = |id: &str| {
+        letters
+            .iter()
+            .find(|l| l.headers["annotator.detail"].contains(id))
+            .unwrap()
+    };
+    let whole = by_source(&format!("event of {} bytes", big.len() + 2));
+    assert!(!whole.headers.contains_key("annotator.truncated"));
+    assert_eq!(whole.value.as_deref(), Some(big.as_str()));
+    let cut = by_source(&format!("event of {} bytes", huge.len() + 2));
+    assert_eq!(cut.headers["annotator.truncated"], huge.len().to_string());
+    let kept = cut.value.as_deref().unwrap();
+    assert!(
+        kept.len() < 1_000_000 && huge.starts_with(kept),
+        "{}",
+        kept.len()
+    );
+    assert_eq!(env.sandbox.accepted_count(), 1, "the stream went on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_large_events_stay_within_the_memory_bound() {
+    let env = TestEnv::with_partitions("parked-bytes", 2).await;
+    // 4,096 outcomes of 60 KiB whose keys never arrive: all of them would wait for
+    // join_grace, 240 MB of values.
+    let pad = "z".repeat(60 * 1024);
+    let events: Vec<_> = (0..4096)
+        .map(|i| {
+            let event = json!({"event_id": format!("p{i}"), "outcome": "chargeback", "key": format!("never-{i}"), "pad": pad});
+            ("fraud-signals".to_owned(), Some(format!("never-{i}")), event.to_string())
+        })
+        .collect();
+    env.produce_bulk(events).await;
+    let file = env.config_file("[delivery]\njoin_grace = \"10m\"");
+    let mut child = spawn_binary(file.path());
+    // Long enough to take in all it is allowed to, and to pause fetching.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    signal(&child, "KILL");
+    tokio::task::block_in_place(|| child.wait()).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    eprintln!(
+        "peak RSS with 4,096 parked 60 KiB events: {} MB",
+        peak_kib / 1024
+    );
+    assert!(peak_kib < 100 * 1024, "peak RSS {} MB", peak_kib / 1024);
+}

@@ -61,6 +61,43 @@ pub(super) fn vec_string_or_number<'de, D: Deserializer<'de>>(
     })
 }
 
+/// A size in bytes: a number, or a string with a unit (`64KiB`, `16MiB`, `1MB`, `500B`).
+pub(super) fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    let parse = |text: &str| -> Option<u64> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let factor: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" => 1000,
+            "KiB" => 1024,
+            "MB" => 1000 * 1000,
+            "MiB" => 1024 * 1024,
+            "GB" => 1000 * 1000 * 1000,
+            "GiB" => 1024 * 1024 * 1024,
+            _ => return None,
+        };
+        number.parse::<u64>().ok()?.checked_mul(factor)
+    };
+    let bytes = match Raw::deserialize(d)? {
+        Raw::N(n) => n,
+        Raw::S(s) => parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a size (a number of bytes, or with B, KB, KiB, MB, MiB, GB, GiB)"
+            ))
+        })?,
+    };
+    usize::try_from(bytes).map_err(|_| serde::de::Error::custom("size too large"))
+}
+
 /// The `ANNOTATOR__…` environment overrides as a figment provider. Names are split on `__`
 /// and lower-cased; values parse as figment's own environment values do (`42` a number,
 /// `true` a boolean, `[a, b]` a list), except that a value whose key wants a string is kept

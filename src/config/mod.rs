@@ -21,7 +21,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use self::env::ENV_PREFIX;
-use self::env::{opt_string_or_number, vec_string_or_number};
+use self::env::{byte_size, opt_string_or_number, vec_string_or_number};
 pub use self::validate::{OPEN_PROJECTS_RISK, Validated};
 use crate::domain::rules::{OutcomeTopic, Rule};
 use crate::telemetry::LogFormat;
@@ -233,6 +233,14 @@ pub struct DeliveryConfig {
     /// Events taken from Kafka and not yet finished (in flight, queued behind the same
     /// assessment, or parked); fetching pauses above it.
     pub max_pending: usize,
+    /// The same bound in bytes of event values: large events cannot take memory past it
+    /// (`16MiB`; a number of bytes or with a unit).
+    #[serde(deserialize_with = "byte_size")]
+    pub max_pending_bytes: usize,
+    /// Larger events (key and value) are dead-lettered as `decode` without being read
+    /// (`64KiB`).
+    #[serde(deserialize_with = "byte_size")]
+    pub max_event_bytes: usize,
     /// How long an outcome whose key is not in the cache yet waits before it is dead-lettered
     /// as `unjoined`.
     #[serde(with = "humantime_serde")]
@@ -269,6 +277,8 @@ impl Default for DeliveryConfig {
         Self {
             max_in_flight: 1024,
             max_pending: 4096,
+            max_pending_bytes: 16 * 1024 * 1024,
+            max_event_bytes: 64 * 1024,
             join_grace: Duration::from_secs(60),
             join_retry: Duration::from_millis(500),
             retry_initial: Duration::from_secs(1),

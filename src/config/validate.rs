@@ -186,6 +186,16 @@ impl Config {
         );
         require(
             &mut errors,
+            d.max_event_bytes >= 1024,
+            "delivery.max_event_bytes: must be at least 1KiB",
+        );
+        require(
+            &mut errors,
+            d.max_pending_bytes >= d.max_event_bytes,
+            "delivery.max_pending_bytes: must be at least delivery.max_event_bytes",
+        );
+        require(
+            &mut errors,
             !d.join_retry.is_zero(),
             "delivery.join_retry: must be above zero",
         );
@@ -278,6 +288,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_units() {
+        let c = Config::from_toml(
+            "[delivery]\nmax_event_bytes = \"128KiB\"\nmax_pending_bytes = 20000000",
+        )
+        .unwrap();
+        assert_eq!(c.delivery.max_event_bytes, 128 * 1024);
+        assert_eq!(c.delivery.max_pending_bytes, 20_000_000);
+        assert_eq!(
+            Config::from_toml("").unwrap().delivery.max_event_bytes,
+            65536
+        );
+        let err = Config::from_toml("[delivery]\nmax_event_bytes = \"64 furlongs\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_event_bytes"), "{err}");
+    }
 
     #[test]
     fn unspecified_rules_are_refused_and_deprecated_ones_warned_about() {

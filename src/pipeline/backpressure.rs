@@ -1,5 +1,5 @@
-//! Backpressure: at `delivery.max_pending` unfinished events the poll loop stops taking
-//! messages. If that lasts [`PAUSE_AFTER`] with nothing finishing (a stalled endpoint, a
+//! Backpressure: at `delivery.max_pending` unfinished events, or `delivery.max_pending_bytes`
+//! of their keys and values, the poll loop stops taking messages. If that lasts [`PAUSE_AFTER`] with nothing finishing (a stalled endpoint, a
 //! long halt, outcomes parked for their keys) it pauses the outcome partitions and polls
 //! on, so it stays a live group member and keeps reading `assessments` (the mappings parked
 //! outcomes wait for); at twice the limit it pauses those too, until back under one and a
@@ -46,6 +46,8 @@ fn next_pause(paused: Paused, count: usize, limit: usize, stalled: bool) -> Paus
 #[derive(Default)]
 pub struct Pending {
     count: AtomicUsize,
+    /// Bytes of the pending events' keys and values.
+    bytes: AtomicUsize,
     /// Events finished so far (progress, to tell a full pipeline from a stalled one).
     finished: AtomicU64,
     /// Signalled when the count falls below the limit.
@@ -57,6 +59,10 @@ impl Pending {
         self.count.load(Ordering::Relaxed)
     }
 
+    fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     fn finished(&self) -> u64 {
         self.finished.load(Ordering::Relaxed)
     }
@@ -65,15 +71,16 @@ impl Pending {
 /// Counts an event as pending for as long as it lives.
 pub struct PendingGuard {
     pending: Arc<Pending>,
-    limit: usize,
+    bytes: usize,
 }
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
         self.pending.finished.fetch_add(1, Ordering::Relaxed);
-        if self.pending.count.fetch_sub(1, Ordering::AcqRel) == self.limit {
-            self.pending.freed.notify_one();
-        }
+        self.pending.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.pending.count.fetch_sub(1, Ordering::AcqRel);
+        // The loop re-checks both bounds when woken; a spare wake-up costs nothing.
+        self.pending.freed.notify_one();
     }
 }
 
@@ -83,6 +90,8 @@ pub struct Backpressure {
     pub pending: Arc<Pending>,
     /// `delivery.max_pending`.
     limit: usize,
+    /// `delivery.max_pending_bytes`.
+    byte_limit: usize,
     /// What is paused now.
     paused: Paused,
     /// The last moment the pipeline had room or finished something.
@@ -94,10 +103,11 @@ pub struct Backpressure {
 }
 
 impl Backpressure {
-    pub fn new(limit: usize, assessments_topic: Arc<str>) -> Self {
+    pub fn new(limit: usize, byte_limit: usize, assessments_topic: Arc<str>) -> Self {
         Self {
             pending: Arc::new(Pending::default()),
             limit,
+            byte_limit,
             paused: Paused::No,
             last_progress: Instant::now(),
             last_finished: 0,
@@ -105,18 +115,19 @@ impl Backpressure {
         }
     }
 
-    /// Counts one more pending event until the guard drops.
-    pub fn enter(&self) -> PendingGuard {
+    /// Counts one more pending event of `bytes` until the guard drops.
+    pub fn enter(&self, bytes: usize) -> PendingGuard {
         self.pending.count.fetch_add(1, Ordering::Relaxed);
+        self.pending.bytes.fetch_add(bytes, Ordering::Relaxed);
         PendingGuard {
             pending: Arc::clone(&self.pending),
-            limit: self.limit,
+            bytes,
         }
     }
 
-    /// Whether another message may be taken; notes the progress.
+    /// Whether another message may be taken (under both bounds); notes the progress.
     pub fn room(&mut self) -> bool {
-        let room = self.pending.count() < self.limit;
+        let room = self.pending.count() < self.limit && self.pending.bytes() < self.byte_limit;
         if room {
             self.last_progress = Instant::now();
         }
@@ -145,7 +156,9 @@ impl Backpressure {
             self.last_finished = finished;
             self.last_progress = Instant::now();
         }
-        let count = self.pending.count();
+        // The fuller of the two bounds, in events: bytes count as their share of the limit.
+        let by_bytes = self.pending.bytes().saturating_mul(self.limit) / self.byte_limit.max(1);
+        let count = self.pending.count().max(by_bytes);
         let stalled = !room && self.last_progress.elapsed() >= PAUSE_AFTER;
         let next = next_pause(self.paused, count, self.limit, stalled);
         if next != self.paused {

@@ -57,6 +57,8 @@ pub struct Tuning {
     pub commit_interval: Duration,
     /// `delivery.max_pending`.
     pub max_pending: usize,
+    /// `delivery.max_pending_bytes`.
+    pub max_pending_bytes: usize,
     /// `delivery.shutdown_timeout`: the drain on SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
     /// `admin.lag_interval`.
@@ -156,7 +158,8 @@ impl Pipeline {
             .ok()
             .and_then(plan::Plan::lane)
             .map(|lane| self.lanes.enter(lane));
-        let counted = backpressure.enter();
+        let size = msg.payload.as_ref().map_or(0, Vec::len) + msg.key.as_ref().map_or(0, Vec::len);
+        let counted = backpressure.enter(size);
         let runner = Arc::clone(&self.runner);
         tasks.spawn(async move {
             runner.run(msg, ticket, plan, slot, abandon).await;
@@ -170,6 +173,7 @@ impl Pipeline {
         let tasks = TaskTracker::new();
         let mut backpressure = Backpressure::new(
             self.tuning.max_pending,
+            self.tuning.max_pending_bytes,
             Arc::clone(&self.consumer.context().assessments_topic),
         );
         let mut commit_tick = tokio::time::interval(self.tuning.commit_interval);

@@ -83,14 +83,22 @@ pub struct Planner {
     project: Option<ProjectRef>,
     /// `recaptcha.allowed_projects`: the only projects that may be annotated.
     allowed: ProjectAllowList,
+    /// `delivery.max_event_bytes`: larger events are not decoded.
+    max_event_bytes: usize,
 }
 
 impl Planner {
-    pub fn new(rules: Rules, project: Option<ProjectRef>, allowed: ProjectAllowList) -> Self {
+    pub fn new(
+        rules: Rules,
+        project: Option<ProjectRef>,
+        allowed: ProjectAllowList,
+        max_event_bytes: usize,
+    ) -> Self {
         Self {
             rules,
             project,
             allowed,
+            max_event_bytes,
         }
     }
 
@@ -99,6 +107,16 @@ impl Planner {
         let Some(payload) = msg.payload.as_deref() else {
             return Ok(Plan::Skip);
         };
+        let size = payload.len() + msg.key.as_ref().map_or(0, Vec::len);
+        if size > self.max_event_bytes {
+            return Err(DeadLetter::new(
+                DeadLetterReason::Decode,
+                format!(
+                    "event of {size} bytes, larger than delivery.max_event_bytes ({})",
+                    self.max_event_bytes
+                ),
+            ));
+        }
         match msg.kind {
             TopicKind::Assessments => self.plan_assessment(msg, payload),
             TopicKind::Outcome(topic) => self.plan_outcome(msg, topic, payload),

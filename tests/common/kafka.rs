@@ -12,6 +12,21 @@ use recaptcha_annotator::kafka;
 use super::{Offsets, TestEnv, brokers};
 
 impl TestEnv {
+    /// Produces one record with `producer` (one built for the test's own needs).
+    pub async fn produce_with(
+        &self,
+        producer: &rdkafka::producer::FutureProducer,
+        topic_short: &str,
+        key: &str,
+        value: &str,
+    ) {
+        let topic = self.topic(topic_short);
+        let at = kafka::produce(producer, &topic, Some(key), Some(value.as_bytes()))
+            .await
+            .unwrap();
+        self.produced(&topic, at);
+    }
+
     pub async fn produce(&self, topic_short: &str, key: Option<&str>, value: Option<&str>) {
         let producer = kafka::producer(&brokers()).unwrap();
         let topic = self.topic(topic_short);
