@@ -48,6 +48,14 @@ pub enum Command {
         /// How many accepted requests are kept for GET /sandbox/requests.
         #[arg(long, default_value_t = 100_000)]
         record_limit: usize,
+        /// Answer as Google does: 404 NOT_FOUND for an assessment this sandbox never created
+        /// (POST /v1/projects/{p}/assessments creates one), 403 PERMISSION_DENIED for a
+        /// project not given with --project.
+        #[arg(long)]
+        strict: bool,
+        /// A project the key owns (strict mode); repeatable.
+        #[arg(long = "project")]
+        projects: Vec<String>,
     },
     /// Validate the config, reach the broker, the cache and the endpoint, and print the
     /// effective config with secrets redacted. Exits non-zero with the reason.
@@ -172,9 +180,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             api_key,
             latency_ms,
             record_limit,
+            strict,
+            projects,
         } => {
             telemetry::init_logging(cli.log_format.unwrap_or(LogFormat::Text), "info");
-            let sandbox = sandbox::Sandbox::new(api_key, record_limit);
+            let mut sandbox = sandbox::Sandbox::new(api_key, record_limit);
+            if strict {
+                sandbox = sandbox.strict(projects);
+            }
             sandbox.set_script(sandbox::Script {
                 responses: vec![],
                 forbidden: None,

@@ -200,3 +200,91 @@ async fn scripted_answers_come_in_order_then_the_default() {
     assert_eq!(statuses, [429, 503, 503, 200]);
     assert_eq!(sandbox.attempts().len(), 4);
 }
+
+#[tokio::test]
+async fn strict_mode_answers_as_google_does() {
+    let sandbox = Sandbox::new(Some("k".into()), 1000).strict(vec!["123".into()]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(recaptcha_annotator::sandbox::serve(
+        listener,
+        sandbox.clone(),
+    ));
+    let client = reqwest::Client::new();
+    let post = |path: String, body: &'static str| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let resp = client
+                .post(format!("{base}{path}"))
+                .header("x-goog-api-key", "k")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (
+                status,
+                resp.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    // create returns a new name, in the project's form; annotate accepts it.
+    let (status, created) = post("/v1/projects/123/assessments".into(), "{}").await;
+    assert_eq!(status, 200, "{created}");
+    let name = created["name"].as_str().unwrap().to_owned();
+    let id = name.strip_prefix("projects/123/assessments/").unwrap();
+    assert!(
+        id.len() == 16 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{name}"
+    );
+    let (status, body) = post(
+        format!("/v1/{name}:annotate"),
+        r#"{"annotation":"LEGITIMATE"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // An assessment it never created: 404 NOT_FOUND in Google's error shape.
+    let (status, body) = post(
+        "/v1/projects/123/assessments/neverCreated0000:annotate".into(),
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["status"].as_str()),
+        (404, Some("NOT_FOUND")),
+        "{body}"
+    );
+    // A project the key does not own: 403 with ErrorInfo IAM_PERMISSION_DENIED.
+    let (status, body) = post("/v1/projects/999/assessments/abc:annotate".into(), "{}").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["error"]["details"][0]["reason"],
+        "IAM_PERMISSION_DENIED"
+    );
+    // Timestamps as strictly as Google parses them.
+    let (status, body) = post(
+        format!("/v1/{name}:annotate"),
+        r#"{"transactionEvent":{"eventTime":"2026-11-25t12:00:00z"}}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    // Scripted errors carry Google's details: ErrorInfo and RetryInfo.
+    sandbox.set_script(Script {
+        responses: vec![recaptcha_annotator::sandbox::Scripted {
+            status: 429,
+            times: 1,
+            retry_after: Some(3),
+            delay_ms: 0,
+        }],
+        ..Script::default()
+    });
+    let (status, body) = post(format!("/v1/{name}:annotate"), "{}").await;
+    assert_eq!(status, 429);
+    let details = body["error"]["details"].as_array().unwrap();
+    assert!(
+        details.iter().any(|d| d["reason"] == "RATE_LIMIT_EXCEEDED"),
+        "{body}"
+    );
+    assert!(details.iter().any(|d| d["retryDelay"] == "3s"), "{body}");
+}

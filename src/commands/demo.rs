@@ -19,14 +19,19 @@ const PROJECT: &str = "123456789";
 /// `(key, value)` of assessment events and `(topic, key, value)` of outcome events.
 type Samples = (Vec<(String, String)>, Vec<(String, String, String)>);
 
-/// Sample events: for every rule, one outcome event, the reference form rotating between the
-/// inline name, the WAF token and the key join; plus two bad events for the dead-letter topic.
-pub fn sample_events(rules: &Rules, topic_name: impl Fn(OutcomeTopic) -> String) -> Samples {
+/// Sample events: for every rule, one outcome event for the assessment `names[i]` (made by
+/// the sandbox's `create`, as the site's own call would), the reference form rotating
+/// between the inline name, the WAF token and the key join; plus two bad events for the
+/// dead-letter topic.
+pub fn sample_events(
+    rules: &Rules,
+    names: &[String],
+    topic_name: impl Fn(OutcomeTopic) -> String,
+) -> Samples {
     let mut assessments = Vec::new();
     let mut outcomes = Vec::new();
-    for (i, (topic, outcome)) in rules.outcomes().into_iter().enumerate() {
-        let id = format!("DEMO{i:04}aaaaaaaa");
-        let name = format!("projects/{PROJECT}/assessments/{id}");
+    for (i, ((topic, outcome), name)) in rules.outcomes().into_iter().zip(names).enumerate() {
+        let id = name.rsplit('/').next().unwrap_or_default();
         let key = format!("{}-{i}", topic.as_str());
         let mut event = json!({"event_id": format!("demo-{i}"), "outcome": outcome, "occurred_at": "2026-11-25T12:00:04Z"});
         match i % 3 {
@@ -58,6 +63,30 @@ pub fn sample_events(rules: &Rules, topic_name: impl Fn(OutcomeTopic) -> String)
         json!({"event_id": "bad-2", "outcome": "password_correct", "assessment": "projects/p/assessments/../../v1/x"}).to_string(),
     ));
     (assessments, outcomes)
+}
+
+/// What a site does when it protects an action: `assessments.create`, `n` times; returns the
+/// names Google (here the sandbox) gives back.
+async fn create_assessments(endpoint: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let client = reqwest::Client::new();
+    let mut names = Vec::with_capacity(n);
+    for _ in 0..n {
+        let created: serde_json::Value = client
+            .post(format!("{endpoint}/v1/projects/{PROJECT}/assessments"))
+            .header("x-goog-api-key", DEMO_KEY)
+            .json(&json!({"event": {"token": "demo-token", "siteKey": "demo-site-key"}}))
+            .send()
+            .await
+            .context("assessments.create at the sandbox")?
+            .error_for_status()?
+            .json()
+            .await?;
+        let name = created["name"]
+            .as_str()
+            .context("assessments.create returned no name")?;
+        names.push(name.to_owned());
+    }
+    Ok(names)
 }
 
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
@@ -92,7 +121,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     config.admin.listen = "127.0.0.1:0".into();
     config.delivery.join_grace = Duration::from_secs(10);
 
-    let sandbox = sandbox::Sandbox::new(Some(DEMO_KEY.into()), 10_000);
+    // Strict: only assessments it created can be annotated, as at Google.
+    let sandbox = sandbox::Sandbox::new(Some(DEMO_KEY.into()), 10_000).strict(vec![PROJECT.into()]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     config.recaptcha.endpoint = format!("http://{}", listener.local_addr()?);
     config.recaptcha.api_key = Some(SecretString::from(DEMO_KEY));
@@ -110,7 +140,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     kafka::create_topics(&brokers, &all, 2).await?;
 
     let rules = config.validate()?.rules;
-    let (assessments, outcomes) = sample_events(&rules, |t| topics.outcome(t).to_owned());
+    let names = create_assessments(&config.recaptcha.endpoint, rules.outcomes().len()).await?;
+    let (assessments, outcomes) = sample_events(&rules, &names, |t| topics.outcome(t).to_owned());
     let producer = kafka::producer(&brokers)?;
     for (key, value) in &assessments {
         kafka::produce(

@@ -1,33 +1,35 @@
 //! A local annotate endpoint that behaves like Google's, for the demo, the tests, and users
 //! who want to try their producers locally. It shares only `domain/` with the service.
 //!
+//! - `POST /v1/projects/{p}/assessments`: `assessments.create`, a new assessment name.
 //! - `POST /v1/projects/{p}/assessments/{a}:annotate`: auth as `x-goog-api-key`, `?key=` or a
-//!   bearer token; the body is validated against the discovery document (proto3 JSON rules);
-//!   200 `{}` or Google's error shape.
+//!   bearer token; the body is validated against the discovery document (proto3 JSON rules,
+//!   [`wire`]); 200 `{}` or Google's error shape. In strict mode ([`Sandbox::strict`]) 403
+//!   for a project the key does not own and 404 for an assessment it never created.
 //! - `GET /sandbox/requests`: what it accepted; `GET /sandbox/attempts`: every call with its
 //!   status and time; `GET /sandbox/stats`; `DELETE /sandbox/requests`: forget.
 //! - `POST /sandbox/script`: scripted answers (status, `Retry-After`, latency) and the
-//!   default answer; see [`Script`].
+//!   default answer, and names answered 403; see [`Script`].
 
+mod google;
 pub mod wire;
 
-use std::collections::{HashMap, VecDeque};
+pub use self::google::google_error;
+
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use self::wire::decode_wire_request;
-use crate::domain::assessment::{AssessmentId, ProjectRef};
+use self::google::{annotate, create};
 
 /// One scripted answer, used `times` times (FIFO), before the default applies.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -113,6 +115,8 @@ struct Inner {
     script: VecDeque<Scripted>,
     default: DefaultAnswer,
     forbidden: Vec<String>,
+    /// Assessment names made by `create` (strict mode annotates only these).
+    created: std::collections::HashSet<String>,
 }
 
 /// The sandbox's state; cheap to clone.
@@ -120,52 +124,18 @@ struct Inner {
 pub struct Sandbox {
     inner: Arc<std::sync::Mutex<Inner>>,
     api_key: Option<Arc<str>>,
+    /// Strict mode: the projects the key owns; annotate answers 403 for others and 404 for
+    /// assessments it never created.
+    strict: Option<Arc<[String]>>,
     record_limit: usize,
     accepted: Arc<AtomicU64>,
     calls: Arc<AtomicU64>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn canonical_status(code: u16) -> &'static str {
-    match code {
-        400 => "INVALID_ARGUMENT",
-        401 => "UNAUTHENTICATED",
-        403 => "PERMISSION_DENIED",
-        404 => "NOT_FOUND",
-        409 => "ABORTED",
-        429 => "RESOURCE_EXHAUSTED",
-        500 => "INTERNAL",
-        501 => "UNIMPLEMENTED",
-        503 => "UNAVAILABLE",
-        504 => "DEADLINE_EXCEEDED",
-        _ => "UNKNOWN",
-    }
-}
-
-/// Google's error shape.
-pub fn google_error(
-    code: u16,
-    message: &str,
-    reason: Option<&str>,
-    retry_after: Option<u64>,
-) -> Response {
-    let details = reason.map_or_else(Vec::new, |r| {
-        vec![json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": r, "domain": "googleapis.com"})]
-    });
-    let body = json!({"error": {"code": code, "message": message, "status": canonical_status(code), "details": details}});
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, Json(body)).into_response();
-    if let Some(secs) = retry_after
-        && let Ok(v) = secs.to_string().parse()
-    {
-        response.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    response
 }
 
 impl Sandbox {
@@ -175,10 +145,20 @@ impl Sandbox {
         Self {
             inner: Arc::default(),
             api_key: api_key.map(Arc::from),
+            strict: None,
             record_limit,
             accepted: Arc::default(),
             calls: Arc::default(),
         }
+    }
+
+    /// Strict mode, as Google answers: `projects` are the ones the key owns; annotate
+    /// answers 403 `PERMISSION_DENIED` for other projects and 404 `NOT_FOUND` for
+    /// assessments this sandbox never created.
+    #[must_use]
+    pub fn strict(mut self, projects: Vec<String>) -> Self {
+        self.strict = Some(projects.into());
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -247,6 +227,7 @@ impl Sandbox {
 
     pub fn router(&self) -> Router {
         Router::new()
+            .route("/v1/projects/{project}/assessments", post(create))
             .route(
                 "/v1/projects/{project}/assessments/{action}",
                 post(annotate),
@@ -260,124 +241,6 @@ impl Sandbox {
             .route("/sandbox/script", post(script))
             .with_state(self.clone())
     }
-}
-
-async fn annotate(
-    State(sandbox): State<Sandbox>,
-    Path((project, action)): Path<(String, String)>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let Some(id) = action.strip_suffix(":annotate") else {
-        return google_error(404, "Method not found.", None, None);
-    };
-    if ProjectRef::parse(&project).is_err() || AssessmentId::parse(id).is_err() {
-        return google_error(400, "Invalid resource name.", None, None);
-    }
-    let name = format!("projects/{project}/assessments/{id}");
-    let (scripted, default) = sandbox.next_answer();
-    if let Some(s) = scripted {
-        tokio::time::sleep(Duration::from_millis(s.delay_ms)).await;
-        if s.status != 200 {
-            sandbox.attempt(&name, s.status);
-            return google_error(s.status, "scripted answer", None, s.retry_after);
-        }
-    } else {
-        let jitter = if default.jitter_ms > 0 {
-            rand::random_range(0..=default.jitter_ms)
-        } else {
-            0
-        };
-        let delay = default.delay_ms + jitter;
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        if default.status != 200 {
-            sandbox.attempt(&name, default.status);
-            return google_error(default.status, "scripted answer", None, default.retry_after);
-        }
-    }
-
-    let header_key = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok());
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .filter(|t| !t.is_empty());
-    let (auth, key) = match (header_key, query.get("key"), bearer) {
-        (Some(k), _, _) => ("api_key_header", Some(k)),
-        (None, Some(k), _) => ("api_key_query", Some(k.as_str())),
-        (None, None, Some(_)) => ("bearer", None),
-        // Without a configured key the sandbox is open, as for the unauthenticated request
-        // captured from the Rust client.
-        (None, None, None) if sandbox.api_key.is_none() => ("none", None),
-        (None, None, None) => {
-            sandbox.attempt(&name, 401);
-            return google_error(
-                401,
-                "Method doesn't allow unregistered callers. Please use API key or other form of API consumer identity.",
-                Some("CREDENTIALS_MISSING"),
-                None,
-            );
-        }
-    };
-    if let (Some(expected), Some(given)) = (&sandbox.api_key, key)
-        && **expected != *given
-    {
-        sandbox.attempt(&name, 400);
-        return google_error(
-            400,
-            "API key not valid. Please pass a valid API key.",
-            Some("API_KEY_INVALID"),
-            None,
-        );
-    }
-    let refused = sandbox
-        .lock()
-        .forbidden
-        .iter()
-        .any(|prefix| name.starts_with(prefix.as_str()));
-    if refused {
-        sandbox.attempt(&name, 403);
-        return google_error(
-            403,
-            "Permission 'recaptchaenterprise.assessments.annotate' denied on resource (or it may not exist).",
-            Some("IAM_PERMISSION_DENIED"),
-            None,
-        );
-    }
-    for alt in [query.get("alt"), query.get("$alt")].into_iter().flatten() {
-        if !matches!(alt.as_str(), "json" | "json;enum-encoding=int") {
-            sandbox.attempt(&name, 400);
-            return google_error(400, "Invalid alt parameter.", None, None);
-        }
-    }
-    if let Err(e) = decode_wire_request(&body) {
-        sandbox.attempt(&name, 400);
-        return google_error(400, &e.to_string(), None, None);
-    }
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    sandbox.attempt(&name, 200);
-    {
-        let mut inner = sandbox.lock();
-        if inner.recorded.len() < sandbox.record_limit {
-            inner.recorded.push(Recorded {
-                name,
-                body,
-                auth: auth.to_owned(),
-                at_ms: now_ms(),
-            });
-        }
-        // Counted once recorded, so a reader that sees the count also sees the record.
-        sandbox.accepted.fetch_add(1, Ordering::Relaxed);
-    }
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
-        "{}\n",
-    )
-        .into_response()
 }
 
 async fn list_requests(State(sandbox): State<Sandbox>) -> Json<Vec<Recorded>> {

@@ -64,11 +64,19 @@ fn wire_string(field: &str, value: &Value) -> Result<Option<String>, WireError> 
     }
 }
 
+/// A `google.protobuf.Timestamp` as Google parses it: RFC 3339 with an upper-case `T`, `Z`
+/// or an offset, at most 9 fraction digits.
 fn wire_time(field: &str, value: &Value) -> Result<Option<String>, WireError> {
     let text = wire_string(field, value)?;
     if let Some(t) = &text {
-        chrono::DateTime::parse_from_rfc3339(t)
-            .map_err(|e| wire_value_error(field, format!("not an RFC 3339 timestamp: {e}")))?;
+        let strict =
+            crate::domain::event::google_time("eventTime", t).is_ok_and(|normal| normal == *t);
+        if !strict {
+            return Err(wire_value_error(
+                field,
+                "not an RFC 3339 timestamp in Google's form",
+            ));
+        }
     }
     Ok(text)
 }
@@ -269,6 +277,8 @@ mod tests {
             br#"{"accountID":"x"}"#,
             br#"{"transactionEvent":{"eventType":"CHARGEBACK","amount":1}}"#,
             br#"{"transactionEvent":{"eventTime":"yesterday"}}"#,
+            br#"{"transactionEvent":{"eventTime":"2026-11-25t10:00:00z"}}"#,
+            br#"{"transactionEvent":{"eventTime":"2026-11-25T10:00:00.1234567890Z"}}"#,
             br#"{"phoneAuthenticationEvent":{"eventTime":"2026-11-25T10:00:00Z"}}"#,
             br#"{"phoneAuthenticationEvent":{"phoneNumber":"555"}}"#,
             br#"{"hashedAccountId":"***"}"#,
