@@ -1,13 +1,16 @@
 //! recaptcha-annotator: Kafka outcome events -> reCAPTCHA Enterprise `assessments.annotate`.
 //!
 //! Map of the crate, from the bottom up (each floor imports only what stands below it):
-//! - [`domain`]: pure types and decisions (assessment names, events, rules, the API body).
+//! - [`domain`]: pure types and decisions (assessment names, events, rules, the API body);
+//!   [`failure`]: the one failure type, and how Google's answers map to it; [`health`]:
+//!   readiness.
 //! - [`telemetry`]: the metric catalogue, named events that log and count, logging setup.
 //! - [`config`]: the operator's file and environment, validated without IO.
 //! - the services one event meets: [`cache`], [`annotate`], [`dead_letter`]; beside them
-//!   [`kafka`] (every rdkafka client), [`health`] (readiness) and [`admin`] (its endpoints);
+//!   [`kafka`] (every rdkafka client) and [`admin`] (`/metrics`, `/healthz`, `/readyz`);
 //!   [`sandbox`]: the local annotate endpoint (shares only `domain`).
-//! - [`pipeline`]: the only place that consumes Kafka (poll loop, offsets, lanes, rebalance).
+//! - [`pipeline`]: the only place that consumes Kafka: the poll loop and one file per step of
+//!   an event (plan, lanes, join, gates and delivery, offsets, commit), rebalance.
 //! - [`app`]: all wiring; [`commands`]: check, replay, demo, bench; [`cli`]; `main.rs` is
 //!   thin.
 

@@ -106,8 +106,9 @@ impl HaltGates {
     fn project_opened(&self, project: &str) {
         let left = {
             let mut projects = self.projects();
-            projects.retain(|_, g| g.is_closed());
-            projects.len()
+            // An open gate stays while the event it condemned has not come back to it.
+            projects.retain(|_, g| g.is_needed());
+            projects.values().filter(|g| g.is_closed()).count()
         };
         self.health.set_project_halted(project, None);
         self.metrics.project_resumed(project, left);
@@ -132,8 +133,11 @@ impl HaltGates {
                 Ok(())
             }
             HaltScope::Project => {
-                let (gate, closed) = {
+                let gate = {
                     let mut projects = self.projects();
+                    if !projects.contains_key(project) && projects.len() >= MAX_CLOSED_PROJECTS {
+                        projects.retain(|_, g| g.is_needed());
+                    }
                     if !projects.contains_key(project) && projects.len() >= MAX_CLOSED_PROJECTS {
                         projects.retain(|_, g| g.is_closed());
                     }
@@ -142,13 +146,13 @@ impl HaltGates {
                             "project {project} refuses our calls and {MAX_CLOSED_PROJECTS} other projects are halted already"
                         )));
                     }
-                    let gate = projects
+                    projects
                         .entry(project.to_owned())
                         .or_insert_with(|| Arc::new(Gate::new(self.retry, Some(self.grace))))
-                        .clone();
-                    (gate, projects.len())
+                        .clone()
                 };
                 if gate.refuse(record, &halt.detail) {
+                    let closed = self.projects().values().filter(|g| g.is_closed()).count();
                     self.metrics.project_halted(project, &halt.detail, closed);
                 }
                 self.health.set_project_halted(
@@ -248,5 +252,44 @@ impl Sender {
             }
             Err(failure) => Err(failure),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_event_is_set_aside_even_if_the_project_opened_before_it_came_back() {
+        let gates = HaltGates::new(
+            Arc::new(Health::default()),
+            Metrics::new(),
+            Duration::from_secs(30),
+            Duration::from_secs(900),
+        );
+        let halt = Halt {
+            scope: HaltScope::Project,
+            status: Some(403),
+            detail: "PERMISSION_DENIED".into(),
+        };
+        let mut probe = Probe::default();
+        gates.refused("p", "bad", &halt, &mut probe).unwrap();
+        // A call that was in flight when the 403 came is accepted: the project opens...
+        gates.answered("p", "good", &mut probe);
+        // ... before the refused event is back at the gate: it is still set aside once.
+        let pass = gates.pass("p", "bad", &mut probe).await;
+        assert!(
+            matches!(
+                pass,
+                Err(Failure::DeadLetter(DeadLetter {
+                    reason: DeadLetterReason::Forbidden,
+                    status: Some(403),
+                    ..
+                }))
+            ),
+            "{pass:?}"
+        );
+        assert!(gates.pass("p", "bad", &mut probe).await.is_ok());
+        assert!(gates.pass("p", "other", &mut probe).await.is_ok());
     }
 }

@@ -111,6 +111,13 @@ impl Gate {
         self.state.borrow().closed.is_some()
     }
 
+    /// Whether the gate is closed, or open with a condemned event still to set aside: either
+    /// way it must be kept.
+    pub fn is_needed(&self) -> bool {
+        let state = self.state.borrow();
+        state.closed.is_some() || state.condemned.is_some()
+    }
+
     /// Whether the gate has been closed longer than its grace (project gates only).
     pub fn is_forbidden(&self) -> bool {
         let state = self.state.borrow();
