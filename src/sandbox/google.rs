@@ -43,6 +43,22 @@ fn scripted_reason(status: u16) -> Option<&'static str> {
     }
 }
 
+/// A scripted failure, recorded as an attempt, in Google's error shape.
+fn scripted_error(
+    sandbox: &Sandbox,
+    name: &str,
+    status: u16,
+    retry_after: Option<u64>,
+) -> Response {
+    sandbox.attempt(name, status);
+    google_error(
+        status,
+        "scripted answer",
+        scripted_reason(status),
+        retry_after,
+    )
+}
+
 /// Google's error shape, with `ErrorInfo` for `reason` and `RetryInfo` (and `Retry-After`)
 /// for `retry_after`.
 pub fn google_error(
@@ -87,13 +103,7 @@ pub(super) async fn annotate(
     if let Some(s) = scripted {
         tokio::time::sleep(Duration::from_millis(s.delay_ms)).await;
         if s.status != 200 {
-            sandbox.attempt(&name, s.status);
-            return google_error(
-                s.status,
-                "scripted answer",
-                scripted_reason(s.status),
-                s.retry_after,
-            );
+            return scripted_error(&sandbox, &name, s.status, s.retry_after);
         }
     } else {
         let jitter = if default.jitter_ms > 0 {
@@ -106,13 +116,7 @@ pub(super) async fn annotate(
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         if default.status != 200 {
-            sandbox.attempt(&name, default.status);
-            return google_error(
-                default.status,
-                "scripted answer",
-                scripted_reason(default.status),
-                default.retry_after,
-            );
+            return scripted_error(&sandbox, &name, default.status, default.retry_after);
         }
     }
 
