@@ -181,3 +181,46 @@ fn transport_failure(err: &reqwest::Error) -> Failure {
         detail.unwrap_or_else(|| cause.as_str().to_owned()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::HaltScope;
+
+    #[tokio::test]
+    async fn no_google_credentials_halts_every_call_instead_of_retrying_each_event() {
+        // A user's refresh token whose token endpoint cannot be reached (loopback, closed).
+        let credentials =
+            google_cloud_auth::credentials::user_account::Builder::new(serde_json::json!({
+                "client_id": "id.apps.googleusercontent.com",
+                "client_secret": "secret",
+                "refresh_token": "refresh",
+                "type": "authorized_user",
+                "token_uri": "http://127.0.0.1:1/token",
+            }))
+            .build()
+            .unwrap();
+        let endpoint = reqwest::Url::parse("http://127.0.0.1:1").unwrap();
+        let client = AnnotateClient::new(
+            &endpoint,
+            Auth::Google(credentials),
+            &RecaptchaConfig::default(),
+        )
+        .unwrap();
+        let name = AssessmentName::parse("projects/p/assessments/a").unwrap();
+        let call = tokio::time::timeout(
+            Duration::from_secs(60),
+            client.annotate(&name, Bytes::new()),
+        )
+        .await
+        .expect("the token attempt ends");
+        assert!(
+            matches!(
+                &call.result,
+                Err(Failure::Halt(h)) if h.scope == HaltScope::Service && h.status.is_none()
+            ),
+            "{:?}",
+            call.result
+        );
+    }
+}

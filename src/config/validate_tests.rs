@@ -1,0 +1,135 @@
+//! Validation: every problem reported with its key.
+
+use super::*;
+
+#[test]
+fn sizes_take_units() {
+    let c =
+        Config::from_toml("[delivery]\nmax_event_bytes = \"128KiB\"\nmax_pending_bytes = 20000000")
+            .unwrap();
+    assert_eq!(c.delivery.max_event_bytes, 128 * 1024);
+    assert_eq!(c.delivery.max_pending_bytes, 20_000_000);
+    assert_eq!(
+        Config::from_toml("").unwrap().delivery.max_event_bytes,
+        65536
+    );
+    let err = Config::from_toml("[delivery]\nmax_event_bytes = \"64 furlongs\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_event_bytes"), "{err}");
+}
+
+#[test]
+fn unspecified_rules_are_refused_and_deprecated_ones_warned_about() {
+    for bad in [
+        "annotation = \"ANNOTATION_UNSPECIFIED\"",
+        "reasons = [\"REASON_UNSPECIFIED\"]",
+    ] {
+        let err = Config::from_toml(&format!("[rules.logins.x]\n{bad}"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rules.logins.x") && err.contains("UNSPECIFIED"),
+            "{err}"
+        );
+    }
+    let v = Config::from_toml("[rules.logins.ok]\nannotation = \"PASSWORD_CORRECT\"")
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert!(
+        v.warnings
+            .iter()
+            .any(|w| w.contains("rules.logins.ok") && w.contains("deprecated")),
+        "{:?}",
+        v.warnings
+    );
+}
+
+#[test]
+fn the_endpoint_is_a_base_url_and_never_plain_http_to_another_host() {
+    let check = |endpoint: &str, extra: &str| {
+        Config::from_toml(&format!("[recaptcha]\nendpoint = \"{endpoint}\"\n{extra}"))
+            .unwrap()
+            .validate()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    for ok in [
+        "https://recaptchaenterprise.googleapis.com",
+        "https://recaptchaenterprise.googleapis.com/",
+        "http://127.0.0.1:8085",
+        "http://localhost:8085",
+        "http://[::1]:8085",
+    ] {
+        assert!(check(ok, "").is_ok(), "{ok}: {:?}", check(ok, ""));
+    }
+    for bad in [
+        "https://example.com/v1",
+        "https://example.com/?key=x",
+        "https://example.com/#x",
+    ] {
+        let err = check(bad, "").unwrap_err();
+        assert!(
+            err.contains("recaptcha.endpoint") && err.contains("base URL"),
+            "{bad}: {err}"
+        );
+    }
+    let err = check("http://sandbox:8085", "").unwrap_err();
+    assert!(
+        err.contains("recaptcha.endpoint") && err.contains("allow_insecure_endpoint"),
+        "{err}"
+    );
+    assert!(check("http://sandbox:8085", "allow_insecure_endpoint = true").is_ok());
+    assert!(check("http://10.0.0.7:8085", "allow_insecure_endpoint = true").is_ok());
+}
+
+#[test]
+fn defaults_validate() {
+    let config = Config::from_toml("").unwrap();
+    assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
+    assert_eq!(config.kafka.topics.fraud_signals, "fraud-signals");
+    assert_eq!(config.cache.ttl, Duration::from_secs(90 * 86400));
+    assert!(config.validate().is_ok());
+}
+
+#[test]
+fn bad_values_are_all_reported_with_their_key() {
+    let config = Config::from_toml(
+        "[recaptcha]\nendpoint = \"ftp://x\"\nproject = \"a/b\"\n[delivery]\nmax_in_flight = 0\n[admin]\nlisten = \"nope\"",
+    )
+    .unwrap();
+    let err = config.validate().unwrap_err().to_string();
+    for key in [
+        "recaptcha.endpoint",
+        "recaptcha.project",
+        "delivery.max_in_flight",
+        "admin.listen",
+    ] {
+        assert!(err.contains(key), "{key} missing from {err}");
+    }
+    let err = Config::from_toml("[cache]\nttl = \"forever\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ttl"), "{err}");
+}
+
+#[test]
+fn rules_from_config_are_checked_against_the_enums() {
+    let config = Config::from_toml(
+        "[rules.logins.captcha_solved]\nannotation = \"LEGITIMATE\"\nreasons = [\"CORRECT_PASSWORD\"]",
+    )
+    .unwrap();
+    let v = config.validate().unwrap();
+    assert!(
+        v.rules
+            .get(OutcomeTopic::Logins, "captcha_solved")
+            .is_some()
+    );
+    let err = Config::from_toml("[rules.logins.x]\nannotation = \"MAYBE\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("MAYBE"), "{err}");
+}
