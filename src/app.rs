@@ -150,7 +150,13 @@ fn pipeline(
         d.halt_retry,
         d.forbidden_grace,
     );
-    let sender = Sender::new(client, d.max_in_flight, d.rate_limit, gate, metrics.clone());
+    let sender = Sender::new(
+        client,
+        d.max_in_flight,
+        (d.rate_limit, d.rate_burst),
+        gate,
+        metrics.clone(),
+    );
     let dead_letters =
         DeadLetterWriter::new(&config.kafka).context("creating the dead-letter producer")?;
     let runner = Runner {

@@ -475,3 +475,43 @@ async fn parked_large_events_stay_within_the_memory_bound() {
     );
     assert!(peak_kib < 100 * 1024, "peak RSS {} MB", peak_kib / 1024);
 }
+
+/// The most calls that arrived within any one second.
+fn busiest_second(arrivals: &[u64]) -> usize {
+    let mut sorted = arrivals.to_vec();
+    sorted.sort_unstable();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] >= 1000 {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_endpoint_never_lets_rate_tokens_pile_up_into_a_burst() {
+    let env = TestEnv::with_partitions("stall-burst", 4).await;
+    env.produce_bulk(unique_events("s", 1200)).await;
+    let mut config = env.config();
+    config.delivery.rate_limit = 100;
+    config.delivery.rate_burst = Some(10);
+    config.delivery.max_in_flight = 32;
+    let service = env.start(config);
+    env.wait_accepted(200, Duration::from_secs(60)).await;
+    // The endpoint stalls for 6 s under the backlog, then answers at once again.
+    env.script(vec![], Some(answer(200, 6000)));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    env.script(vec![], Some(answer(200, 0)));
+    env.wait_all_committed(Duration::from_secs(90)).await;
+    service.stop().await;
+    let busiest = busiest_second(&env.sandbox.arrivals());
+    eprintln!("busiest second at the endpoint: {busiest} calls (rate 100, burst 10)");
+    assert!(
+        busiest <= 110,
+        "{busiest} calls in one second, above rate + burst"
+    );
+    assert_eq!(env.sandbox.accepted_count(), 1200);
+}

@@ -264,6 +264,9 @@ pub struct DeliveryConfig {
     pub forbidden_grace: Duration,
     /// Most annotate calls per second (the project's quota); 0 = no limit.
     pub rate_limit: u32,
+    /// Calls that may go at once above the rate (a token bucket's depth); default a tenth of
+    /// `rate_limit` (at least 1). No one-second window exceeds rate + burst.
+    pub rate_burst: Option<u32>,
     /// How long revoked partitions may drain before their work is abandoned.
     #[serde(with = "humantime_serde")]
     pub rebalance_timeout: Duration,
@@ -286,6 +289,7 @@ impl Default for DeliveryConfig {
             halt_retry: Duration::from_secs(30),
             forbidden_grace: Duration::from_secs(15 * 60),
             rate_limit: 0,
+            rate_burst: None,
             rebalance_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
         }

@@ -186,6 +186,11 @@ impl Config {
         );
         require(
             &mut errors,
+            d.rate_burst != Some(0),
+            "delivery.rate_burst: must be at least 1",
+        );
+        require(
+            &mut errors,
             d.max_event_bytes >= 1024,
             "delivery.max_event_bytes: must be at least 1KiB",
         );

@@ -189,7 +189,7 @@ pub struct Sender {
     client: AnnotateClient,
     /// `delivery.max_in_flight` slots, shared by every partition.
     in_flight: Semaphore,
-    /// `delivery.rate_limit`, when set.
+    /// `delivery.rate_limit` with `delivery.rate_burst`, when set.
     limiter: Option<governor::DefaultDirectRateLimiter>,
     /// Closed while the service or a project is halted.
     gates: HaltGates,
@@ -201,12 +201,18 @@ impl Sender {
     pub fn new(
         client: AnnotateClient,
         max_in_flight: usize,
-        rate_limit: u32,
+        rate: (u32, Option<u32>),
         gates: HaltGates,
         metrics: Metrics,
     ) -> Self {
-        let limiter = std::num::NonZeroU32::new(rate_limit)
-            .map(|rate| governor::RateLimiter::direct(governor::Quota::per_second(rate)));
+        let (rate_limit, rate_burst) = rate;
+        let limiter = std::num::NonZeroU32::new(rate_limit).map(|per_second| {
+            let burst = rate_burst.unwrap_or(rate_limit / 10).max(1);
+            let burst = std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN);
+            governor::RateLimiter::direct(
+                governor::Quota::per_second(per_second).allow_burst(burst),
+            )
+        });
         Self {
             client,
             in_flight: Semaphore::new(max_in_flight),
@@ -228,11 +234,13 @@ impl Sender {
     ) -> Result<Option<SemaphorePermit<'_>>, Failure> {
         let project = name.project();
         Box::pin(self.gates.pass(project, record, probe)).await?;
+        // The slot first, then the token, then the call: a token is only taken when the call
+        // can go out at once, so tokens never pile up behind a slow endpoint and go out in
+        // one burst when it answers again. (The semaphore is never closed.)
+        let slot = self.in_flight.acquire().await.ok();
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
-        // The semaphore is never closed.
-        let slot = self.in_flight.acquire().await.ok();
         self.metrics.in_flight.inc();
         let call = self.client.annotate(name, body.clone()).await;
         self.metrics.in_flight.dec();

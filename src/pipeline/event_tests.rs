@@ -119,7 +119,7 @@ impl Harness {
         let runner = Runner {
             store,
             joiner,
-            sender: Sender::new(client, 16, 0, gate, metrics.clone()),
+            sender: Sender::new(client, 16, (0, None), gate, metrics.clone()),
             dead_letters: DeadLetterWriter::new(&KafkaConfig::default()).unwrap(),
             book: Arc::clone(&book),
             metrics: metrics.clone(),

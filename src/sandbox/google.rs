@@ -99,6 +99,7 @@ pub(super) async fn annotate(
         return google_error(400, "Invalid resource name.", None, None);
     }
     let name = format!("projects/{project}/assessments/{id}");
+    sandbox.arrived();
     let (scripted, default) = sandbox.next_answer();
     if let Some(s) = scripted {
         tokio::time::sleep(Duration::from_millis(s.delay_ms)).await;

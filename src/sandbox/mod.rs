@@ -111,6 +111,8 @@ pub struct Attempt {
 #[derive(Default)]
 struct Inner {
     recorded: Vec<Recorded>,
+    /// When each annotate call arrived (ms since the epoch), before any scripted delay.
+    arrivals: Vec<u64>,
     attempts: Vec<Attempt>,
     script: VecDeque<Scripted>,
     default: DefaultAnswer,
@@ -188,6 +190,19 @@ impl Sandbox {
 
     pub fn attempts(&self) -> Vec<Attempt> {
         self.lock().attempts.clone()
+    }
+
+    /// When each annotate call arrived (ms since the epoch), in order: the rate the endpoint
+    /// sees.
+    pub fn arrivals(&self) -> Vec<u64> {
+        self.lock().arrivals.clone()
+    }
+
+    fn arrived(&self) {
+        let mut inner = self.lock();
+        if inner.arrivals.len() < self.record_limit {
+            inner.arrivals.push(now_ms());
+        }
     }
 
     pub fn accepted_count(&self) -> u64 {
