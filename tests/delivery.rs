@@ -509,8 +509,12 @@ async fn a_stalled_endpoint_never_lets_rate_tokens_pile_up_into_a_burst() {
     service.stop().await;
     let busiest = busiest_second(&env.sandbox.arrivals());
     eprintln!("busiest second at the endpoint: {busiest} calls (rate 100, burst 10)");
+    // The limiter sends at most rate + burst (110) in any second; arrival times at the
+    // endpoint carry a few milliseconds of scheduling jitter on a loaded machine, worth at
+    // most a call or two at a window's edge. Taking the token before the slot (the defect)
+    // measured 669 here.
     assert!(
-        busiest <= 110,
+        busiest <= 112,
         "{busiest} calls in one second, above rate + burst"
     );
     assert_eq!(env.sandbox.accepted_count(), 1200);
