@@ -196,6 +196,8 @@ redis_done_prefix = "{prefix}done:"
 listen = "127.0.0.1:0"
 [delivery]
 max_in_flight = {in_flight}
+# The bench measures the pipeline, not a quota.
+rate_limit = 0
 {max_pending}[log]
 level = "warn"
 "#,

@@ -262,7 +262,9 @@ pub struct DeliveryConfig {
     /// are dead-lettered `forbidden` (one probe per `halt_retry` still tests it).
     #[serde(with = "humantime_serde")]
     pub forbidden_grace: Duration,
-    /// Most annotate calls per second (the project's quota); 0 = no limit.
+    /// Most annotate calls per second. The default, 100, is a tenth of a project's default
+    /// quota (1,000/s, shared with the site's own `assessments.create` calls); `0` means no
+    /// limit, explicitly.
     pub rate_limit: u32,
     /// Calls that may go at once above the rate (a token bucket's depth); default a tenth of
     /// `rate_limit` (at least 1). No one-second window exceeds rate + burst.
@@ -288,7 +290,7 @@ impl Default for DeliveryConfig {
             retry_max: Duration::from_secs(32),
             halt_retry: Duration::from_secs(30),
             forbidden_grace: Duration::from_secs(15 * 60),
-            rate_limit: 0,
+            rate_limit: 100,
             rate_burst: None,
             rebalance_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),

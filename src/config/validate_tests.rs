@@ -92,7 +92,12 @@ fn defaults_validate() {
     assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
     assert_eq!(config.kafka.topics.fraud_signals, "fraud-signals");
     assert_eq!(config.cache.ttl, Duration::from_secs(90 * 86400));
+    // A safe share of the default quota unless said otherwise; 0 is none, explicitly.
+    assert_eq!(config.delivery.rate_limit, 100);
     assert!(config.validate().is_ok());
+    let none = Config::from_toml("[delivery]\nrate_limit = 0").unwrap();
+    assert_eq!(none.delivery.rate_limit, 0);
+    assert!(none.validate().is_ok());
 }
 
 #[test]

@@ -143,6 +143,8 @@ backend = "memory"
 [admin]
 listen = "127.0.0.1:{port}"
 [delivery]
+# Tests measure delivery, not a quota (the default is 100/s).
+rate_limit = 0
 retry_initial = "50ms"
 retry_max = "500ms"
 halt_retry = "500ms"
