@@ -2,7 +2,7 @@
 //!
 //! Every part that can fail on an event's path says so with one [`Failure`]: planning
 //! (a dead letter), the join (a dead letter, or a cache retry), the annotate client (retry,
-//! dead letter or halt, from [`classify_status`]), the cache (retry) and the dead-letter
+//! dead letter or halt, from [`classify`]), the cache (retry) and the dead-letter
 //! writer (retry). The event runner (`pipeline::event`) matches on the class in one place.
 //! Adding a class touches this file and the part that produces it. [`google`] classifies the
 //! annotate endpoint's answers.
@@ -209,10 +209,6 @@ impl Backoff {
             cap,
             attempt: 0,
         }
-    }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempt
     }
 
     /// The ceiling of the next delay, before jitter.

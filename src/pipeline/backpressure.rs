@@ -72,15 +72,20 @@ impl Pending {
 pub struct PendingGuard {
     pending: Arc<Pending>,
     bytes: usize,
+    /// `delivery.max_pending` and `delivery.max_pending_bytes`.
+    limits: (usize, usize),
 }
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
         self.pending.finished.fetch_add(1, Ordering::Relaxed);
-        self.pending.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
-        self.pending.count.fetch_sub(1, Ordering::AcqRel);
-        // The loop re-checks both bounds when woken; a spare wake-up costs nothing.
-        self.pending.freed.notify_one();
+        let bytes = self.pending.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        let count = self.pending.count.fetch_sub(1, Ordering::AcqRel);
+        // Wake the loop only when this event brings a bound back under its limit.
+        let (limit, byte_limit) = self.limits;
+        if count == limit || (bytes >= byte_limit && bytes - self.bytes < byte_limit) {
+            self.pending.freed.notify_one();
+        }
     }
 }
 
@@ -122,6 +127,7 @@ impl Backpressure {
         PendingGuard {
             pending: Arc::clone(&self.pending),
             bytes,
+            limits: (self.limit, self.byte_limit),
         }
     }
 

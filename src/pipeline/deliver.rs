@@ -81,21 +81,16 @@ impl HaltGates {
         Ok(())
     }
 
-    /// An answer to a call of `record` for `project`: opens whatever gate it probed; the
-    /// event was accepted or refused for itself, so the credentials and the project work.
+    /// An answer to a call of `record` for `project` (accepted, or refused for the event
+    /// itself): the credentials and the project work, so both gates it passed open, whether
+    /// the call was their probe or was in flight when they closed.
     fn answered(&self, project: &str, record: &str, probe: &mut Probe) {
-        for gate in probe.take() {
-            if gate.answered(record) {
-                if Arc::ptr_eq(&gate, &self.service) {
-                    self.health.set_halted(None);
-                    self.metrics.resumed();
-                } else {
-                    self.project_opened(project);
-                }
-            }
+        // Its claims are resolved by the answer, not released for another probe.
+        drop(probe.take());
+        if self.service.answered(record) {
+            self.health.set_halted(None);
+            self.metrics.resumed();
         }
-        // A call that was in flight when another closed the project's gate also shows that
-        // the project answers.
         if let Some(gate) = self.project(project)
             && gate.answered(record)
         {

@@ -43,6 +43,20 @@ fn scripted_reason(status: u16) -> Option<&'static str> {
     }
 }
 
+/// 403 `PERMISSION_DENIED` with `IAM_PERMISSION_DENIED`, as Google answers a call the key's
+/// principal may not make on `resource`.
+fn permission_denied(sandbox: &Sandbox, name: &str, method: &str, resource: &str) -> Response {
+    sandbox.attempt(name, 403);
+    google_error(
+        403,
+        &format!(
+            "Permission 'recaptchaenterprise.assessments.{method}' denied on resource '{resource}' (or it may not exist)."
+        ),
+        Some("IAM_PERMISSION_DENIED"),
+        None,
+    )
+}
+
 /// A scripted failure, recorded as an attempt, in Google's error shape.
 fn scripted_error(
     sandbox: &Sandbox,
@@ -127,15 +141,7 @@ pub(super) async fn annotate(
     };
     if let Some(owned) = &sandbox.strict {
         if !owned.contains(&project) {
-            sandbox.attempt(&name, 403);
-            return google_error(
-                403,
-                &format!(
-                    "Permission 'recaptchaenterprise.assessments.annotate' denied on resource 'projects/{project}' (or it may not exist)."
-                ),
-                Some("IAM_PERMISSION_DENIED"),
-                None,
-            );
+            return permission_denied(&sandbox, &name, "annotate", &format!("projects/{project}"));
         }
         if !sandbox.lock().created.contains(&name) {
             sandbox.attempt(&name, 404);
@@ -148,13 +154,7 @@ pub(super) async fn annotate(
         .iter()
         .any(|prefix| name.starts_with(prefix.as_str()));
     if refused {
-        sandbox.attempt(&name, 403);
-        return google_error(
-            403,
-            "Permission 'recaptchaenterprise.assessments.annotate' denied on resource (or it may not exist).",
-            Some("IAM_PERMISSION_DENIED"),
-            None,
-        );
+        return permission_denied(&sandbox, &name, "annotate", &name);
     }
     for alt in [query.get("alt"), query.get("$alt")].into_iter().flatten() {
         if !matches!(alt.as_str(), "json" | "json;enum-encoding=int") {
@@ -251,15 +251,7 @@ pub(super) async fn create(
     if let Some(owned) = &sandbox.strict
         && !owned.contains(&project)
     {
-        sandbox.attempt(&parent, 403);
-        return google_error(
-            403,
-            &format!(
-                "Permission 'recaptchaenterprise.assessments.create' denied on resource 'projects/{project}' (or it may not exist)."
-            ),
-            Some("IAM_PERMISSION_DENIED"),
-            None,
-        );
+        return permission_denied(&sandbox, &parent, "create", &format!("projects/{project}"));
     }
     let id: String = (0..16)
         .map(|_| {

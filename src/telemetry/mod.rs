@@ -60,47 +60,40 @@ pub struct Metrics {
     pub halted_projects: IntGauge,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric =
-        IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+/// Registers `metric` in `registry`. The definitions are constants of this file, so a
+/// failure is a programming error (documented invariant).
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("metric definition is valid");
     registry
         .register(Box::new(metric.clone()))
         .expect("metric names are unique");
     metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).expect("metric definition is valid");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
+    register(registry, IntCounter::new(name, help))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("metric definition is valid");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
+    register(registry, IntGauge::new(name, help))
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let metric =
-        IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .expect("metric definition is valid");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
+    register(
+        registry,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
+    )
 }
 
 impl Default for Metrics {
@@ -110,17 +103,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    // The `expect`s above are invariants: the names and labels are constants of this function.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let build = IntGaugeVec::new(
-            Opts::new("annotator_build_info", "Build information; always 1"),
+        let build = gauge_vec(
+            &registry,
+            "annotator_build_info",
+            "Build information; always 1",
             &["version"],
-        )
-        .expect("metric definition is valid");
-        registry
-            .register(Box::new(build.clone()))
-            .expect("metric names are unique");
+        );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let latency = vec![
             0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -227,21 +217,17 @@ impl Metrics {
                 "annotator_stalled_partitions",
                 "Partitions whose commit point is held by an event that crashed (until revoked or restarted)",
             ),
-            end_to_end: {
-                let metric = HistogramVec::new(
+            end_to_end: register(
+                &registry,
+                HistogramVec::new(
                     HistogramOpts::new(
                         "annotator_event_latency_seconds",
                         "Time from the Kafka message timestamp to the event being finished",
                     )
                     .buckets(latency),
                     &["topic"],
-                )
-                .expect("metric definition is valid");
-                registry
-                    .register(Box::new(metric.clone()))
-                    .expect("metric names are unique");
-                metric
-            },
+                ),
+            ),
             registry,
         };
         metrics.show_known_series();
