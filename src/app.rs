@@ -2,7 +2,9 @@
 //! given only what it uses; then the admin endpoints are served, the pipeline runs until
 //! shutdown, and the admin server stops last.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,12 +13,15 @@ use tokio_util::sync::CancellationToken;
 use crate::admin;
 use crate::annotate::AnnotateClient;
 use crate::annotate::auth::Auth;
+use crate::budget::redis::SharedBudget;
+use crate::budget::{self, Budget, members};
 use crate::cache::{self, Cache};
 use crate::config::{CacheBackend, Config, Validated};
 use crate::dead_letter::DeadLetterWriter;
 use crate::health::Health;
 use crate::kafka;
 use crate::pipeline::catchup::CatchUp;
+use crate::pipeline::concurrency::Concurrency;
 use crate::pipeline::deliver::{HaltGates, Sender};
 use crate::pipeline::event::Runner;
 use crate::pipeline::join::Joiner;
@@ -79,28 +84,84 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         dry_run = config.dry_run,
         "starting"
     );
-    let pipeline = pipeline(&config, &validated, cache, client, metrics, health)?;
+    let parts = Parts {
+        cache,
+        client,
+        budget: budget(&config, &validated, &metrics),
+        metrics,
+        health,
+        stop: admin_stop.clone(),
+    };
+    let pipeline = pipeline(&config, &validated, parts)?;
     let result = pipeline.run(shutdown).await;
     admin_stop.cancel();
     let _ = admin_task.await;
     result
 }
 
-/// Builds the pipeline: the consumer (subscribed) with its context, and every part an event
-/// meets, each holding only what it uses.
-fn pipeline(
-    config: &Config,
-    validated: &Validated,
+/// What the pipeline is built from, besides the config.
+struct Parts {
     cache: Arc<dyn Cache>,
     client: AnnotateClient,
+    /// Its group size is kept up to date from here on.
+    budget: (Budget, Arc<AtomicUsize>),
     metrics: Metrics,
     health: Arc<Health>,
-) -> anyhow::Result<Pipeline> {
+    /// Ends the helper tasks (the group size watch).
+    stop: CancellationToken,
+}
+
+/// The quota budget: shared through Redis when that is the cache, else this instance's.
+fn budget(config: &Config, validated: &Validated, metrics: &Metrics) -> (Budget, Arc<AtomicUsize>) {
+    let d = &config.delivery;
+    let mut known: HashSet<String> = d.project_rate_limits.keys().cloned().collect();
+    known.extend(config.recaptcha.allowed_projects.iter().cloned());
+    known.extend(validated.project.iter().map(|p| p.as_str().to_owned()));
+    let settings = budget::Settings {
+        rate: d.rate_limit,
+        burst: d.rate_burst.unwrap_or(d.rate_limit / 10).max(1),
+        project_caps: d.project_rate_limits.clone(),
+        fallback: d.rate_limit_fallback,
+        known_projects: known,
+    };
+    let limited = d.rate_limit > 0 || !d.project_rate_limits.is_empty();
+    let shared = if limited && config.cache.backend == CacheBackend::Redis {
+        // The URL was checked by the validation.
+        SharedBudget::new(&config.cache.redis_url, &config.cache.redis_budget_prefix).ok()
+    } else {
+        None
+    };
+    metrics.budget_shared.set(i64::from(shared.is_some()));
+    let members = Arc::new(AtomicUsize::new(0));
+    (
+        Budget::new(settings, shared, Arc::clone(&members), metrics.clone()),
+        members,
+    )
+}
+
+/// Builds the pipeline: the consumer (subscribed) with its context, and every part an event
+/// meets, each holding only what it uses.
+fn pipeline(config: &Config, validated: &Validated, parts: Parts) -> anyhow::Result<Pipeline> {
+    let Parts {
+        cache,
+        client,
+        budget: (budget, members),
+        metrics,
+        health,
+        stop,
+    } = parts;
     let d = &config.delivery;
     let book = Arc::new(OffsetBook::default());
     let catch_up = Arc::new(CatchUp::default());
     let watermarks =
         Arc::new(kafka::group_reader(&config.kafka).context("creating the watermark client")?);
+    let context_topics: Vec<String> = config
+        .kafka
+        .topics
+        .consumed()
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
     let context = AnnotatorContext {
         partitions: Arc::new(Partitions::new(
             Arc::clone(&book),
@@ -113,13 +174,7 @@ fn pipeline(
         rebalance_timeout: d.rebalance_timeout,
         assessments_topic: Arc::from(config.kafka.topics.assessments.as_str()),
         watermarks: Arc::clone(&watermarks),
-        topics: config
-            .kafka
-            .topics
-            .consumed()
-            .iter()
-            .map(|t| (*t).to_owned())
-            .collect(),
+        topics: context_topics.clone(),
         shared_cache: cache.shared(),
         assignment_changed: Arc::default(),
         starts_at_end: kafka::starts_at_end(&config.kafka),
@@ -150,10 +205,18 @@ fn pipeline(
         d.halt_retry,
         d.forbidden_grace,
     );
+    tokio::spawn(members::watch(
+        Arc::clone(&watermarks),
+        config.kafka.group_id.clone(),
+        context_topics,
+        Arc::clone(&book),
+        members,
+        stop,
+    ));
     let sender = Sender::new(
         client,
-        d.max_in_flight,
-        (d.rate_limit, d.rate_burst),
+        Concurrency::new(d.max_in_flight, d.adaptive_concurrency, metrics.clone()),
+        budget,
         gate,
         metrics.clone(),
     );

@@ -6,7 +6,8 @@
 //!   readiness.
 //! - [`telemetry`]: the metric catalogue, named events that log and count, logging setup.
 //! - [`config`]: the operator's file and environment, validated without IO.
-//! - the services one event meets: [`cache`], [`annotate`], [`dead_letter`]; beside them
+//! - the services one event meets: [`cache`], [`annotate`], [`dead_letter`], [`budget`] (the
+//!   quota budget, shared through Redis); beside them
 //!   [`kafka`] (every rdkafka client) and [`admin`] (`/metrics`, `/healthz`, `/readyz`);
 //!   [`sandbox`]: the local annotate endpoint (shares only `domain`).
 //! - [`pipeline`]: the only place that consumes Kafka: the poll loop and one file per step of
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod annotate;
 pub mod app;
+pub mod budget;
 pub mod cache;
 pub mod cli;
 pub mod commands;

@@ -200,6 +200,9 @@ pub struct CacheConfig {
     pub redis_prefix: String,
     /// Prefix of the Redis keys that remember annotated event ids (duplicate suppression).
     pub redis_done_prefix: String,
+    /// Keys of the group's quota budget (`<prefix>all`, `<prefix>project:<id>`); instances
+    /// that share it share one budget.
+    pub redis_budget_prefix: String,
     /// How long an annotated `event_id` is remembered so a redelivered event is not sent
     /// again; `0s` turns duplicate suppression off.
     #[serde(with = "humantime_serde")]
@@ -218,6 +221,7 @@ impl Default for CacheConfig {
             redis_url: SecretString::from("redis://127.0.0.1:6379"),
             redis_prefix: "recaptcha-annotator:key:".into(),
             redis_done_prefix: "recaptcha-annotator:done:".into(),
+            redis_budget_prefix: "recaptcha-annotator:budget:".into(),
             dedup_ttl: Duration::from_secs(7 * 24 * 3600),
             path: PathBuf::from("data/annotator-cache.redb"),
             ttl: Duration::from_secs(90 * 24 * 3600),
@@ -269,6 +273,15 @@ pub struct DeliveryConfig {
     /// Calls that may go at once above the rate (a token bucket's depth); default a tenth of
     /// `rate_limit` (at least 1). No one-second window exceeds rate + burst.
     pub rate_burst: Option<u32>,
+    /// Caps of single projects inside the budget, calls per second: `{ "my-project" = 50 }`
+    /// (burst a tenth of the cap). Shared by the group like the budget.
+    pub project_rate_limits: BTreeMap<String, u32>,
+    /// What one instance spends while Redis (the group's shared budget) is unreachable;
+    /// default the budget divided by the members of the consumer group it last saw.
+    pub rate_limit_fallback: Option<u32>,
+    /// Adapt the in-flight limit (AIMD) between 1 and `max_in_flight`: it grows while the
+    /// round trip holds and is cut on 429, 503 and timeouts. `false`: always `max_in_flight`.
+    pub adaptive_concurrency: bool,
     /// How long revoked partitions may drain before their work is abandoned.
     #[serde(with = "humantime_serde")]
     pub rebalance_timeout: Duration,
@@ -292,6 +305,9 @@ impl Default for DeliveryConfig {
             forbidden_grace: Duration::from_secs(15 * 60),
             rate_limit: 100,
             rate_burst: None,
+            project_rate_limits: BTreeMap::new(),
+            rate_limit_fallback: None,
+            adaptive_concurrency: true,
             rebalance_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
         }

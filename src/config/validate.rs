@@ -173,6 +173,7 @@ impl Config {
             "cache.redis_url: not a valid redis:// or rediss:// URL",
         );
 
+        let mut warnings = Vec::new();
         let d = &self.delivery;
         require(
             &mut errors,
@@ -189,6 +190,36 @@ impl Config {
             d.rate_burst != Some(0),
             "delivery.rate_burst: must be at least 1",
         );
+        for (project, cap) in &d.project_rate_limits {
+            if ProjectRef::parse(project).is_err() {
+                errors.push(format!(
+                    "delivery.project_rate_limits: {project:?} is not a project id (6 to 30 lowercase letters, digits and hyphens)"
+                ));
+            }
+            if *cap == 0 {
+                errors.push(format!(
+                    "delivery.project_rate_limits.{project}: must be at least 1 (remove the entry for no cap)"
+                ));
+            } else if d.rate_limit > 0 && *cap > d.rate_limit {
+                warnings.push(format!(
+                    "delivery.project_rate_limits.{project} = {cap} is above delivery.rate_limit = {}: the budget caps it first",
+                    d.rate_limit
+                ));
+            }
+        }
+        if let Some(fallback) = d.rate_limit_fallback {
+            require(
+                &mut errors,
+                fallback >= 1,
+                "delivery.rate_limit_fallback: must be at least 1 (it is never unlimited)",
+            );
+            if d.rate_limit > 0 && fallback > d.rate_limit {
+                warnings.push(format!(
+                    "delivery.rate_limit_fallback = {fallback} is above delivery.rate_limit = {}: each instance could spend more than the whole budget while Redis is down",
+                    d.rate_limit
+                ));
+            }
+        }
         require(
             &mut errors,
             d.max_event_bytes >= 1024,
@@ -246,7 +277,6 @@ impl Config {
         };
 
         let mut overrides = Vec::new();
-        let mut warnings = Vec::new();
         for topic in OutcomeTopic::ALL {
             let table = match topic {
                 OutcomeTopic::Logins => &self.rules.logins,

@@ -1,4 +1,4 @@
-//! Sending one annotation: the halt gates, the rate limit and an in-flight slot, then the
+//! Sending one annotation: the halt gates, an in-flight slot and the quota budget, then the
 //! call. What an answer means is decided by [`crate::failure::classify`]; the gates learn
 //! from it here (a refusal closes one, an answer opens it), and the event runner settles
 //! the failure.
@@ -7,15 +7,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{Semaphore, SemaphorePermit};
-
+use super::concurrency::{Concurrency, Signal, Slot};
 use super::gate::{Gate, Pass, Probe};
 use crate::annotate::AnnotateClient;
+use crate::budget::Budget;
 use crate::domain::assessment::AssessmentName;
-use crate::failure::{DeadLetter, DeadLetterReason, Failure, Halt, HaltScope};
+use crate::failure::{DeadLetter, DeadLetterReason, Failure, Halt, HaltScope, RetryCause};
 use crate::health::Health;
 use crate::telemetry::Metrics;
+use bytes::Bytes;
 
 /// Most projects held closed at once; beyond it, a refused event of yet another project is
 /// set aside at once (state stays bounded whatever the events name).
@@ -170,6 +170,16 @@ impl HaltGates {
     }
 }
 
+/// What an answer says of the endpoint's load.
+fn signal(status: Option<u16>, result: &Result<(), Failure>) -> Signal {
+    match (status, result) {
+        (Some(429 | 503), _) => Signal::PushedBack,
+        (_, Err(Failure::Retry(retry))) if retry.cause == RetryCause::Timeout => Signal::PushedBack,
+        (_, Ok(()) | Err(Failure::DeadLetter(_))) => Signal::Answered,
+        _ => Signal::Neutral,
+    }
+}
+
 fn forbidden(detail: &str) -> Failure {
     Failure::DeadLetter(DeadLetter {
         reason: DeadLetterReason::Forbidden,
@@ -178,14 +188,14 @@ fn forbidden(detail: &str) -> Failure {
     })
 }
 
-/// Sends annotate calls within the in-flight bound and the rate limit.
+/// Sends annotate calls within the in-flight limit and the quota budget.
 pub struct Sender {
     /// The HTTP clients, the endpoint and the credentials.
     client: AnnotateClient,
-    /// `delivery.max_in_flight` slots, shared by every partition.
-    in_flight: Semaphore,
-    /// `delivery.rate_limit` with `delivery.rate_burst`, when set.
-    limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// In-flight slots, shared by every partition: adaptive up to `delivery.max_in_flight`.
+    in_flight: Concurrency,
+    /// The quota budget (`delivery.rate_limit`, project caps), learning from 429s.
+    budget: Budget,
     /// Closed while the service or a project is halted.
     gates: HaltGates,
     /// Calls by status class, their duration, calls in flight.
@@ -195,23 +205,15 @@ pub struct Sender {
 impl Sender {
     pub fn new(
         client: AnnotateClient,
-        max_in_flight: usize,
-        rate: (u32, Option<u32>),
+        in_flight: Concurrency,
+        budget: Budget,
         gates: HaltGates,
         metrics: Metrics,
     ) -> Self {
-        let (rate_limit, rate_burst) = rate;
-        let limiter = std::num::NonZeroU32::new(rate_limit).map(|per_second| {
-            let burst = rate_burst.unwrap_or(rate_limit / 10).max(1);
-            let burst = std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN);
-            governor::RateLimiter::direct(
-                governor::Quota::per_second(per_second).allow_burst(burst),
-            )
-        });
         Self {
             client,
-            in_flight: Semaphore::new(max_in_flight),
-            limiter,
+            in_flight,
+            budget,
             gates,
             metrics,
         }
@@ -226,20 +228,20 @@ impl Sender {
         body: &Bytes,
         record: &str,
         probe: &mut Probe,
-    ) -> Result<Option<SemaphorePermit<'_>>, Failure> {
+    ) -> Result<Slot<'_>, Failure> {
         let project = name.project();
         Box::pin(self.gates.pass(project, record, probe)).await?;
         // The slot first, then the token, then the call: a token is only taken when the call
         // can go out at once, so tokens never pile up behind a slow endpoint and go out in
-        // one burst when it answers again. (The semaphore is never closed.)
-        let slot = self.in_flight.acquire().await.ok();
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
-        }
+        // one burst when it answers again.
+        let slot = self.budget.admit(project, self.in_flight.acquire()).await;
         self.metrics.in_flight.inc();
         let call = self.client.annotate(name, body.clone()).await;
         self.metrics.in_flight.dec();
         self.metrics.call_finished(call.status, call.elapsed);
+        self.budget.answered(project, call.status);
+        self.in_flight
+            .observe(call.elapsed, signal(call.status, &call.result));
         match call.result {
             Ok(()) => {
                 self.gates.answered(project, record, probe);

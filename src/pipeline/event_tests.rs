@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::Runner;
 use crate::annotate::AnnotateClient;
 use crate::annotate::auth::Auth;
+use crate::budget::Budget;
 use crate::cache::memory::MemoryCache;
 use crate::cache::{Cache, CacheError, Lookup};
 use crate::config::{KafkaConfig, RecaptchaConfig};
@@ -17,6 +18,7 @@ use crate::dead_letter::DeadLetterWriter;
 use crate::domain::assessment::{AssessmentName, CorrelationKey, ProjectAllowList};
 use crate::health::Health;
 use crate::pipeline::catchup::CatchUp;
+use crate::pipeline::concurrency::Concurrency;
 use crate::pipeline::deliver::{HaltGates, Sender};
 use crate::pipeline::join::Joiner;
 use crate::pipeline::message::{Message, TopicKind};
@@ -119,7 +121,13 @@ impl Harness {
         let runner = Runner {
             store,
             joiner,
-            sender: Sender::new(client, 16, (0, None), gate, metrics.clone()),
+            sender: Sender::new(
+                client,
+                Concurrency::new(16, false, metrics.clone()),
+                Budget::unlimited(metrics.clone()),
+                gate,
+                metrics.clone(),
+            ),
             dead_letters: DeadLetterWriter::new(&KafkaConfig::default()).unwrap(),
             book: Arc::clone(&book),
             metrics: metrics.clone(),

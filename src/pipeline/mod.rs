@@ -14,6 +14,7 @@
 pub mod backpressure;
 pub mod catchup;
 pub mod commit;
+pub mod concurrency;
 pub mod deliver;
 pub mod event;
 pub mod gate;

@@ -104,4 +104,38 @@ impl Metrics {
             None => tracing::info!("cache reachable again"),
         }
     }
+
+    /// The quota budget granted a call after `waited`.
+    pub fn budget_granted(&self, waited: Duration) {
+        self.budget_granted.inc();
+        self.budget_wait.inc_by(waited.as_secs_f64());
+    }
+
+    /// The budget's Redis call failed: this instance spends its `share` locally.
+    pub fn budget_fallback(&self, error: &str, share: f64) {
+        self.budget_shared.set(0);
+        tracing::warn!(error = %error, share_per_second = share, "quota budget: Redis unreachable; this instance spends its share of the budget locally until Redis answers");
+    }
+
+    /// The budget's Redis answers again.
+    pub fn budget_shared_again(&self) {
+        self.budget_shared.set(1);
+        tracing::info!("quota budget: Redis answers again; the group shares one budget");
+    }
+
+    /// A 429 for a project (`project`: its label).
+    pub fn throttled(&self, project: &str) {
+        self.throttled.with_label_values(&[project]).inc();
+    }
+
+    /// A project's own rate after 429s changed to `rate` calls per second.
+    pub fn budget_throttle_changed(&self, project: &str, rate: f64) {
+        self.effective_rate.with_label_values(&[project]).set(rate);
+        tracing::debug!(project = %project, rate, "rate after 429s");
+    }
+
+    /// The rate this instance may spend for `project` (`all`: the budget).
+    pub fn effective_rate(&self, project: &str, rate: f64) {
+        self.effective_rate.with_label_values(&[project]).set(rate);
+    }
 }

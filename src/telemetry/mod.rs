@@ -2,13 +2,15 @@
 //! log and count ([`events`]), and the logging setup.
 //!
 //! Labels are bounded: topic (four configured names), partition, result, status class,
-//! retry cause, dead-letter reason. Never keys, ids or account data.
+//! retry cause, dead-letter reason, and project only for the projects the config names
+//! (`recaptcha.project`, `allowed_projects`, `project_rate_limits`; any other is `other`).
+//! Never keys, ids or account data.
 
 mod events;
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder as _, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::domain::rules::OutcomeTopic;
@@ -58,6 +60,16 @@ pub struct Metrics {
     pub stalled_partitions: IntGauge,
     /// `annotator_halted_projects`: projects whose calls are halted by 403.
     pub halted_projects: IntGauge,
+    /// The adaptive in-flight limit.
+    pub concurrency_limit: IntGauge,
+    pub budget_granted: IntCounter,
+    pub budget_wait: Counter,
+    /// 1 while the group's budget in Redis is used.
+    pub budget_shared: IntGauge,
+    /// Calls per second this instance may spend: `all`, and per capped or throttled project.
+    pub effective_rate: GaugeVec,
+    /// 429 answers by project.
+    pub throttled: IntCounterVec,
 }
 
 /// Registers `metric` in `registry`. The definitions are constants of this file, so a
@@ -217,6 +229,44 @@ impl Metrics {
                 "annotator_stalled_partitions",
                 "Partitions whose commit point is held by an event that crashed (until revoked or restarted)",
             ),
+            concurrency_limit: gauge(
+                &registry,
+                "annotator_concurrency_limit",
+                "Annotate calls allowed in flight now (adaptive, up to delivery.max_in_flight)",
+            ),
+            budget_granted: counter(
+                &registry,
+                "annotator_rate_budget_granted_total",
+                "Annotate calls granted by the quota budget",
+            ),
+            budget_wait: register(
+                &registry,
+                Counter::new(
+                    "annotator_rate_budget_wait_seconds_total",
+                    "Time calls waited for the quota budget (backpressure, not failure)",
+                ),
+            ),
+            budget_shared: gauge(
+                &registry,
+                "annotator_rate_budget_shared",
+                "1 while the group's budget in Redis is used; 0 when per instance (no Redis) or in the fallback share (Redis unreachable)",
+            ),
+            effective_rate: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "annotator_rate_effective",
+                        "Calls per second this instance may spend now: project=\"all\" is the budget (or this instance's fallback share); other labels are capped projects and projects slowed after 429s",
+                    ),
+                    &["project"],
+                ),
+            ),
+            throttled: counter_vec(
+                &registry,
+                "annotator_throttled_total",
+                "429 answers by project (configured projects by name, others as \"other\")",
+                &["project"],
+            ),
             end_to_end: register(
                 &registry,
                 HistogramVec::new(
@@ -249,6 +299,7 @@ impl Metrics {
         for result in ["inline", "hit", "waited", "unjoined"] {
             self.joins.with_label_values(&[result]);
         }
+        self.throttled.with_label_values(&["other"]);
         for kind in ["assign", "revoke", "error"] {
             self.rebalances.with_label_values(&[kind]);
         }

@@ -1,0 +1,475 @@
+//! The quota budget: how many annotate calls per second this service may spend of the Google
+//! project's quota, which it shares with the site's own `assessments.create` calls.
+//!
+//! - `delivery.rate_limit` with `delivery.rate_burst` is the budget of the whole consumer
+//!   group when the cache is Redis ([`redis`]: GCRA in one Lua script), else of this
+//!   instance ([`gcra`] locally). `delivery.project_rate_limits` caps single projects inside
+//!   it; both are taken in one step, or neither.
+//! - Redis unreachable: each instance spends its fair share locally, the budget divided by
+//!   the members of the group it last saw (or `delivery.rate_limit_fallback`), and asks Redis
+//!   again after [`RETRY_SHARED_AFTER`].
+//! - 429s feed back ([`Throttle`]): a project answering 429 gets a lower rate of its own,
+//!   cut by a tenth each second with 429s and raised by a fiftieth of its base each second
+//!   without, until back at its base.
+//! - Order ([`Budget::admit`]): one caller per project at a time takes its turn, waits for an
+//!   in-flight slot, then for the token, then calls. A token is never held while the call
+//!   cannot go out, and a project waiting for its cap holds at most one slot.
+
+pub mod gcra;
+pub mod members;
+pub mod redis;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use self::gcra::{Gcra, Rate};
+use self::redis::SharedBudget;
+use crate::telemetry::Metrics;
+
+/// After a failed Redis budget call, how long the local share is used before Redis is asked
+/// again.
+pub const RETRY_SHARED_AFTER: Duration = Duration::from_secs(1);
+
+/// A budget call that takes longer is treated as Redis being unreachable.
+const SHARED_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Most projects with a 429 rate of their own at once.
+const MAX_THROTTLED: usize = 1000;
+
+/// The operator's settings.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `delivery.rate_limit`; 0: no budget.
+    pub rate: u32,
+    /// `delivery.rate_burst`, defaulted.
+    pub burst: u32,
+    /// `delivery.project_rate_limits`.
+    pub project_caps: BTreeMap<String, u32>,
+    /// `delivery.rate_limit_fallback`.
+    pub fallback: Option<u32>,
+    /// Projects named in the config (`recaptcha.project`, `allowed_projects`, the caps): the
+    /// `project` label of the budget's metrics; others are `other`.
+    pub known_projects: HashSet<String>,
+}
+
+impl Settings {
+    /// The burst of a cap or rate: a tenth of it, at least 1.
+    fn default_burst(rate: u32) -> u32 {
+        (rate / 10).max(1)
+    }
+}
+
+/// A project's own rate after 429s.
+struct Throttle {
+    /// Of the project's base rate (its cap, else the budget), 0.05..1.
+    factor: f64,
+    window_start: Instant,
+    throttled: u32,
+}
+
+/// Where tokens come from now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Redis, for the group.
+    Shared,
+    /// Locally: no Redis (the embedded or memory cache), the budget is this instance's.
+    Local,
+    /// Locally, Redis unreachable: this instance's share.
+    Fallback,
+}
+
+pub struct Budget {
+    settings: Settings,
+    shared: Option<SharedBudget>,
+    local: Mutex<Gcra>,
+    /// Members of the consumer group last seen (0: never seen).
+    members: Arc<AtomicUsize>,
+    /// Set while Redis is treated as unreachable: until when.
+    shared_down_until: Mutex<Option<Instant>>,
+    /// Whether the last Redis budget call failed (for the fallback and recovery lines).
+    in_fallback: AtomicBool,
+    throttles: Mutex<HashMap<String, Throttle>>,
+    /// One turn per limited project (`""`: the rest), so callers take tokens in arrival order
+    /// and a project waiting for its cap holds one in-flight slot, not all of them.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The local GCRA's clock (tokio's, so tests can run it paused).
+    started: tokio::time::Instant,
+    metrics: Metrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Budget {
+    /// `shared`: the Redis budget of the group, when the cache is Redis. `members`: kept up to
+    /// date by whoever watches the group.
+    pub fn new(
+        settings: Settings,
+        shared: Option<SharedBudget>,
+        members: Arc<AtomicUsize>,
+        metrics: Metrics,
+    ) -> Self {
+        let budget = Self {
+            shared_down_until: Mutex::default(),
+            in_fallback: AtomicBool::new(false),
+            local: Mutex::default(),
+            throttles: Mutex::default(),
+            turns: Mutex::default(),
+            started: tokio::time::Instant::now(),
+            settings,
+            shared,
+            members,
+            metrics,
+        };
+        budget.show_rates();
+        budget
+    }
+
+    /// A budget that never waits (tests of other parts).
+    pub fn unlimited(metrics: Metrics) -> Self {
+        Self::new(Settings::default(), None, Arc::default(), metrics)
+    }
+
+    fn label<'a>(&self, project: &'a str) -> &'a str {
+        if self.settings.known_projects.contains(project) {
+            project
+        } else {
+            "other"
+        }
+    }
+
+    /// Whether calls of `project` are limited at all.
+    fn limited(&self, project: &str) -> bool {
+        self.settings.rate > 0
+            || self.settings.project_caps.contains_key(project)
+            || lock(&self.throttles).contains_key(project)
+    }
+
+    fn source(&self) -> Source {
+        if self.shared.is_none() {
+            return Source::Local;
+        }
+        let mut down = lock(&self.shared_down_until);
+        match *down {
+            Some(until) if Instant::now() < until => Source::Fallback,
+            Some(_) => {
+                *down = None;
+                Source::Shared
+            }
+            None => Source::Shared,
+        }
+    }
+
+    /// This instance's share of the group's budget while Redis is unreachable.
+    fn fallback_share(&self) -> f64 {
+        let rate = f64::from(self.settings.rate.max(1));
+        match self.settings.fallback {
+            Some(fallback) => (f64::from(fallback) / rate).min(1.0),
+            None => {
+                #[allow(clippy::cast_precision_loss)]
+                let members = self.members.load(Ordering::Relaxed).max(1) as f64;
+                1.0 / members
+            }
+        }
+    }
+
+    /// The limits one call of `project` takes from: the budget, and the project's own rate
+    /// (its cap, lowered after 429s) when it has one.
+    fn limits(&self, project: &str, source: Source) -> Vec<(String, Rate)> {
+        let share = if source == Source::Fallback {
+            self.fallback_share()
+        } else {
+            1.0
+        };
+        let mut limits = Vec::with_capacity(2);
+        let s = &self.settings;
+        if s.rate > 0 {
+            let budget = Rate {
+                per_second: f64::from(s.rate),
+                burst: s.burst,
+            };
+            limits.push(("all".to_owned(), budget.scaled(share)));
+        }
+        let cap = s.project_caps.get(project).copied();
+        let factor = lock(&self.throttles).get(project).map(|t| t.factor);
+        let base = cap.or((s.rate > 0).then_some(s.rate));
+        if let Some(base) = base
+            && (cap.is_some() || factor.is_some())
+        {
+            let own = Rate {
+                per_second: f64::from(base) * factor.unwrap_or(1.0),
+                burst: Settings::default_burst(base),
+            };
+            limits.push((format!("project:{project}"), own.scaled(share)));
+        }
+        limits
+    }
+
+    fn turn(&self, project: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let key = if self.settings.project_caps.contains_key(project)
+            || lock(&self.throttles).contains_key(project)
+        {
+            project
+        } else {
+            ""
+        };
+        let mut turns = lock(&self.turns);
+        if let Some(turn) = turns.get(key) {
+            return Arc::clone(turn);
+        }
+        if turns.len() > MAX_THROTTLED + self.settings.project_caps.len() {
+            turns.retain(|_, t| Arc::strong_count(t) > 1);
+        }
+        Arc::clone(turns.entry(key.to_owned()).or_default())
+    }
+
+    /// Waits for `slot` (an in-flight slot), then for one call of `project` from the
+    /// budget; returns the slot. Only the one caller per project whose turn it is waits for
+    /// a slot, so the token it then takes goes out at once.
+    pub async fn admit<S>(&self, project: &str, slot: impl Future<Output = S>) -> S {
+        if !self.limited(project) {
+            return slot.await;
+        }
+        let turn = self.turn(project);
+        let _turn = turn.lock().await;
+        let slot = slot.await;
+        self.take(project).await;
+        slot
+    }
+
+    async fn take(&self, project: &str) {
+        let asked = Instant::now();
+        loop {
+            let source = self.source();
+            let limits = self.limits(project, source);
+            if limits.is_empty() {
+                return;
+            }
+            let refs: Vec<(&str, Rate)> = limits.iter().map(|(k, r)| (k.as_str(), *r)).collect();
+            let answer = match (&self.shared, source) {
+                (Some(shared), Source::Shared) => {
+                    match tokio::time::timeout(SHARED_TIMEOUT, shared.take(&refs)).await {
+                        Ok(Ok(answer)) => {
+                            self.shared_answered();
+                            Some(answer)
+                        }
+                        Ok(Err(redis::Unreachable(error))) => {
+                            self.shared_failed(&error);
+                            None
+                        }
+                        Err(_) => {
+                            self.shared_failed("no answer in time");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let answer = answer.unwrap_or_else(|| self.take_locally(&refs));
+            match answer {
+                Ok(()) => {
+                    self.metrics.budget_granted(asked.elapsed());
+                    return;
+                }
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    fn take_locally(&self, limits: &[(&str, Rate)]) -> Result<(), Duration> {
+        let now = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        lock(&self.local)
+            .take(limits, now)
+            .map_err(Duration::from_micros)
+    }
+
+    fn shared_answered(&self) {
+        if self.in_fallback.swap(false, Ordering::AcqRel) {
+            self.metrics.budget_shared_again();
+            self.show_rates();
+        }
+    }
+
+    fn shared_failed(&self, error: &str) {
+        *lock(&self.shared_down_until) = Some(Instant::now() + RETRY_SHARED_AFTER);
+        if !self.in_fallback.swap(true, Ordering::AcqRel) {
+            let share = self.fallback_share() * f64::from(self.settings.rate);
+            self.metrics.budget_fallback(error, share);
+            self.show_rates();
+        }
+    }
+
+    /// An answer to a call of `project` (`None`: no answer): 429s lower the project's own
+    /// rate; a second without them raises it again.
+    pub fn answered(&self, project: &str, status: Option<u16>) {
+        let throttled = status == Some(429);
+        if throttled {
+            self.metrics.throttled(self.label(project));
+        }
+        let base = self
+            .settings
+            .project_caps
+            .get(project)
+            .copied()
+            .unwrap_or(self.settings.rate);
+        if base == 0 {
+            // No budget to lower: the adaptive concurrency alone answers 429s.
+            return;
+        }
+        let changed = {
+            let mut throttles = lock(&self.throttles);
+            if !throttles.contains_key(project) {
+                if !throttled || throttles.len() >= MAX_THROTTLED {
+                    return;
+                }
+                throttles.insert(
+                    project.to_owned(),
+                    Throttle {
+                        factor: 1.0,
+                        window_start: Instant::now(),
+                        throttled: 0,
+                    },
+                );
+            }
+            let Some(t) = throttles.get_mut(project) else {
+                return;
+            };
+            t.throttled += u32::from(throttled);
+            if t.window_start.elapsed() < Duration::from_secs(1) {
+                return;
+            }
+            t.factor = if t.throttled > 0 {
+                (t.factor * 0.9).max(0.05)
+            } else {
+                t.factor + 0.02
+            };
+            t.window_start = Instant::now();
+            t.throttled = 0;
+            let factor = t.factor;
+            if factor >= 1.0 {
+                throttles.remove(project);
+            }
+            factor.min(1.0)
+        };
+        self.metrics
+            .budget_throttle_changed(self.label(project), f64::from(base) * changed);
+        if changed >= 1.0 {
+            tracing::info!(
+                project,
+                "no more 429s: the project's rate is back at its base"
+            );
+        }
+    }
+
+    /// Sets `annotator_rate_effective` for the budget and the capped projects.
+    fn show_rates(&self) {
+        let share = if self.in_fallback.load(Ordering::Acquire) {
+            self.fallback_share()
+        } else {
+            1.0
+        };
+        let s = &self.settings;
+        self.metrics
+            .effective_rate("all", f64::from(s.rate) * share);
+        for (project, cap) in &s.project_caps {
+            self.metrics
+                .effective_rate(self.label(project), f64::from(*cap) * share);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(rate: u32, caps: &[(&str, u32)]) -> Settings {
+        Settings {
+            rate,
+            burst: Settings::default_burst(rate),
+            project_caps: caps.iter().map(|(p, c)| ((*p).to_owned(), *c)).collect(),
+            fallback: None,
+            known_projects: HashSet::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_capped_project_waits_without_holding_back_the_others() {
+        let budget = Arc::new(Budget::new(
+            settings(1000, &[("slow", 2)]),
+            None,
+            Arc::default(),
+            Metrics::new(),
+        ));
+        let slots = Arc::new(tokio::sync::Semaphore::new(4));
+        let started = tokio::time::Instant::now();
+        let mut slow = Vec::new();
+        for _ in 0..4 {
+            let (budget, slots) = (Arc::clone(&budget), Arc::clone(&slots));
+            slow.push(tokio::spawn(async move {
+                let _slot = budget.admit("slow", slots.acquire_owned()).await;
+                tokio::time::Instant::now()
+            }));
+        }
+        tokio::task::yield_now().await;
+        // The fast project still gets slots and tokens while "slow" waits for its cap.
+        for _ in 0..50 {
+            let _slot = budget.admit("fast", slots.acquire()).await;
+        }
+        assert!(started.elapsed() < Duration::from_millis(100));
+        let mut done = Vec::new();
+        for task in slow {
+            done.push(task.await.unwrap() - started);
+        }
+        done.sort();
+        // 2/s with a burst of 1: one at once, then one per half second.
+        assert!(done[3] >= Duration::from_millis(1500), "{done:?}");
+    }
+
+    #[tokio::test]
+    async fn redis_unreachable_falls_back_to_the_share_of_the_last_known_group() {
+        let members = Arc::new(AtomicUsize::new(4));
+        let metrics = Metrics::new();
+        let budget = Budget::new(settings(400, &[]), None, members, metrics);
+        // What the instance spends in fallback: a quarter of the budget.
+        assert!((budget.fallback_share() - 0.25).abs() < 1e-9);
+        let limits = budget.limits("p", Source::Fallback);
+        assert_eq!(limits[0].1.per_second, 100.0);
+        assert_eq!(limits[0].1.burst, 10);
+        let explicit = Budget::new(
+            Settings {
+                fallback: Some(50),
+                ..settings(400, &[])
+            },
+            None,
+            Arc::default(),
+            Metrics::new(),
+        );
+        assert_eq!(explicit.limits("p", Source::Fallback)[0].1.per_second, 50.0);
+    }
+
+    #[tokio::test]
+    async fn sustained_429s_lower_the_projects_rate_and_it_recovers() {
+        let budget = Budget::new(settings(300, &[]), None, Arc::default(), Metrics::new());
+        assert_eq!(budget.limits("p", Source::Local).len(), 1);
+        budget.answered("p", Some(429));
+        for _ in 0..3 {
+            lock(&budget.throttles).get_mut("p").unwrap().window_start -= Duration::from_secs(1);
+            budget.answered("p", Some(429));
+        }
+        let own = budget.limits("p", Source::Local)[1].1.per_second;
+        assert!((own - 300.0 * 0.9f64.powi(3)).abs() < 1e-6, "{own}");
+        // Other projects keep the whole budget.
+        assert_eq!(budget.limits("q", Source::Local).len(), 1);
+        for _ in 0..20 {
+            if let Some(t) = lock(&budget.throttles).get_mut("p") {
+                t.window_start -= Duration::from_secs(1);
+            }
+            budget.answered("p", Some(200));
+        }
+        assert!(!lock(&budget.throttles).contains_key("p"), "recovered");
+        assert_eq!(budget.limits("p", Source::Local).len(), 1);
+    }
+}

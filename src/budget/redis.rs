@@ -1,0 +1,102 @@
+//! The group's budget in Redis: the GCRA of [`super::gcra`] in one Lua script, so taking a
+//! call from the group's limit and its project's is one atomic round trip, timed by the Redis
+//! server's clock (instances' clocks do not matter).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::{ExposeSecret as _, SecretString};
+
+use super::gcra::Rate;
+
+/// KEYS: one TAT per limit. ARGV: per key, its interval and slack in microseconds.
+/// Returns 0 when granted (every TAT moved on), else the microseconds to wait (none moved).
+const TAKE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tats = {}
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  tats[i] = tat
+  local over = tat - now - tonumber(ARGV[2 * i])
+  if over > wait then wait = over end
+end
+if wait > 0 then return wait end
+for i, key in ipairs(KEYS) do
+  local next = tats[i] + tonumber(ARGV[2 * i - 1])
+  redis.call('SET', key, string.format('%d', next), 'PX', math.floor((next - now) / 1000) + 1000)
+end
+return 0
+";
+
+/// A failed or unanswered budget call: the instance falls back to its share.
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+pub struct SharedBudget {
+    client: redis::Client,
+    /// A connection of its own, so budget calls never queue behind cache traffic; made on
+    /// first use (and again after a failed first try), then it reconnects by itself.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
+    script: redis::Script,
+    /// `cache.redis_budget_prefix`.
+    prefix: String,
+}
+
+impl SharedBudget {
+    /// Checks the URL only; nothing is connected yet.
+    pub fn new(url: &SecretString, prefix: &str) -> Result<Self, Unreachable> {
+        let client = redis::Client::open(url.expose_secret()).map_err(|e| unreachable(&e))?;
+        Ok(Self {
+            client,
+            conn: tokio::sync::OnceCell::new(),
+            script: redis::Script::new(TAKE),
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, Unreachable> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(0);
+        self.conn
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .await
+            .cloned()
+            .map_err(|e| unreachable(&e))
+    }
+
+    /// The Redis key of a limit (`all`, or `project:<id>`).
+    pub fn key(&self, limit: &str) -> String {
+        format!("{}{limit}", self.prefix)
+    }
+
+    /// One call from every limit, or how long to wait.
+    pub async fn take(&self, limits: &[(&str, Rate)]) -> Result<Result<(), Duration>, Unreachable> {
+        let mut invocation = self.script.prepare_invoke();
+        for (key, rate) in limits {
+            invocation
+                .key(self.key(key))
+                .arg(rate.interval_us())
+                .arg(rate.slack_us());
+        }
+        let mut conn = self.conn().await?;
+        let wait: u64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        Ok(if wait == 0 {
+            Ok(())
+        } else {
+            Err(Duration::from_micros(wait))
+        })
+    }
+}
+
+/// Redis errors can quote the URL; keep only the kind and the server's category.
+fn unreachable(err: &redis::RedisError) -> Unreachable {
+    Unreachable(format!("redis {:?}: {}", err.kind(), err.category()))
+}
