@@ -56,6 +56,10 @@ pub enum Command {
         /// A project the key owns (strict mode); repeatable.
         #[arg(long = "project")]
         projects: Vec<String>,
+        /// Annotate calls per second each project may make, as Google's quota: above it,
+        /// 429 RESOURCE_EXHAUSTED. No quota when unset.
+        #[arg(long)]
+        quota: Option<u32>,
     },
     /// Validate the config, reach the broker, the cache and the endpoint, and print the
     /// effective config with secrets redacted. Exits non-zero with the reason.
@@ -182,6 +186,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             record_limit,
             strict,
             projects,
+            quota,
         } => {
             telemetry::init_logging(cli.log_format.unwrap_or(LogFormat::Text), "info");
             let mut sandbox = sandbox::Sandbox::new(api_key, record_limit);
@@ -191,6 +196,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             sandbox.set_script(sandbox::Script {
                 responses: vec![],
                 forbidden: None,
+                quota,
                 default: Some(sandbox::DefaultAnswer {
                     delay_ms: latency_ms,
                     ..Default::default()

@@ -476,21 +476,6 @@ async fn parked_large_events_stay_within_the_memory_bound() {
     assert!(peak_kib < 100 * 1024, "peak RSS {} MB", peak_kib / 1024);
 }
 
-/// The most calls that arrived within any one second.
-fn busiest_second(arrivals: &[u64]) -> usize {
-    let mut sorted = arrivals.to_vec();
-    sorted.sort_unstable();
-    let mut best = 0;
-    let mut start = 0;
-    for end in 0..sorted.len() {
-        while sorted[end] - sorted[start] >= 1000 {
-            start += 1;
-        }
-        best = best.max(end - start + 1);
-    }
-    best
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_endpoint_never_lets_rate_tokens_pile_up_into_a_burst() {
     let env = TestEnv::with_partitions("stall-burst", 4).await;

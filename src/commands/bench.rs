@@ -154,6 +154,7 @@ pub async fn run_once(args: &BenchArgs) -> anyhow::Result<Figures> {
     sandbox.set_script(sandbox::Script {
         responses: vec![],
         forbidden: None,
+        quota: None,
         default: Some(sandbox::DefaultAnswer {
             status: 200,
             delay_ms: delay,

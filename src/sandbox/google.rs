@@ -139,6 +139,15 @@ pub(super) async fn annotate(
         Ok(auth) => auth,
         Err(refused) => return *refused,
     };
+    if sandbox.over_quota(&project) {
+        sandbox.attempt(&name, 429);
+        return google_error(
+            429,
+            "Quota exceeded for quota metric 'Annotate requests' and limit 'Annotate requests per second per project' of service 'recaptchaenterprise.googleapis.com'.",
+            Some("RATE_LIMIT_EXCEEDED"),
+            None,
+        );
+    }
     if let Some(owned) = &sandbox.strict {
         if !owned.contains(&project) {
             return permission_denied(&sandbox, &name, "annotate", &format!("projects/{project}"));

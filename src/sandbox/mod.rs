@@ -87,6 +87,11 @@ pub struct Script {
     /// (`projects/p/`) or one assessment. Replaces the list when given.
     #[serde(default)]
     pub forbidden: Option<Vec<String>>,
+    /// Annotate calls per second each project may make, as Google's per-project quota:
+    /// a call above it in the last second is answered 429 `RESOURCE_EXHAUSTED`
+    /// (`RATE_LIMIT_EXCEEDED`). `0` removes the quota; unset leaves it as it is.
+    #[serde(default)]
+    pub quota: Option<u32>,
 }
 
 /// An accepted request.
@@ -117,6 +122,9 @@ struct Inner {
     script: VecDeque<Scripted>,
     default: DefaultAnswer,
     forbidden: Vec<String>,
+    /// `Script::quota`, and per project when its calls within the quota were made (ms).
+    quota: Option<u32>,
+    quota_windows: std::collections::HashMap<String, VecDeque<u64>>,
     /// Assessment names made by `create` (strict mode annotates only these).
     created: std::collections::HashSet<String>,
 }
@@ -182,6 +190,31 @@ impl Sandbox {
         if let Some(forbidden) = script.forbidden {
             inner.forbidden = forbidden;
         }
+        if let Some(quota) = script.quota {
+            inner.quota = (quota > 0).then_some(quota);
+            inner.quota_windows.clear();
+        }
+    }
+
+    /// Whether a call of `project` now is over its quota; one within it is counted.
+    fn over_quota(&self, project: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(quota) = inner.quota else {
+            return false;
+        };
+        let now = now_ms();
+        let window = inner.quota_windows.entry(project.to_owned()).or_default();
+        while window
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) >= 1000)
+        {
+            window.pop_front();
+        }
+        if window.len() >= quota as usize {
+            return true;
+        }
+        window.push_back(now);
+        false
     }
 
     pub fn recorded(&self) -> Vec<Recorded> {

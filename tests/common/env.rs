@@ -191,6 +191,7 @@ join_retry = "100ms"
             responses,
             default,
             forbidden: None,
+            quota: None,
         });
     }
 
@@ -199,6 +200,7 @@ join_retry = "100ms"
     pub fn forbid(&self, names: &[String]) {
         self.sandbox.set_script(Script {
             forbidden: Some(names.to_vec()),
+            quota: None,
             ..Script::default()
         });
     }

@@ -1,0 +1,295 @@
+#![allow(clippy::unwrap_used)]
+//! The quota budget against the real broker and Redis: shared by the group, per project,
+//! learning from 429s, falling back when Redis stops; the adaptive in-flight limit.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use recaptcha_annotator::config::Config;
+use recaptcha_annotator::sandbox::Script;
+use serde_json::json;
+
+/// `n` events of `project`, one assessment each.
+fn project_events(project: &str, tag: &str, n: usize) -> Vec<(String, Option<String>, String)> {
+    (0..n)
+        .map(|i| {
+            let event = json!({"event_id": format!("{tag}-{i}"), "outcome": "chargeback",
+                "assessment": format!("projects/{project}/assessments/{tag}{i}")});
+            (
+                "fraud-signals".to_owned(),
+                Some(format!("{tag}{i}")),
+                event.to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The config of one more instance of the test: `extra` TOML, its own admin port.
+fn instance(env: &TestEnv, extra: &str) -> Config {
+    let mut config = Config::from_toml(&env.config_toml(extra)).unwrap();
+    config.admin.listen = format!("127.0.0.1:{}", free_port());
+    config
+}
+
+fn distinct_accepted(env: &TestEnv) -> usize {
+    env.sandbox
+        .recorded()
+        .into_iter()
+        .map(|r| r.name)
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+fn arrivals_of(env: &TestEnv, project: &str) -> Vec<u64> {
+    let prefix = format!("projects/{project}/");
+    env.sandbox
+        .attempts()
+        .into_iter()
+        .filter(|a| a.name.starts_with(&prefix))
+        .map(|a| a.at_ms)
+        .collect()
+}
+
+async fn metrics(env: &TestEnv) -> String {
+    env.http_get("/metrics").await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_budget_through_redis() {
+    let env = TestEnv::with_partitions("shared-budget", 4).await;
+    env.produce_bulk(unique_events("sb", 5000)).await;
+    let extra = format!(
+        "{}[delivery]\nrate_limit = 200\nrate_burst = 20\n",
+        env.redis_toml(&redis_url())
+    );
+    // Two processes, as deployed; the endpoint here sees them as Google would.
+    let files = [env.config_file(&extra), env.config_file(&extra)];
+    let instances: Vec<_> = files.iter().map(|f| spawn_binary(f.path())).collect();
+    env.wait_all_committed(Duration::from_secs(90)).await;
+    for instance in &instances {
+        signal(instance, "TERM");
+    }
+    drop(instances);
+    let busiest = busiest_second(&env.sandbox.arrivals());
+    eprintln!("two instances, one budget of 200/s (burst 20): busiest second {busiest} calls");
+    // GCRA grants at most 219 in any second (the burst, then one per 5 ms); a call or two
+    // more is the endpoint's own scheduling jitter at a window's edge.
+    assert!(
+        busiest <= 222,
+        "{busiest} calls in one second, above rate + burst"
+    );
+    assert_eq!(distinct_accepted(&env), 5000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_project_stays_within_its_cap_and_neither_holds_back_the_other() {
+    let env = TestEnv::with_partitions("project-caps", 4).await;
+    let (a, b) = ("alpha-proj", "beta-proj");
+    let mut events = Vec::new();
+    let (slow, fast) = (project_events(a, "a", 500), project_events(b, "b", 1500));
+    let mut fast = fast.into_iter();
+    for event in slow {
+        events.push(event);
+        events.extend(fast.by_ref().take(3));
+    }
+    env.produce_bulk(events).await;
+    let mut config = env.config();
+    env.use_redis(&mut config, &redis_url());
+    config.delivery.rate_limit = 200;
+    config.delivery.project_rate_limits = [(a.to_owned(), 50), (b.to_owned(), 150)].into();
+    let service = env.start(config);
+    env.wait_all_committed(Duration::from_secs(90)).await;
+    let text = metrics(&env).await;
+    service.stop().await;
+    let (busiest_a, busiest_b) = (
+        busiest_second(&arrivals_of(&env, a)),
+        busiest_second(&arrivals_of(&env, b)),
+    );
+    eprintln!("caps 50 and 150 under 200: busiest seconds {busiest_a} and {busiest_b}");
+    assert!(
+        busiest_a <= 57,
+        "{a}: {busiest_a} calls in one second, cap 50"
+    );
+    assert!(
+        busiest_b <= 167,
+        "{b}: {busiest_b} calls in one second, cap 150"
+    );
+    // The capped project waiting for its turn did not take the other's slots or tokens.
+    assert!(busiest_b >= 120, "{b} was held back: {busiest_b}");
+    assert_eq!(distinct_accepted(&env), 2000);
+    assert_eq!(
+        metric(&text, "annotator_rate_effective", &[("project", a)]),
+        Some(50.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_settles_under_the_quota_google_enforces() {
+    let env = TestEnv::with_partitions("quota-429", 4).await;
+    env.produce_bulk(unique_events("q", 4000)).await;
+    // Google's side allows 150/s; the budget says 300/s.
+    env.sandbox.set_script(Script {
+        quota: Some(150),
+        ..Script::default()
+    });
+    let mut config = env.config();
+    config.delivery.rate_limit = 300;
+    let service = env.start(config);
+    env.wait_all_committed(Duration::from_secs(120)).await;
+    let text = metrics(&env).await;
+    service.stop().await;
+    let attempts = env.sandbox.attempts();
+    let start = attempts.first().unwrap().at_ms;
+    let end = attempts.last().unwrap().at_ms;
+    let settled: Vec<_> = attempts
+        .iter()
+        .filter(|a| a.at_ms >= start + 10_000)
+        .collect();
+    let throttled = settled.iter().filter(|a| a.status == 429).count();
+    let accepted = settled.len() - throttled;
+    #[allow(clippy::cast_precision_loss)]
+    let rate = accepted as f64 * 1000.0 / (end - start - 10_000) as f64;
+    #[allow(clippy::cast_precision_loss)]
+    let share = throttled as f64 / settled.len() as f64;
+    eprintln!(
+        "quota 150/s, budget 300/s: after 10 s {rate:.0} calls/s accepted, {:.1}% answered 429",
+        share * 100.0
+    );
+    assert!((120.0..=180.0).contains(&rate), "{rate:.0}/s");
+    assert!(share <= 0.05, "{:.1}% 429s", share * 100.0);
+    assert_eq!(distinct_accepted(&env), 4000, "nothing lost");
+    assert!(metric(&text, "annotator_throttled_total", &[("project", PROJECT)]).unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_limit_grows_under_a_fast_endpoint_and_shrinks_under_503s() {
+    let env = TestEnv::with_partitions("aimd", 4).await;
+    env.script(vec![], Some(answer(200, 20)));
+    env.produce_bulk(unique_events("c", 3000)).await;
+    let mut config = env.config();
+    config.delivery.max_in_flight = 64;
+    let service = env.start(config);
+    env.wait_accepted(1500, Duration::from_secs(60)).await;
+    let grown = metric(&metrics(&env).await, "annotator_concurrency_limit", &[]).unwrap();
+    env.script(vec![], Some(answer(503, 20)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cut = metric(&metrics(&env).await, "annotator_concurrency_limit", &[]).unwrap();
+    env.script(vec![], Some(answer(200, 0)));
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    service.stop().await;
+    eprintln!(
+        "in-flight limit: 8 at start, {grown} under a 20 ms endpoint, {cut} after 2 s of 503s"
+    );
+    assert!(grown >= 32.0, "did not grow: {grown}");
+    assert!(cut < grown / 2.0, "did not shrink: {grown} -> {cut}");
+    assert_eq!(distinct_accepted(&env), 3000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_budget_never_runs_out_a_joined_outcomes_grace() {
+    let env = TestEnv::with_partitions("budget-grace", 2).await;
+    let mut records = Vec::new();
+    for i in 0..100 {
+        let outcome = json!({"event_id": format!("g-{i}"), "outcome": "chargeback", "key": format!("key-{i}")});
+        records.push((
+            "fraud-signals".to_owned(),
+            Some(format!("key-{i}")),
+            outcome.to_string(),
+        ));
+        let mapping = json!({"key": format!("key-{i}"), "assessment": format!("projects/{PROJECT}/assessments/g{i}")});
+        records.push((
+            "assessments".to_owned(),
+            Some(format!("key-{i}")),
+            mapping.to_string(),
+        ));
+    }
+    env.produce_bulk(records).await;
+    let mut config = env.config();
+    // 100 calls at 10/s: the last waits ten seconds for budget, five times the grace.
+    config.delivery.rate_limit = 10;
+    config.delivery.rate_burst = Some(1);
+    config.delivery.join_grace = Duration::from_secs(2);
+    config.delivery.max_in_flight = 4;
+    config.delivery.max_pending = 10;
+    let service = env.start(config);
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    service.stop().await;
+    assert!(
+        env.dead_letters(0, Duration::from_millis(500)).is_empty(),
+        "an outcome was dead-lettered while it waited for budget"
+    );
+    assert_eq!(distinct_accepted(&env), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_each_instance_spends_its_share() {
+    let env = TestEnv::with_partitions("budget-fallback", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = PrivateRedis::start(dir.path());
+    env.produce_bulk(unique_events("f", 5000)).await;
+    // Inline names and no duplicate memory: events need no cache, only the budget.
+    let extra = format!(
+        "{}dedup_ttl = \"0s\"\n[delivery]\nrate_limit = 200\nrate_burst = 20\n",
+        env.redis_toml(&redis.url())
+    );
+    let mut first = instance(&env, &extra);
+    first.admin.listen = format!("127.0.0.1:{}", env.admin_port);
+    let first = env.start(first);
+    let second = env.start(instance(&env, &extra));
+    env.wait_accepted(1500, Duration::from_secs(60)).await;
+    redis.stop();
+    let stopped = recaptcha_annotator_now_ms();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let text = metrics(&env).await;
+    redis.restart();
+    let restarted = recaptcha_annotator_now_ms();
+    env.wait_all_committed(Duration::from_secs(90)).await;
+    let after = metrics(&env).await;
+    first.stop().await;
+    second.stop().await;
+    // From a moment after the stop (calls granted just before may still arrive) to the
+    // restart.
+    let outage: Vec<u64> = env
+        .sandbox
+        .arrivals()
+        .into_iter()
+        .filter(|t| *t >= stopped + 500 && *t < restarted)
+        .collect();
+    let busiest = busiest_second(&outage);
+    eprintln!(
+        "Redis stopped 8 s: {} calls, busiest second {busiest} (two instances, each 100/s + 10)",
+        outage.len()
+    );
+    assert!(!outage.is_empty(), "the stream stopped with Redis");
+    assert!(
+        busiest <= 222,
+        "{busiest} calls in one second without Redis"
+    );
+    assert_eq!(
+        metric(&text, "annotator_rate_budget_shared", &[]),
+        Some(0.0)
+    );
+    // This instance's share: the budget over the two members it saw.
+    assert_eq!(
+        metric(&text, "annotator_rate_effective", &[("project", "all")]),
+        Some(100.0)
+    );
+    assert_eq!(
+        metric(&after, "annotator_rate_budget_shared", &[]),
+        Some(1.0)
+    );
+    assert_eq!(distinct_accepted(&env), 5000);
+}
+
+fn recaptcha_annotator_now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
