@@ -112,6 +112,11 @@ pub enum Command {
         /// Talk HTTP/1.1 to the sandbox instead of HTTP/2.
         #[arg(long)]
         http1: bool,
+        /// delivery.rate_limit: drain the backlog within this budget and report the drain
+        /// time, the endpoint's busiest second and the limiter's cost per call (use
+        /// --backend redis for the group's shared budget).
+        #[arg(long, default_value_t = 0)]
+        rate_limit: u32,
     },
     /// End-to-end demo on local defaults: sandbox endpoint, fresh topics, sample events for
     /// every rule, the service running until all of them are committed.
@@ -248,6 +253,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             redis_url,
             max_pending,
             http1,
+            rate_limit,
         } => {
             telemetry::init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
             let args = bench::BenchArgs {
@@ -263,6 +269,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 redis_url,
                 max_pending,
                 http2: !http1,
+                rate_limit,
             };
             bench::run(args, !no_baseline).await
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use recaptcha_annotator::config::Config;
-use recaptcha_annotator::sandbox::Script;
+use recaptcha_annotator::sandbox::{Script, busiest_second};
 use serde_json::json;
 
 /// `n` events of `project`, one assessment each.
@@ -73,7 +73,7 @@ async fn two_instances_share_one_budget_through_redis() {
         signal(instance, "TERM");
     }
     drop(instances);
-    let busiest = busiest_second(&env.sandbox.arrivals());
+    let busiest = env.sandbox.busiest_second();
     eprintln!("two instances, one budget of 200/s (burst 20): busiest second {busiest} calls");
     // GCRA grants at most 219 in any second (the burst, then one per 5 ms); a call or two
     // more is the endpoint's own scheduling jitter at a window's edge.

@@ -236,7 +236,8 @@ impl Budget {
         let turn = self.turn(project);
         let _turn = turn.lock().await;
         let slot = slot.await;
-        self.take(project).await;
+        // Boxed: the Redis call's state would otherwise add to the size of every event task.
+        Box::pin(self.take(project)).await;
         slot
     }
 

@@ -23,6 +23,8 @@ pub struct Figures {
     pub peak_rss_kib: u64,
     pub p50_ms: u64,
     pub p99_ms: u64,
+    /// The most calls the endpoint saw within one second.
+    pub busiest_second: usize,
 }
 
 impl Figures {
@@ -83,6 +85,8 @@ pub struct BenchArgs {
     pub max_pending: Option<usize>,
     /// HTTP/2 to the sandbox (as to Google, where ALPN picks it); else HTTP/1.1.
     pub http2: bool,
+    /// `delivery.rate_limit`; 0 measures the pipeline without a budget.
+    pub rate_limit: u32,
 }
 
 pub async fn run_once(args: &BenchArgs) -> anyhow::Result<Figures> {
@@ -193,12 +197,13 @@ path = "{path}"
 redis_url = "{redis_url}"
 redis_prefix = "{prefix}key:"
 redis_done_prefix = "{prefix}done:"
+redis_budget_prefix = "{prefix}budget:"
 [admin]
 listen = "127.0.0.1:0"
 [delivery]
 max_in_flight = {in_flight}
-# The bench measures the pipeline, not a quota.
-rate_limit = 0
+# 0 (the default here) measures the pipeline, not a quota.
+rate_limit = {rate_limit}
 {max_pending}[log]
 level = "warn"
 "#,
@@ -213,6 +218,7 @@ level = "warn"
         redis_url = args.redis_url,
         in_flight = args.max_in_flight,
         http2 = args.http2,
+        rate_limit = args.rate_limit,
     );
     let mut file = tempfile::NamedTempFile::new()?;
     file.write_all(config.as_bytes())?;
@@ -288,6 +294,7 @@ level = "warn"
         peak_rss_kib: peak,
         p50_ms: pct(50),
         p99_ms: pct(99),
+        busiest_second: sandbox.busiest_second(),
     })
 }
 
@@ -324,6 +331,9 @@ pub async fn run(mut args: BenchArgs, baseline: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if args.rate_limit > 0 {
+        return budget(&args).await;
+    }
     let main = run_once(&args).await?;
     print(&format!("max_in_flight = {}", args.max_in_flight), &main);
     if baseline {
@@ -334,4 +344,64 @@ pub async fn run(mut args: BenchArgs, baseline: bool) -> anyhow::Result<()> {
         println!("ratio: {:.1}x", main.rate() / base.rate().max(f64::EPSILON));
     }
     Ok(())
+}
+
+/// With a budget: how long the backlog takes to drain, the endpoint's busiest second, and
+/// what the limiter itself costs per call (measured apart, with a budget too large to wait).
+async fn budget(args: &BenchArgs) -> anyhow::Result<()> {
+    let f = run_once(args).await?;
+    #[allow(clippy::cast_precision_loss)]
+    let cpu_per_event = f.cpu_seconds / f.events.max(1) as f64 * 1_000_000.0;
+    println!(
+        "budget {}/s, backend {}: {} events drained in {:.1} s ({:.0} events/s from the first call); busiest second at the endpoint {} calls; cpu {:.1} µs/event; peak RSS {:.1} MB",
+        args.rate_limit,
+        args.backend,
+        f.events,
+        f.steady_seconds,
+        f.rate(),
+        f.busiest_second,
+        cpu_per_event,
+        f.peak_rss_kib as f64 / 1024.0
+    );
+    let calls = 20_000;
+    let local = limiter_cost(None, calls).await?;
+    println!(
+        "limiter alone, local: {:.2} µs CPU per call ({calls} calls)",
+        local * 1e6
+    );
+    if args.backend == "redis" {
+        let shared = limiter_cost(Some(&args.redis_url), calls).await?;
+        println!(
+            "limiter alone, Redis: {:.1} µs CPU per call in this process, one round trip each ({calls} calls)",
+            shared * 1e6
+        );
+    }
+    Ok(())
+}
+
+/// CPU seconds of this process per budget call, with a budget that never makes one wait.
+async fn limiter_cost(redis_url: Option<&str>, calls: u32) -> anyhow::Result<f64> {
+    use crate::budget::{Budget, Settings, redis::SharedBudget};
+    let prefix = format!("bench-{}-budget:", now_ms());
+    let shared = redis_url
+        .map(|url| SharedBudget::new(&secrecy::SecretString::from(url.to_owned()), &prefix))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("redis: {}", e.0))?;
+    let budget = Budget::new(
+        Settings {
+            rate: 100_000_000,
+            burst: 100_000_000,
+            ..Settings::default()
+        },
+        shared,
+        std::sync::Arc::default(),
+        crate::telemetry::Metrics::new(),
+    );
+    let me = std::process::id();
+    let before = cpu_seconds(me).unwrap_or(0.0);
+    for _ in 0..calls {
+        budget.admit("bench", async {}).await;
+    }
+    let after = cpu_seconds(me).unwrap_or(0.0);
+    Ok((after - before) / f64::from(calls))
 }

@@ -231,6 +231,12 @@ impl Sandbox {
         self.lock().arrivals.clone()
     }
 
+    /// The most annotate calls that arrived within any one second: the peak rate the
+    /// endpoint saw.
+    pub fn busiest_second(&self) -> usize {
+        busiest_second(&self.arrivals())
+    }
+
     fn arrived(&self) {
         let mut inner = self.lock();
         if inner.arrivals.len() < self.record_limit {
@@ -314,6 +320,21 @@ async fn stats(State(sandbox): State<Sandbox>) -> Json<Value> {
 async fn script(State(sandbox): State<Sandbox>, Json(script): Json<Script>) -> StatusCode {
     sandbox.set_script(script);
     StatusCode::NO_CONTENT
+}
+
+/// The most of `arrivals` (ms) within any one second.
+pub fn busiest_second(arrivals: &[u64]) -> usize {
+    let mut sorted = arrivals.to_vec();
+    sorted.sort_unstable();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] >= 1000 {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
 }
 
 /// Serves on `listener` until the process ends.

@@ -31,17 +31,3 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// The most calls that arrived within any one second (`arrivals` in ms).
-pub fn busiest_second(arrivals: &[u64]) -> usize {
-    let mut sorted = arrivals.to_vec();
-    sorted.sort_unstable();
-    let mut best = 0;
-    let mut start = 0;
-    for end in 0..sorted.len() {
-        while sorted[end] - sorted[start] >= 1000 {
-            start += 1;
-        }
-        best = best.max(end - start + 1);
-    }
-    best
-}

@@ -20,12 +20,13 @@ impl TestEnv {
         config.cache.redis_url = SecretString::from(url.to_owned());
         config.cache.redis_prefix = format!("{}key:", self.prefix);
         config.cache.redis_done_prefix = format!("{}done:", self.prefix);
+        config.cache.redis_budget_prefix = format!("{}budget:", self.prefix);
     }
 
     /// The TOML lines for the same, for `config_file`.
     pub fn redis_toml(&self, url: &str) -> String {
         format!(
-            "[cache]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{p}key:\"\nredis_done_prefix = \"{p}done:\"\n",
+            "[cache]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{p}key:\"\nredis_done_prefix = \"{p}done:\"\nredis_budget_prefix = \"{p}budget:\"\n",
             p = self.prefix
         )
     }
