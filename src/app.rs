@@ -131,7 +131,6 @@ fn budget(config: &Config, validated: &Validated, metrics: &Metrics) -> (Budget,
     } else {
         None
     };
-    metrics.budget_shared.set(i64::from(shared.is_some()));
     let members = Arc::new(AtomicUsize::new(0));
     (
         Budget::new(settings, shared, Arc::clone(&members), metrics.clone()),

@@ -160,7 +160,10 @@ fn run_command(args: &[&str], env_vars: &[(&str, &str)]) -> (bool, String, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_passes_on_a_live_stack_and_names_what_is_down() {
     let env = TestEnv::new("check").await;
-    let file = env.config_file(&env.redis_toml(&redis_url()));
+    let file = env.config_file(&format!(
+        "{}[delivery]\nrate_limit = 200\n",
+        env.redis_toml(&redis_url())
+    ));
     let path = file.path().to_str().unwrap();
     let (ok, stdout, stderr) =
         tokio::task::block_in_place(|| run_command(&["check", "--config", path], &[]));
@@ -168,6 +171,8 @@ async fn check_passes_on_a_live_stack_and_names_what_is_down() {
     for line in [
         "ok   broker",
         "ok   cache",
+        "ok   budget",
+        "200/s, burst 20 for the whole group, shared through Redis (its script runs)",
         "ok   endpoint",
         "REDACTED",
         "recaptcha.allowed_projects is empty",
@@ -187,7 +192,7 @@ async fn check_passes_on_a_live_stack_and_names_what_is_down() {
     let (ok, stdout, stderr) =
         tokio::task::block_in_place(|| run_command(&["check", "--config", path], &all));
     assert!(!ok, "dead stack passed:\n{stdout}");
-    for line in ["FAIL broker", "FAIL cache", "FAIL endpoint"] {
+    for line in ["FAIL broker", "FAIL cache", "FAIL budget", "FAIL endpoint"] {
         assert!(stdout.contains(line), "{line} missing:\n{stdout}");
     }
     assert!(stderr.contains("check failed"), "{stderr}");

@@ -6,6 +6,8 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 use crate::annotate::auth::Auth;
+use crate::budget::gcra::Rate;
+use crate::budget::redis::SharedBudget;
 use crate::config::{Config, KafkaConfig};
 use crate::{app, cache, kafka};
 
@@ -67,6 +69,57 @@ async fn check_cache(config: &Config) -> Result<String, String> {
     Ok(format!("{} backend answers", opened.name()))
 }
 
+/// What the budget is, and for the group's budget that Redis runs its script.
+async fn check_budget(config: &Config) -> Result<String, String> {
+    let d = &config.delivery;
+    if d.rate_limit == 0 && d.project_rate_limits.is_empty() {
+        return Ok(
+            "none (delivery.rate_limit = 0): calls are limited by the in-flight bound only".into(),
+        );
+    }
+    let caps = if d.project_rate_limits.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = d
+            .project_rate_limits
+            .iter()
+            .map(|(p, c)| format!("{p} {c}/s"))
+            .collect();
+        format!("; project caps: {}", list.join(", "))
+    };
+    let rate = if d.rate_limit == 0 {
+        "no overall budget".to_owned()
+    } else {
+        format!(
+            "{}/s, burst {}",
+            d.rate_limit,
+            d.rate_burst.unwrap_or(d.rate_limit / 10).max(1)
+        )
+    };
+    if config.cache.backend != crate::config::CacheBackend::Redis {
+        return Ok(format!("{rate} per instance (no Redis to share it){caps}"));
+    }
+    let shared = SharedBudget::new(&config.cache.redis_url, &config.cache.redis_budget_prefix)
+        .map_err(|e| e.0)?;
+    let probe = Rate {
+        per_second: 1_000_000.0,
+        burst: 1_000_000,
+    };
+    tokio::time::timeout(Duration::from_secs(5), shared.take(&[("check", probe)]))
+        .await
+        .map_err(|_| "Redis did not run the budget script within 5 s".to_owned())?
+        .map_err(|e| {
+            format!(
+                "Redis did not run the budget script (is EVAL allowed?): {}",
+                e.0
+            )
+        })?
+        .map_err(|_| "the probe was refused".to_owned())?;
+    Ok(format!(
+        "{rate} for the whole group, shared through Redis (its script runs){caps}"
+    ))
+}
+
 async fn check_endpoint(config: &Config, endpoint: &reqwest::Url) -> Result<String, String> {
     let auth = app::auth(config).map_err(|e| format!("{e:#}"))?;
     if let Auth::Google(_) = auth {
@@ -121,6 +174,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
         },
         finding("broker", broker),
         finding("cache", check_cache(config).await),
+        finding("budget", check_budget(config).await),
         finding(
             "endpoint",
             check_endpoint(config, &validated.endpoint).await,

@@ -113,13 +113,13 @@ impl Metrics {
 
     /// The budget's Redis call failed: this instance spends its `share` locally.
     pub fn budget_fallback(&self, error: &str, share: f64) {
-        self.budget_shared.set(0);
+        self.budget_fallback.set(1);
         tracing::warn!(error = %error, share_per_second = share, "quota budget: Redis unreachable; this instance spends its share of the budget locally until Redis answers");
     }
 
     /// The budget's Redis answers again.
     pub fn budget_shared_again(&self) {
-        self.budget_shared.set(1);
+        self.budget_fallback.set(0);
         tracing::info!("quota budget: Redis answers again; the group shares one budget");
     }
 

@@ -64,8 +64,8 @@ pub struct Metrics {
     pub concurrency_limit: IntGauge,
     pub budget_granted: IntCounter,
     pub budget_wait: Counter,
-    /// 1 while the group's budget in Redis is used.
-    pub budget_shared: IntGauge,
+    /// 1 while Redis is unreachable and this instance spends its fallback share.
+    pub budget_fallback: IntGauge,
     /// Calls per second this instance may spend: `all`, and per capped or throttled project.
     pub effective_rate: GaugeVec,
     /// 429 answers by project.
@@ -246,10 +246,10 @@ impl Metrics {
                     "Time calls waited for the quota budget (backpressure, not failure)",
                 ),
             ),
-            budget_shared: gauge(
+            budget_fallback: gauge(
                 &registry,
-                "annotator_rate_budget_shared",
-                "1 while the group's budget in Redis is used; 0 when per instance (no Redis) or in the fallback share (Redis unreachable)",
+                "annotator_rate_budget_fallback",
+                "1 while the group's budget in Redis is unreachable and this instance spends its fallback share of it",
             ),
             effective_rate: register(
                 &registry,

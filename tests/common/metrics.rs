@@ -30,4 +30,3 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         })
         .sum()
 }
-
