@@ -75,10 +75,12 @@ async fn two_instances_share_one_budget_through_redis() {
     drop(instances);
     let busiest = env.sandbox.busiest_second();
     eprintln!("two instances, one budget of 200/s (burst 20): busiest second {busiest} calls");
-    // GCRA grants at most 219 in any second (the burst, then one per 5 ms); a call or two
-    // more is the endpoint's own scheduling jitter at a window's edge.
+    // GCRA grants at most 219 in any second of Redis's clock (the burst, then one per 5 ms).
+    // The endpoint sees each call a variable few milliseconds later: with the broker, Redis,
+    // two instances and this endpoint on two cores, 220-224 were measured; 225 allows that
+    // jitter (2.5%) and still fails an instance spending on its own (400 and more).
     assert!(
-        busiest <= 222,
+        busiest <= 225,
         "{busiest} calls in one second, above rate + burst"
     );
     assert_eq!(distinct_accepted(&env), 5000);
@@ -269,8 +271,8 @@ async fn redis_stopped_mid_run_each_instance_spends_its_share() {
         "{busiest} calls in one second without Redis"
     );
     assert_eq!(
-        metric(&text, "annotator_rate_budget_shared", &[]),
-        Some(0.0)
+        metric(&text, "annotator_rate_budget_fallback", &[]),
+        Some(1.0)
     );
     // This instance's share: the budget over the two members it saw.
     assert_eq!(
@@ -278,8 +280,8 @@ async fn redis_stopped_mid_run_each_instance_spends_its_share() {
         Some(100.0)
     );
     assert_eq!(
-        metric(&after, "annotator_rate_budget_shared", &[]),
-        Some(1.0)
+        metric(&after, "annotator_rate_budget_fallback", &[]),
+        Some(0.0)
     );
     assert_eq!(distinct_accepted(&env), 5000);
 }

@@ -32,8 +32,10 @@ use crate::telemetry::Metrics;
 /// again.
 pub const RETRY_SHARED_AFTER: Duration = Duration::from_secs(1);
 
-/// A budget call that takes longer is treated as Redis being unreachable.
-const SHARED_TIMEOUT: Duration = Duration::from_millis(250);
+/// A budget call that takes longer is treated as Redis being unreachable (long enough that
+/// a loaded Redis is not mistaken for a lost one: each instance's fallback share plus the
+/// others' shared budget could exceed the budget).
+const SHARED_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most projects with a 429 rate of their own at once.
 const MAX_THROTTLED: usize = 1000;
