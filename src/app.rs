@@ -45,8 +45,13 @@ pub fn auth(config: &Config) -> anyhow::Result<Auth> {
 }
 
 /// Runs the service until `shutdown` is cancelled, then drains and returns.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let validated = config.validate()?;
+    if config.dry_run {
+        let group = config.consumer_group().map_err(anyhow::Error::msg)?;
+        tracing::warn!(group = %group, real_group = %config.kafka.group_id, "dry run: nothing is sent; consuming and committing as its own consumer group, so the real group's offsets do not move");
+        config.kafka.group_id = group;
+    }
     if validated.allowed.is_open() {
         tracing::warn!("{}", crate::config::OPEN_PROJECTS_RISK);
     }

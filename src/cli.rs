@@ -31,9 +31,14 @@ pub enum Command {
         /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Decide and log every annotation, call nothing, still commit.
+        /// Decide and log every annotation, call nothing; commits as the consumer group
+        /// `<kafka.group_id>-dry-run` (or --group), never as the real group.
         #[arg(long)]
         dry_run: bool,
+        /// The consumer group of a dry run (default `<kafka.group_id>-dry-run`); never the
+        /// real one. Only with --dry-run.
+        #[arg(long, requires = "dry_run")]
+        group: Option<String>,
     },
     /// Serve a local annotate endpoint that behaves like Google's.
     Sandbox {
@@ -175,9 +180,15 @@ pub async fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config, dry_run } => {
+        Command::Run {
+            config,
+            dry_run,
+            group,
+        } => {
             let mut config = load(config.as_deref())?;
             config.dry_run |= dry_run;
+            config.dry_run_group = group;
+            config.consumer_group().map_err(anyhow::Error::msg)?;
             telemetry::init_logging(
                 cli.log_format.unwrap_or(config.log.format),
                 &config.log.level,

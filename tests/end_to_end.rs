@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
+use recaptcha_annotator::kafka;
 use serde_json::{Value, json};
 
 /// SPEC 2.3, written out independently of the code's table.
@@ -366,7 +367,7 @@ async fn commit_point_holds_while_the_endpoint_fails_or_stalls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dry_run_calls_nothing_and_still_commits() {
+async fn a_dry_run_calls_nothing_and_never_moves_the_real_group() {
     let env = TestEnv::new("dry").await;
     let event = json!({"event_id": "d", "outcome": "refund", "assessment": format!("projects/{PROJECT}/assessments/dry")});
     env.produce("fraud-signals", None, Some(&event.to_string()))
@@ -374,7 +375,34 @@ async fn dry_run_calls_nothing_and_still_commits() {
     let mut config = env.config();
     config.dry_run = true;
     let service = env.start(config);
-    env.wait_all_committed(Duration::from_secs(60)).await;
+    // It commits as its own group...
+    let dry =
+        kafka::offset_reader(&brokers(), &format!("{}-dry-run", env.config_base.group)).unwrap();
+    let tp = (env.topic("fraud-signals"), 0);
+    let started = std::time::Instant::now();
+    loop {
+        let parts: Vec<_> = (0..env.partitions).map(|p| (tp.0.clone(), p)).collect();
+        let committed = tokio::task::block_in_place(|| kafka::committed_offsets(&dry, &parts));
+        if committed.unwrap().values().any(|c| *c >= 1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the dry run did not commit"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(dry);
     service.stop().await;
     assert!(env.sandbox.attempts().is_empty());
+    // ... and the real group has not moved: a real run afterwards annotates the event.
+    let (_, committed) = tokio::task::block_in_place(|| env.offsets());
+    assert!(
+        committed.values().all(|c| *c <= 0),
+        "the real group moved: {committed:?}"
+    );
+    let service = env.start(env.config());
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    service.stop().await;
+    assert_eq!(env.sandbox.accepted_count(), 1);
 }

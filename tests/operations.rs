@@ -207,6 +207,29 @@ async fn check_passes_on_a_live_stack_and_names_what_is_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_refuses_to_consume_as_the_real_group() {
+    let env = TestEnv::new("dry-group").await;
+    let file = env.config_file("");
+    let path = file.path().to_str().unwrap();
+    let real = env.config_base.group.clone();
+    let (ok, _, stderr) = tokio::task::block_in_place(|| {
+        run_command(
+            &["run", "--config", path, "--dry-run", "--group", &real],
+            &[],
+        )
+    });
+    assert!(!ok, "a dry run started as the real group");
+    assert!(
+        stderr.contains("a dry run never consumes as the real group"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = tokio::task::block_in_place(|| {
+        run_command(&["run", "--config", path, "--group", "x"], &[])
+    });
+    assert!(!ok && stderr.contains("--dry-run"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_replay_republishes_once_with_a_replay_count() {
     let env = TestEnv::new("replay").await;
     // An outcome whose mapping comes too late, and a bad event that must not be replayed.

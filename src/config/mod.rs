@@ -49,8 +49,33 @@ pub struct Config {
     /// Outcome rules added to or replacing the defaults of SPEC 2.3, per topic:
     /// `[rules.logins.captcha_solved] annotation = "LEGITIMATE", reasons = []`.
     pub rules: RulesConfig,
-    /// Decide and log every annotation, call nothing, still commit.
+    /// Decide and log every annotation, call nothing, and commit as the consumer group
+    /// `<kafka.group_id>-dry-run`, never as the real group.
     pub dry_run: bool,
+    /// The group a dry run consumes as (`run --dry-run --group`); default
+    /// `<kafka.group_id>-dry-run`. Not a config key.
+    #[serde(skip)]
+    pub dry_run_group: Option<String>,
+}
+
+impl Config {
+    /// The consumer group this run commits as: the real one, or for a dry run its own, so a
+    /// dry run never moves the real group's offsets.
+    pub fn consumer_group(&self) -> Result<String, String> {
+        if !self.dry_run {
+            return Ok(self.kafka.group_id.clone());
+        }
+        let group = self
+            .dry_run_group
+            .clone()
+            .unwrap_or_else(|| format!("{}-dry-run", self.kafka.group_id));
+        if group == self.kafka.group_id {
+            return Err(format!(
+                "--group: a dry run never consumes as the real group {group:?}: its commits would make the real run skip those events"
+            ));
+        }
+        Ok(group)
+    }
 }
 
 #[derive(Debug, Deserialize)]
