@@ -69,6 +69,7 @@ pub enum Command {
     /// Validate the config, reach the broker, the cache and the endpoint, and print the
     /// effective config with secrets redacted. Exits non-zero with the reason.
     Check {
+        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -79,6 +80,7 @@ pub enum Command {
     },
     /// Create the configured topics (consumed ones and the dead-letter topic).
     CreateTopics {
+        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[arg(long, default_value_t = 3)]
@@ -126,6 +128,7 @@ pub enum Command {
     /// End-to-end demo on local defaults: sandbox endpoint, fresh topics, sample events for
     /// every rule, the service running until all of them are committed.
     Demo {
+        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -134,9 +137,11 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum DeadLetterCommand {
     /// Re-publish dead-lettered events to their source topic (after a rule, a mapping or a
-    /// permission was fixed). Never replays a record twice: progress is kept in a consumer
-    /// group.
+    /// permission was fixed). Progress is kept in a consumer group per filter (see --group):
+    /// the same command never replays a record twice, but two runs with different filters
+    /// (or groups) each replay what they match.
     Replay {
+        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Only this reason (decode, unknown_outcome, invalid_reference, unjoined, rejected,
@@ -144,10 +149,11 @@ pub enum DeadLetterCommand {
         /// repeatable. All reasons when not given.
         #[arg(long = "reason")]
         reasons: Vec<String>,
-        /// Only records dead-lettered at or after this RFC 3339 time.
+        /// Only records dead-lettered at or after this time: a date (2026-11-25, midnight UTC)
+        /// or an RFC 3339 time (2026-11-25T08:00:00Z).
         #[arg(long)]
         since: Option<String>,
-        /// Only records dead-lettered before this RFC 3339 time.
+        /// Only records dead-lettered before this time (a date or an RFC 3339 time).
         #[arg(long)]
         until: Option<String>,
         /// Consumer group that remembers what was replayed (default:

@@ -215,13 +215,27 @@ pub struct ReplayFlags {
     pub dry_run: bool,
 }
 
+/// An RFC 3339 time (`2026-11-25T08:00:00Z`, `2026-11-25T09:00:00+01:00`) or a date
+/// (`2026-11-25`, its midnight UTC).
 fn parse_time(
     flag: &str,
     value: Option<&str>,
 ) -> anyhow::Result<Option<chrono::DateTime<chrono::FixedOffset>>> {
     value
         .map(|v| {
-            chrono::DateTime::parse_from_rfc3339(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+            let v = v.trim();
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+                return Ok(t);
+            }
+            chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc().fixed_offset())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--{flag} {v:?}: not a date or time; give a date (2026-11-25, midnight UTC) or an RFC 3339 time (2026-11-25T08:00:00Z, 2026-11-25T09:00:00+01:00)"
+                    )
+                })
         })
         .transpose()
 }
@@ -303,6 +317,23 @@ pub fn default_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_takes_a_date_or_an_rfc3339_time_and_says_which_when_neither() {
+        let date = parse_time("since", Some("2026-11-25")).unwrap().unwrap();
+        assert_eq!(date.to_rfc3339(), "2026-11-25T00:00:00+00:00");
+        let time = parse_time("since", Some("2026-11-25T09:00:00+01:00"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(time.to_rfc3339(), "2026-11-25T09:00:00+01:00");
+        let err = parse_time("until", Some("yesterday"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--until \"yesterday\"") && err.contains("RFC 3339"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn the_default_group_follows_the_filters() {

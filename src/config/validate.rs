@@ -117,6 +117,16 @@ impl Config {
                 None
             }
         };
+        if self
+            .recaptcha
+            .api_key
+            .as_ref()
+            .is_some_and(|k| secrecy::ExposeSecret::expose_secret(k).trim().is_empty())
+        {
+            errors.push(
+                "recaptcha.api_key: empty (ANNOTATOR__RECAPTCHA__API_KEY set to nothing?); give the key, or remove it to use Google Application Default Credentials".into(),
+            );
+        }
         let project = match self
             .recaptcha
             .project

@@ -138,3 +138,29 @@ fn rules_from_config_are_checked_against_the_enums() {
         .to_string();
     assert!(err.contains("MAYBE"), "{err}");
 }
+
+#[test]
+fn budget_keys_are_checked_and_an_empty_api_key_is_refused() {
+    let err = Config::from_toml(
+        "[recaptcha]\napi_key = \" \"\n[delivery]\nproject_rate_limits = { \"Bad Project\" = 5, \"good-project\" = 0 }\nrate_limit_fallback = 0",
+    )
+    .unwrap()
+    .validate()
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "recaptcha.api_key: empty",
+        "delivery.project_rate_limits: \"Bad Project\" is not a project id",
+        "delivery.project_rate_limits.good-project: must be at least 1",
+        "delivery.rate_limit_fallback: must be at least 1",
+    ] {
+        assert!(err.contains(key), "{key} missing: {err}");
+    }
+    let warned = Config::from_toml(
+        "[delivery]\nrate_limit = 100\nproject_rate_limits = { \"good-project\" = 500 }\nrate_limit_fallback = 200",
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(warned.warnings.len(), 2, "{:?}", warned.warnings);
+}
