@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
+
 use self::gcra::{Gcra, Rate};
 use self::redis::SharedBudget;
 use crate::telemetry::Metrics;
@@ -39,6 +41,16 @@ const SHARED_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most projects with a 429 rate of their own at once.
 const MAX_THROTTLED: usize = 1000;
+
+/// A lowered rate with no answers for this long is forgotten when room is needed.
+const THROTTLE_STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// How many callers per project ask the budget at once (each holding an in-flight slot):
+/// more than one, so a Redis round trip does not bound the rate to one call per round trip.
+pub const TURN_WIDTH: usize = 4;
+
+/// A caller told to wait longer than this for budget gives its in-flight slot back meanwhile.
+pub const HOLD_SLOT_UP_TO: Duration = Duration::from_millis(20);
 
 /// The operator's settings.
 #[derive(Debug, Clone, Default)]
@@ -93,9 +105,9 @@ pub struct Budget {
     /// Whether the last Redis budget call failed (for the fallback and recovery lines).
     in_fallback: AtomicBool,
     throttles: Mutex<HashMap<String, Throttle>>,
-    /// One turn per limited project (`""`: the rest), so callers take tokens in arrival order
-    /// and a project waiting for its cap holds one in-flight slot, not all of them.
-    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Turns per limited project (`""`: the rest), [`TURN_WIDTH`] wide, so callers take
+    /// tokens in arrival order and a project waiting for its cap holds few in-flight slots.
+    turns: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// The local GCRA's clock (tokio's, so tests can run it paused).
     started: tokio::time::Instant,
     metrics: Metrics,
@@ -210,7 +222,7 @@ impl Budget {
         limits
     }
 
-    fn turn(&self, project: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn turn(&self, project: &str) -> Arc<Semaphore> {
         let key = if self.settings.project_caps.contains_key(project)
             || lock(&self.throttles).contains_key(project)
         {
@@ -225,61 +237,73 @@ impl Budget {
         if turns.len() > MAX_THROTTLED + self.settings.project_caps.len() {
             turns.retain(|_, t| Arc::strong_count(t) > 1);
         }
-        Arc::clone(turns.entry(key.to_owned()).or_default())
+        Arc::clone(
+            turns
+                .entry(key.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(TURN_WIDTH))),
+        )
     }
 
-    /// Waits for `slot` (an in-flight slot), then for one call of `project` from the
-    /// budget; returns the slot. Only the one caller per project whose turn it is waits for
-    /// a slot, so the token it then takes goes out at once.
-    pub async fn admit<S>(&self, project: &str, slot: impl Future<Output = S>) -> S {
+    /// Waits for an in-flight slot (`acquire`), then for one call of `project` from the
+    /// budget; returns the slot. At most [`TURN_WIDTH`] callers per project hold a slot while
+    /// they ask, so a token goes out at once, and a caller told to wait longer than
+    /// [`HOLD_SLOT_UP_TO`] gives its slot back meanwhile (a project waiting for its cap
+    /// does not sit on slots the others could use).
+    pub async fn admit<S, F>(&self, project: &str, acquire: impl Fn() -> F) -> S
+    where
+        F: Future<Output = S>,
+    {
         if !self.limited(project) {
-            return slot.await;
+            return acquire().await;
         }
-        let turn = self.turn(project);
-        let _turn = turn.lock().await;
-        let slot = slot.await;
-        // Boxed: the Redis call's state would otherwise add to the size of every event task.
-        Box::pin(self.take(project)).await;
-        slot
-    }
-
-    async fn take(&self, project: &str) {
         let asked = Instant::now();
+        let turn = self.turn(project);
+        // The semaphore is never closed.
+        let _turn = turn.acquire().await.ok();
         loop {
-            let source = self.source();
-            let limits = self.limits(project, source);
-            if limits.is_empty() {
-                return;
-            }
-            let refs: Vec<(&str, Rate)> = limits.iter().map(|(k, r)| (k.as_str(), *r)).collect();
-            let answer = match (&self.shared, source) {
-                (Some(shared), Source::Shared) => {
-                    match tokio::time::timeout(SHARED_TIMEOUT, shared.take(&refs)).await {
-                        Ok(Ok(answer)) => {
-                            self.shared_answered();
-                            Some(answer)
-                        }
-                        Ok(Err(redis::Unreachable(error))) => {
-                            self.shared_failed(&error);
-                            None
-                        }
-                        Err(_) => {
-                            self.shared_failed("no answer in time");
-                            None
-                        }
+            let slot = acquire().await;
+            loop {
+                // Boxed: the Redis call's state would otherwise add to the size of every
+                // event task.
+                match Box::pin(self.take(project)).await {
+                    Ok(()) => {
+                        self.metrics.budget_granted(asked.elapsed());
+                        return slot;
+                    }
+                    Err(wait) if wait <= HOLD_SLOT_UP_TO => tokio::time::sleep(wait).await,
+                    Err(wait) => {
+                        drop(slot);
+                        tokio::time::sleep(wait).await;
+                        break;
                     }
                 }
-                _ => None,
-            };
-            let answer = answer.unwrap_or_else(|| self.take_locally(&refs));
-            match answer {
-                Ok(()) => {
-                    self.metrics.budget_granted(asked.elapsed());
-                    return;
-                }
-                Err(wait) => tokio::time::sleep(wait).await,
             }
         }
+    }
+
+    /// One call of `project` from its limits, or how long to wait.
+    async fn take(&self, project: &str) -> Result<(), Duration> {
+        let source = self.source();
+        let limits = self.limits(project, source);
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<(&str, Rate)> = limits.iter().map(|(k, r)| (k.as_str(), *r)).collect();
+        if let (Some(shared), Source::Shared) = (&self.shared, source) {
+            match tokio::time::timeout(SHARED_TIMEOUT, shared.take(&refs)).await {
+                Ok(Ok(answer)) => {
+                    self.shared_answered();
+                    return answer;
+                }
+                Ok(Err(redis::Unreachable(error))) => self.shared_failed(&error),
+                Err(_) => self.shared_failed("no answer in time"),
+            }
+            // This call falls back too.
+            let limits = self.limits(project, Source::Fallback);
+            let refs: Vec<(&str, Rate)> = limits.iter().map(|(k, r)| (k.as_str(), *r)).collect();
+            return self.take_locally(&refs);
+        }
+        self.take_locally(&refs)
     }
 
     fn take_locally(&self, limits: &[(&str, Rate)]) -> Result<(), Duration> {
@@ -305,6 +329,12 @@ impl Budget {
         }
     }
 
+    /// Whether 429s of `project` lower a rate of the budget (it has one to lower); if not,
+    /// the adaptive in-flight limit alone answers them.
+    pub fn throttles_429(&self, project: &str) -> bool {
+        self.settings.rate > 0 || self.settings.project_caps.contains_key(project)
+    }
+
     /// An answer to a call of `project` (`None`: no answer): 429s lower the project's own
     /// rate; a second without them raises it again.
     pub fn answered(&self, project: &str, status: Option<u16>) {
@@ -325,7 +355,13 @@ impl Budget {
         let changed = {
             let mut throttles = lock(&self.throttles);
             if !throttles.contains_key(project) {
-                if !throttled || throttles.len() >= MAX_THROTTLED {
+                if !throttled {
+                    return;
+                }
+                if throttles.len() >= MAX_THROTTLED {
+                    throttles.retain(|_, t| t.window_start.elapsed() < THROTTLE_STALE_AFTER);
+                }
+                if throttles.len() >= MAX_THROTTLED {
                     return;
                 }
                 throttles.insert(
@@ -377,9 +413,11 @@ impl Budget {
         let s = &self.settings;
         self.metrics
             .effective_rate("all", f64::from(s.rate) * share);
+        let throttles = lock(&self.throttles);
         for (project, cap) in &s.project_caps {
+            let factor = throttles.get(project).map_or(1.0, |t| t.factor);
             self.metrics
-                .effective_rate(self.label(project), f64::from(*cap) * share);
+                .effective_rate(self.label(project), f64::from(*cap) * factor * share);
         }
     }
 }
@@ -406,20 +444,23 @@ mod tests {
             Arc::default(),
             Metrics::new(),
         ));
-        let slots = Arc::new(tokio::sync::Semaphore::new(4));
+        // One slot: a project waiting for its cap must not sit on it.
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
         let started = tokio::time::Instant::now();
         let mut slow = Vec::new();
         for _ in 0..4 {
             let (budget, slots) = (Arc::clone(&budget), Arc::clone(&slots));
             slow.push(tokio::spawn(async move {
-                let _slot = budget.admit("slow", slots.acquire_owned()).await;
+                let _slot = budget
+                    .admit("slow", || Arc::clone(&slots).acquire_owned())
+                    .await;
                 tokio::time::Instant::now()
             }));
         }
         tokio::task::yield_now().await;
         // The fast project still gets slots and tokens while "slow" waits for its cap.
         for _ in 0..50 {
-            let _slot = budget.admit("fast", slots.acquire()).await;
+            let _slot = budget.admit("fast", || slots.acquire()).await;
         }
         assert!(started.elapsed() < Duration::from_millis(100));
         let mut done = Vec::new();

@@ -400,7 +400,7 @@ async fn limiter_cost(redis_url: Option<&str>, calls: u32) -> anyhow::Result<f64
     let me = std::process::id();
     let before = cpu_seconds(me).unwrap_or(0.0);
     for _ in 0..calls {
-        budget.admit("bench", async {}).await;
+        budget.admit("bench", || async {}).await;
     }
     let after = cpu_seconds(me).unwrap_or(0.0);
     Ok((after - before) / f64::from(calls))

@@ -63,11 +63,15 @@ impl Drop for Slot<'_> {
         let Some(permit) = self.permit.take() else {
             return;
         };
+        // Under the lock, so a cut made meanwhile sees the permit either held or back.
         let mut window = self.owner.window();
         if window.debt > 0 {
             window.debt -= 1;
             permit.forget();
+        } else {
+            drop(permit);
         }
+        drop(window);
     }
 }
 

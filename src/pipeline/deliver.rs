@@ -234,7 +234,10 @@ impl Sender {
         // The slot first, then the token, then the call: a token is only taken when the call
         // can go out at once, so tokens never pile up behind a slow endpoint and go out in
         // one burst when it answers again.
-        let slot = self.budget.admit(project, self.in_flight.acquire()).await;
+        let slot = self
+            .budget
+            .admit(project, || self.in_flight.acquire())
+            .await;
         self.metrics.in_flight.inc();
         let call = self.client.annotate(name, body.clone()).await;
         self.metrics.in_flight.dec();
