@@ -59,6 +59,11 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
         tracing::warn!("{warning}");
     }
     let metrics = Metrics::new();
+    let topics = &config.kafka.topics;
+    metrics.show_topics(
+        &topics.assessments,
+        &[&topics.logins, &topics.registrations, &topics.fraud_signals],
+    );
     let health = Arc::new(Health::default());
     let listener = admin::bind(validated.admin_listen)
         .await
@@ -248,7 +253,12 @@ fn pipeline(config: &Config, validated: &Validated, parts: Parts) -> anyhow::Res
         Topics::new(&config.kafka.topics),
         planner,
         Arc::new(runner),
-        Lag::new(watermarks, book, metrics.clone()),
+        Lag::new(
+            watermarks,
+            book,
+            metrics.clone(),
+            kafka::starts_at_end(&config.kafka),
+        ),
         metrics,
         Tuning {
             commit_interval: config.kafka.commit_interval,

@@ -46,7 +46,10 @@ async fn metrics_move_and_lag_falls_to_zero() {
         let annotated = metric(
             &text,
             "annotator_events_total",
-            &[("topic", "fraud_signals"), ("result", "annotated")],
+            &[
+                ("topic", &env.topic("fraud-signals")),
+                ("result", "annotated"),
+            ],
         );
         // Lag is measured from the committed offset, so it reaches zero only once the last
         // commit is sent.
@@ -67,7 +70,10 @@ async fn metrics_move_and_lag_falls_to_zero() {
         metric(
             &text,
             "annotator_events_total",
-            &[("topic", "fraud_signals"), ("result", "dead_lettered")]
+            &[
+                ("topic", &env.topic("fraud-signals")),
+                ("result", "dead_lettered")
+            ]
         ),
         Some(3.0)
     );
@@ -204,6 +210,59 @@ async fn check_passes_on_a_live_stack_and_names_what_is_down() {
         )
     });
     assert!(!ok && stderr.contains("delivery.max_in_flight"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_quiet_restart_every_owned_partition_has_lag_and_topics_are_kafka_names() {
+    let env = TestEnv::new("quiet-lag").await;
+    env.produce_bulk(unique_events("q", 4)).await;
+    let mut config = env.config();
+    config.admin.lag_interval = Duration::from_millis(200);
+    let service = env.start(config);
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    service.stop().await;
+    // Nothing new arrives after the restart.
+    let mut config = env.config();
+    config.admin.lag_interval = Duration::from_millis(200);
+    let service = env.start(config);
+    let started = Instant::now();
+    let expected = 4 * usize::try_from(env.partitions).unwrap();
+    let text = loop {
+        let (_, text) = env.http_get("/metrics").await;
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("annotator_consumer_lag{"))
+            .count();
+        if series == expected {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{series} of {expected} lag series after a quiet restart:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    service.stop().await;
+    // One convention on every family: `topic` is the Kafka topic's name.
+    let mut topics = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if let Some(rest) = line.split_once("topic=\"").map(|(_, r)| r) {
+            topics.insert(rest.split('"').next().unwrap().to_owned());
+        }
+    }
+    assert!(!topics.is_empty());
+    for topic in &topics {
+        assert!(
+            topic.starts_with(&env.prefix),
+            "topic label {topic:?} is not a Kafka topic"
+        );
+    }
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with("annotator_consumer_lag{"))
+            .all(|l| l.ends_with(" 0")),
+        "a quiet partition shows lag:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,7 +81,7 @@ impl Runner {
             }
             let result = self.execute(&msg, plan).await;
             self.metrics
-                .event_finished(msg.kind.label(), result, msg.timestamp_ms);
+                .event_finished(&msg.tp.topic, result, msg.timestamp_ms);
             self.book.done(&ticket);
         };
         // A panic in one event must not take the stream down: it is caught here, its offset

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 use super::offsets::OffsetBook;
-use crate::kafka::QUERY_TIMEOUT;
+use crate::kafka::{self, QUERY_TIMEOUT};
 use crate::telemetry::Metrics;
 
 pub struct Lag {
@@ -20,15 +20,23 @@ pub struct Lag {
     metrics: Metrics,
     /// Set while a reading runs, so readings never pile up behind a slow broker.
     running: Arc<AtomicBool>,
+    /// `auto.offset.reset` points at the end (a partition without a commit has no lag).
+    starts_at_end: bool,
 }
 
 impl Lag {
-    pub fn new(client: Arc<BaseConsumer>, book: Arc<OffsetBook>, metrics: Metrics) -> Self {
+    pub fn new(
+        client: Arc<BaseConsumer>,
+        book: Arc<OffsetBook>,
+        metrics: Metrics,
+        starts_at_end: bool,
+    ) -> Self {
         Self {
             client,
             book,
             metrics,
             running: Arc::default(),
+            starts_at_end,
         }
     }
 
@@ -41,15 +49,27 @@ impl Lag {
         let client = Arc::clone(&self.client);
         let book = Arc::clone(&self.book);
         let metrics = self.metrics.clone();
+        let starts_at_end = self.starts_at_end;
         tokio::task::spawn_blocking(move || {
             for tp in book.owned() {
-                let Ok((_, high)) = client.fetch_watermarks(&tp.topic, tp.partition, QUERY_TIMEOUT)
+                let Ok((low, high)) =
+                    client.fetch_watermarks(&tp.topic, tp.partition, QUERY_TIMEOUT)
                 else {
                     continue;
                 };
                 // Read the committed offset after the watermark, so a busy partition reads
-                // low, never negative.
-                let Some(position) = book.lag_position(&tp) else {
+                // low, never negative. A partition nothing arrived on since the assignment
+                // (a quiet restart) is measured from the group's commit at the broker.
+                let position = book.lag_position(&tp).or_else(|| {
+                    let wanted = (tp.topic.to_string(), tp.partition);
+                    let committed =
+                        kafka::committed_offsets(&client, std::slice::from_ref(&wanted))
+                            .ok()?
+                            .get(&wanted)
+                            .copied();
+                    Some(committed.unwrap_or(if starts_at_end { high } else { low }))
+                });
+                let Some(position) = position else {
                     continue;
                 };
                 if !book.owns(&tp) {

@@ -17,16 +17,6 @@ pub enum TopicKind {
     Outcome(OutcomeTopic),
 }
 
-impl TopicKind {
-    /// Bounded metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Assessments => "assessments",
-            Self::Outcome(t) => t.as_str(),
-        }
-    }
-}
-
 /// A Kafka message, copied out of librdkafka's buffer.
 #[derive(Debug, Clone)]
 pub struct Message {

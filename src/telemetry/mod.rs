@@ -1,7 +1,7 @@
 //! The metric catalogue (one place for every name and help text), the named events that
 //! log and count ([`events`]), and the logging setup.
 //!
-//! Labels are bounded: topic (four configured names), partition, result, status class,
+//! Labels are bounded: topic (the four consumed Kafka topic names, on every family), partition, result, status class,
 //! retry cause, dead-letter reason, and project only for the projects the config names
 //! (`recaptcha.project`, `allowed_projects`, `project_rate_limits`; any other is `other`).
 //! Never keys, ids or account data.
@@ -13,7 +13,6 @@ use prometheus::{
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::domain::rules::OutcomeTopic;
 use crate::failure::{DeadLetterReason, RetryCause};
 
 /// How log lines are written.
@@ -303,21 +302,23 @@ impl Metrics {
         for kind in ["assign", "revoke", "error"] {
             self.rebalances.with_label_values(&[kind]);
         }
-        let topics =
-            std::iter::once("assessments").chain(OutcomeTopic::ALL.map(OutcomeTopic::as_str));
-        for topic in topics {
-            let results: &[&str] = if topic == "assessments" {
-                &["cached", "dead_lettered", "skipped"]
-            } else {
-                &[
-                    "annotated",
-                    "dead_lettered",
-                    "skipped",
-                    "dry_run",
-                    "duplicate",
-                ]
-            };
-            for result in results {
+    }
+
+    /// The `topic` label sets of the consumed topics, at zero from start: `topic` is always
+    /// the Kafka topic name, on every family.
+    pub fn show_topics(&self, assessments: &str, outcomes: &[&str]) {
+        for result in ["cached", "dead_lettered", "skipped"] {
+            self.events.with_label_values(&[assessments, result]);
+        }
+        self.end_to_end.with_label_values(&[assessments]);
+        for topic in outcomes {
+            for result in [
+                "annotated",
+                "dead_lettered",
+                "skipped",
+                "dry_run",
+                "duplicate",
+            ] {
                 self.events.with_label_values(&[topic, result]);
             }
             self.end_to_end.with_label_values(&[topic]);
