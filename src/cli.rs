@@ -66,12 +66,17 @@ pub enum Command {
         #[arg(long)]
         quota: Option<u32>,
     },
-    /// Validate the config, reach the broker, the cache and the endpoint, and print the
-    /// effective config with secrets redacted. Exits non-zero with the reason.
+    /// Validate the config, reach the broker, the cache and the endpoint, prove the
+    /// credentials with one annotate call (see --offline), and print the effective config
+    /// with secrets redacted. Changes nothing on disk. Exits non-zero naming what failed.
     Check {
         /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Skip the credentials probe (one annotate call for an assessment that cannot
+        /// exist, which costs one request of the project's quota).
+        #[arg(long)]
+        offline: bool,
     },
     /// Work with the dead-letter topic.
     DeadLetter {
@@ -229,7 +234,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             sandbox::serve(listener, sandbox).await?;
             Ok(())
         }
-        Command::Check { config } => check::main(&load(config.as_deref())?).await,
+        Command::Check { config, offline } => check::main(&load(config.as_deref())?, offline).await,
         Command::DeadLetter {
             command:
                 DeadLetterCommand::Replay {

@@ -180,12 +180,60 @@ async fn check_passes_on_a_live_stack_and_names_what_is_down() {
         "ok   budget",
         "200/s, burst 20 for the whole group, shared through Redis (its script runs)",
         "ok   endpoint",
+        "ok   credentials",
         "REDACTED",
         "recaptcha.allowed_projects is empty",
     ] {
         assert!(stdout.contains(line), "{line} missing:\n{stdout}");
     }
     assert!(!stdout.contains(API_KEY), "API key printed:\n{stdout}");
+    // A wrong key: the endpoint answers, the credentials probe fails, naming why.
+    let (ok, stdout, _) = tokio::task::block_in_place(|| {
+        run_command(
+            &["check", "--config", path],
+            &[("ANNOTATOR__RECAPTCHA__API_KEY", "wrong-key")],
+        )
+    });
+    assert!(!ok, "a wrong key passed:\n{stdout}");
+    assert!(
+        stdout.contains("FAIL credentials") && stdout.contains("refuses the credentials"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("wrong-key"),
+        "the key was printed:\n{stdout}"
+    );
+    // --offline makes no call.
+    let before = env.sandbox.attempts().len();
+    let (ok, stdout, _) = tokio::task::block_in_place(|| {
+        run_command(
+            &["check", "--config", path, "--offline"],
+            &[("ANNOTATOR__RECAPTCHA__API_KEY", "wrong-key")],
+        )
+    });
+    assert!(ok && stdout.contains("not proven (--offline)"), "{stdout}");
+    assert_eq!(
+        env.sandbox.attempts().len(),
+        before,
+        "--offline called the endpoint"
+    );
+    // Nothing is created on disk: an embedded store that does not exist stays absent.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data/cache.redb");
+    let (ok, stdout, _) = tokio::task::block_in_place(|| {
+        run_command(
+            &["check", "--config", path, "--offline"],
+            &[
+                ("ANNOTATOR__CACHE__BACKEND", "embedded"),
+                ("ANNOTATOR__CACHE__PATH", store.to_str().unwrap()),
+            ],
+        )
+    });
+    assert!(ok && stdout.contains("does not exist yet"), "{stdout}");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "check wrote to disk"
+    );
 
     let dead = format!("127.0.0.1:{}", free_port());
     let vars = [
@@ -198,7 +246,13 @@ async fn check_passes_on_a_live_stack_and_names_what_is_down() {
     let (ok, stdout, stderr) =
         tokio::task::block_in_place(|| run_command(&["check", "--config", path], &all));
     assert!(!ok, "dead stack passed:\n{stdout}");
-    for line in ["FAIL broker", "FAIL cache", "FAIL budget", "FAIL endpoint"] {
+    for line in [
+        "FAIL broker",
+        "FAIL cache",
+        "FAIL budget",
+        "FAIL endpoint",
+        "FAIL credentials",
+    ] {
         assert!(stdout.contains(line), "{line} missing:\n{stdout}");
     }
     assert!(stderr.contains("check failed"), "{stderr}");

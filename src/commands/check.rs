@@ -5,10 +5,14 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
+use crate::annotate::AnnotateClient;
 use crate::annotate::auth::Auth;
 use crate::budget::gcra::Rate;
 use crate::budget::redis::SharedBudget;
+use crate::config::Validated;
 use crate::config::{Config, KafkaConfig};
+use crate::domain::assessment::{AssessmentId, AssessmentName};
+use crate::failure::{Failure, HaltScope};
 use crate::{app, cache, kafka};
 
 /// One line of the report.
@@ -61,6 +65,31 @@ fn check_broker(config: &KafkaConfig) -> Result<String, String> {
 }
 
 async fn check_cache(config: &Config) -> Result<String, String> {
+    // `check` changes nothing on disk: a store that does not exist yet is not created.
+    if config.cache.backend == crate::config::CacheBackend::Embedded && !config.cache.path.exists()
+    {
+        let dir = config
+            .cache
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let nearest = dir.ancestors().find(|d| d.exists()).unwrap_or(dir);
+        let writable = std::fs::metadata(nearest).is_ok_and(|m| !m.permissions().readonly());
+        return if writable {
+            Ok(format!(
+                "embedded store {} does not exist yet; `run` creates it ({} is writable)",
+                config.cache.path.display(),
+                nearest.display()
+            ))
+        } else {
+            Err(format!(
+                "embedded store {} does not exist and {} is not writable",
+                config.cache.path.display(),
+                nearest.display()
+            ))
+        };
+    }
     let opened = tokio::time::timeout(Duration::from_secs(10), cache::open(&config.cache))
         .await
         .map_err(|_| "no answer within 10 s".to_owned())?
@@ -145,8 +174,60 @@ async fn check_endpoint(config: &Config, endpoint: &reqwest::Url) -> Result<Stri
     ))
 }
 
-/// Runs every check; `Err` lists what failed.
-pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
+/// An assessment id that is well-formed but never made by Google.
+const PROBE_ID: &str = "recaptchaAnnotatorCheckProbe0";
+
+/// Proves the credentials with one annotate call for an assessment that cannot exist:
+/// Google answers 404 `NOT_FOUND` (or 400) when the key and role are right, 401 or 403 when
+/// not. Costs one request of the project's quota.
+async fn check_credentials(config: &Config, validated: &Validated) -> Result<String, String> {
+    let Some(project) = validated.project.clone() else {
+        return Ok(
+            "not proven: no recaptcha.project to send the probe to (set it, or run with --offline)"
+                .into(),
+        );
+    };
+    let id = AssessmentId::parse(PROBE_ID).map_err(|e| e.to_string())?;
+    let name = AssessmentName::from_parts(&project, &id);
+    let auth = app::auth(config).map_err(|e| format!("{e:#}"))?;
+    let client = AnnotateClient::new(&validated.endpoint, auth, &config.recaptcha)
+        .map_err(|e| e.to_string())?;
+    let call = client
+        .annotate(
+            &name,
+            bytes::Bytes::from_static(b"{\"annotation\":\"LEGITIMATE\"}"),
+        )
+        .await;
+    let status = call
+        .status
+        .map_or_else(|| "no answer".to_owned(), |s| format!("HTTP {s}"));
+    match call.result {
+        Ok(()) => Ok(format!(
+            "a probe annotate call for {name} was accepted ({status}): the credentials work (only a sandbox accepts an assessment it never made); it cost one request"
+        )),
+        Err(Failure::DeadLetter(answer)) => Ok(format!(
+            "project {} accepts the credentials: a probe for an assessment that cannot exist was answered {status} as expected ({}); it cost one request",
+            project.as_str(),
+            answer.detail
+        )),
+        Err(Failure::Halt(halt)) if halt.scope == HaltScope::Project => Err(format!(
+            "project {} refuses the credentials ({status}): grant them the role recaptchaenterprise.agent on it, or fix recaptcha.project; {}",
+            project.as_str(),
+            halt.detail
+        )),
+        Err(Failure::Halt(halt)) => Err(format!(
+            "the endpoint refuses the credentials or is not reCAPTCHA's ({status}): {}",
+            halt.detail
+        )),
+        Err(Failure::Retry(retry)) => Err(format!(
+            "the probe got no usable answer ({status}): {}",
+            retry.detail
+        )),
+    }
+}
+
+/// Runs every check; `Err` lists what failed. `offline`: no annotate call.
+pub async fn run(config: &Config, offline: bool) -> anyhow::Result<Vec<Finding>> {
     let validated = config.validate()?;
     let for_broker = KafkaConfig {
         brokers: config.kafka.brokers.clone(),
@@ -179,17 +260,25 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
             "endpoint",
             check_endpoint(config, &validated.endpoint).await,
         ),
+        if offline {
+            finding(
+                "credentials",
+                Ok("not proven (--offline): no annotate call was made".into()),
+            )
+        } else {
+            finding("credentials", check_credentials(config, &validated).await)
+        },
     ])
 }
 
 /// `check`: prints the effective config with secrets redacted, then every finding; fails
 /// naming what failed.
-pub async fn main(config: &Config) -> anyhow::Result<()> {
+pub async fn main(config: &Config, offline: bool) -> anyhow::Result<()> {
     println!(
         "effective configuration (secrets redacted):\n{}\n",
         redacted(config)
     );
-    let findings = run(config).await?;
+    let findings = run(config, offline).await?;
     let mut failed = Vec::new();
     for f in &findings {
         println!(
