@@ -3,6 +3,7 @@
 # and starts it on loopback. Idempotent: an already answering broker is left as it is.
 #
 #   scripts/tansu.sh [PORT]     (default 9092; env TANSU_PORT also works)
+#   stop it:  pkill -f "tansu broker"     (memory storage: its topics are gone)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 port=${1:-${TANSU_PORT:-9092}}
@@ -34,7 +35,7 @@ nohup "$bin" broker --listener-url "tcp://127.0.0.1:$port" \
   >"$tools/tansu-$port.log" 2>&1 &
 for _ in $(seq 1 100); do
   if answers; then
-    echo "tansu listening on 127.0.0.1:$port (log: .tools/tansu-$port.log)" >&2
+    echo "tansu listening on 127.0.0.1:$port (pid $!, log: .tools/tansu-$port.log; memory storage: stop it with 'kill $!' or 'pkill -f \"tansu broker\"', which loses every topic)" >&2
     exit 0
   fi
   sleep 0.1
