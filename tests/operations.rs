@@ -463,4 +463,34 @@ async fn logs_never_carry_secrets_or_account_data() {
     for secret in secrets {
         assert!(!logs.contains(secret), "{secret} reached the logs");
     }
+    // Typed fields: numbers are numbers, absent values are absent (no Rust debug strings),
+    // and a refused event's line still names its event id.
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for line in &lines {
+        // The service's own lines (libraries' debug lines are theirs).
+        if line["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("recaptcha_annotator"))
+        {
+            let text = line.to_string();
+            assert!(
+                !text.contains("\"None\"") && !text.contains("Some("),
+                "a Rust debug string in a JSON log line: {text}"
+            );
+        }
+    }
+    let unknown = lines
+        .iter()
+        .find(|l| l["reason"] == "unknown_outcome")
+        .unwrap_or_else(|| panic!("no unknown_outcome line:\n{logs}"));
+    assert_eq!(unknown["span"]["event_id"], "s2", "{unknown}");
+    let rejected = lines
+        .iter()
+        .find(|l| l["reason"] == "rejected")
+        .unwrap_or_else(|| panic!("no rejected line:\n{logs}"));
+    assert_eq!(rejected["status"], 400, "{rejected}");
+    assert!(rejected["span"]["partition"].is_number(), "{rejected}");
 }

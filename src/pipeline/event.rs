@@ -67,13 +67,20 @@ impl Runner {
     ) {
         // Every log line inside (retries, cache trouble, halts, dead letters) carries the
         // event's place.
-        let event_id = plan.as_ref().map_or("", Plan::event_id);
+        // Known from the plan; for an event the plan refused (an unknown outcome, a bad
+        // reference), read from its JSON if it has one. Absent (not "") when there is none.
+        let event_id: Option<std::borrow::Cow<'_, str>> = match &plan {
+            Ok(plan) => Some(plan.event_id())
+                .filter(|id| !id.is_empty())
+                .map(Into::into),
+            Err(_) => peek_event_id(msg.payload.as_deref()).map(Into::into),
+        };
         let span = tracing::info_span!(
             "event",
             topic = %msg.tp.topic,
             partition = msg.tp.partition,
             offset = msg.offset,
-            event_id = %event_id
+            event_id = event_id.as_deref()
         );
         let work = async {
             if let Some(slot) = &slot {
@@ -265,6 +272,19 @@ impl Runner {
             self.metrics.dead_lettered(letter);
         }
     }
+}
+
+/// The `event_id` of a JSON payload, if it has a string one (only for events the plan
+/// refused, so their log lines still name them).
+fn peek_event_id(payload: Option<&[u8]>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        event_id: Option<String>,
+    }
+    serde_json::from_slice::<Id>(payload?)
+        .ok()?
+        .event_id
+        .filter(|id| !id.is_empty())
 }
 
 #[cfg(test)]

@@ -240,9 +240,14 @@ impl Pipeline {
         let owned = self.partitions().book.owned();
         self.partitions().close(&self.consumer, &owned, drained);
         tasks.wait().await;
+        let joined = self.partitions().joined();
         self.consumer.unsubscribe();
         drop(self.consumer);
-        tracing::info!("left the group; stopped");
+        if joined {
+            tracing::info!("left the group; stopped");
+        } else {
+            tracing::info!("stopped (no partition was ever assigned: the group was never joined)");
+        }
         Ok(())
     }
 }

@@ -65,9 +65,16 @@ pub struct Partitions {
     metrics: Metrics,
     /// A partition stalled by a crashed event is no longer stalled once let go.
     health: Arc<Health>,
+    /// Whether any partition was ever assigned (the instance joined the group).
+    joined: std::sync::atomic::AtomicBool,
 }
 
 impl Partitions {
+    /// Whether the instance ever held an assignment (for a true shutdown line).
+    pub fn joined(&self) -> bool {
+        self.joined.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn new(
         book: Arc<OffsetBook>,
         catch_up: Arc<CatchUp>,
@@ -81,10 +88,13 @@ impl Partitions {
             catch_up,
             metrics,
             health,
+            joined: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     fn assign(&self, tp: &TopicPartition) {
+        self.joined
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.tokens.insert(tp.clone());
         self.book.assign(tp.clone());
     }
@@ -203,9 +213,24 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 impl AnnotatorContext {
     fn revoke(&self, consumer: &BaseConsumer<Self>, tps: &[TopicPartition]) {
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
-        let drained = self.partitions.drain(tps, self.rebalance_timeout);
-        self.partitions.close(consumer, tps, drained);
-        tracing::info!(partitions = tps.len(), drained, "partitions revoked");
+        // At shutdown the partitions were let go already (drained or abandoned, and
+        // committed); the revocation that leaving the group brings has nothing to add.
+        let owned: Vec<TopicPartition> = tps
+            .iter()
+            .filter(|tp| self.partitions.book.owns(tp))
+            .cloned()
+            .collect();
+        if owned.is_empty() {
+            return;
+        }
+        let drained = self.partitions.drain(&owned, self.rebalance_timeout);
+        // When not drained, `close` says how many events it abandons.
+        self.partitions.close(consumer, &owned, drained);
+        tracing::info!(
+            partitions = owned.len(),
+            drained,
+            "partitions revoked and committed"
+        );
     }
 
     fn assign(&self, tpl: &TopicPartitionList) {

@@ -65,7 +65,7 @@ impl Metrics {
             .with_label_values(&[letter.reason.as_str()])
             .inc();
         tracing::warn!(
-            reason = letter.reason.as_str(), detail = %letter.detail, status = ?letter.status,
+            reason = letter.reason.as_str(), detail = %letter.detail, status = letter.status,
             "event dead-lettered"
         );
     }
