@@ -160,10 +160,13 @@ fn pipeline(config: &Config, validated: &Validated, parts: Parts) -> anyhow::Res
         stop,
     } = parts;
     let d = &config.delivery;
+    // One voice for librdkafka across the service's clients.
+    let log = kafka::LogContext::new(&config.kafka.brokers);
     let book = Arc::new(OffsetBook::default());
     let catch_up = Arc::new(CatchUp::default());
-    let watermarks =
-        Arc::new(kafka::group_reader(&config.kafka).context("creating the watermark client")?);
+    let watermarks = Arc::new(
+        kafka::group_reader(&config.kafka, &log).context("creating the watermark client")?,
+    );
     let context_topics: Vec<String> = config
         .kafka
         .topics
@@ -187,6 +190,7 @@ fn pipeline(config: &Config, validated: &Validated, parts: Parts) -> anyhow::Res
         shared_cache: cache.shared(),
         assignment_changed: Arc::default(),
         starts_at_end: kafka::starts_at_end(&config.kafka),
+        log: Arc::clone(&log.0),
     };
     let consumer: Consumer = kafka::consumer_config(&config.kafka)
         .create_with_context(context)
@@ -230,7 +234,7 @@ fn pipeline(config: &Config, validated: &Validated, parts: Parts) -> anyhow::Res
         metrics.clone(),
     );
     let dead_letters =
-        DeadLetterWriter::new(&config.kafka).context("creating the dead-letter producer")?;
+        DeadLetterWriter::new(&config.kafka, &log).context("creating the dead-letter producer")?;
     let runner = Runner {
         store,
         joiner,
@@ -312,26 +316,43 @@ async fn watch_cache(
     metrics: Metrics,
     stop: CancellationToken,
 ) {
-    let mut down = false;
+    let location = cache.location();
+    // Since when it is down, when that was last said, and the failures since.
+    let mut down: Option<(tokio::time::Instant, tokio::time::Instant, u64)> = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep(CACHE_PING_EVERY) => {}
             () = stop.cancelled() => return,
         }
         let result = tokio::time::timeout(CACHE_PING_EVERY, cache.ping()).await;
-        let now_down = !matches!(result, Ok(Ok(())));
-        if now_down {
-            metrics.cache_errors.inc();
-        }
-        if now_down != down {
-            let error = match &result {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some("no answer in time".to_owned()),
-            };
-            metrics.cache_ping_changed(error.as_deref());
-            health.set_cache_down(now_down);
-            down = now_down;
+        let error = match &result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer in time".to_owned()),
+        };
+        match (&mut down, error) {
+            (None, Some(error)) => {
+                metrics.cache_errors.inc();
+                metrics.cache_ping_changed(&location, Some(&error));
+                health.set_cache_down(true);
+                let now = tokio::time::Instant::now();
+                down = Some((now, now, 0));
+            }
+            (Some((since, said, failures)), Some(_)) => {
+                metrics.cache_errors.inc();
+                *failures += 1;
+                if said.elapsed() >= crate::kafka::REPORT_EVERY {
+                    metrics.cache_still_down(&location, since.elapsed(), *failures);
+                    *said = tokio::time::Instant::now();
+                    *failures = 0;
+                }
+            }
+            (Some(_), None) => {
+                metrics.cache_ping_changed(&location, None);
+                health.set_cache_down(false);
+                down = None;
+            }
+            (None, None) => {}
         }
     }
 }

@@ -29,7 +29,7 @@ const RECORD_OVERHEAD: usize = 1024;
 
 #[derive(Clone)]
 pub struct DeadLetterWriter {
-    producer: FutureProducer,
+    producer: FutureProducer<kafka::LogContext>,
     topic: String,
     /// The largest record the producer sends (`message.max.bytes`).
     max_bytes: usize,
@@ -37,9 +37,9 @@ pub struct DeadLetterWriter {
 
 impl DeadLetterWriter {
     /// A writer to the configured dead-letter topic.
-    pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
+    pub fn new(config: &KafkaConfig, log: &kafka::LogContext) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: kafka::dead_letter_producer(config)?,
+            producer: kafka::dead_letter_producer(config, log)?,
             topic: config.topics.dead_letter.clone(),
             max_bytes: kafka::max_message_bytes(config),
         })

@@ -21,6 +21,149 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 
+/// How often a broker that stays unreachable is reported again.
+pub const REPORT_EVERY: Duration = Duration::from_secs(30);
+
+/// What librdkafka says about the brokers, said once per service: every client shares one
+/// `KafkaLog`, so an unreachable broker is one WARN line naming the address, repeated at
+/// most every [`REPORT_EVERY`] with a count, and one INFO line when it answers again; the
+/// end of a partition is not an error.
+pub struct KafkaLog {
+    brokers: String,
+    state: std::sync::Mutex<BrokerState>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+struct BrokerState {
+    since: Option<std::time::Instant>,
+    reported: std::time::Instant,
+    unreported: u64,
+}
+
+impl KafkaLog {
+    pub fn new(brokers: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            state: std::sync::Mutex::new(BrokerState {
+                since: None,
+                reported: std::time::Instant::now(),
+                unreported: 0,
+            }),
+            down: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BrokerState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A connection failure or all brokers down.
+    fn unreachable(&self, error: &str) {
+        let mut state = self.state();
+        match state.since {
+            None => {
+                state.since = Some(std::time::Instant::now());
+                state.reported = std::time::Instant::now();
+                state.unreported = 0;
+                self.down.store(true, std::sync::atomic::Ordering::Release);
+                tracing::warn!(brokers = %self.brokers, error = %error, "Kafka broker unreachable; retrying (reported again at most every 30 s)");
+            }
+            Some(since) => {
+                state.unreported += 1;
+                if state.reported.elapsed() >= REPORT_EVERY {
+                    tracing::warn!(brokers = %self.brokers, error = %error, down_s = since.elapsed().as_secs(), errors = state.unreported, "Kafka broker still unreachable; retrying");
+                    state.reported = std::time::Instant::now();
+                    state.unreported = 0;
+                }
+            }
+        }
+    }
+
+    /// Something went through (a message, an assignment, a query answered).
+    pub fn reachable(&self) {
+        if !self.down.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.state();
+        if let Some(since) = state.since.take() {
+            self.down.store(false, std::sync::atomic::Ordering::Release);
+            tracing::info!(brokers = %self.brokers, down_s = since.elapsed().as_secs(), "Kafka broker reachable again");
+        }
+    }
+
+    /// An error the consumer's poll returned.
+    pub fn consumer_error(&self, error: &KafkaError) {
+        self.error(error, &error.to_string());
+    }
+
+    /// librdkafka's client-wide error callback.
+    pub fn error(&self, error: &KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            _ if matches!(error, KafkaError::PartitionEOF(_)) => {
+                tracing::debug!(%reason, "end of partition");
+            }
+            Some(
+                RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::BrokerNotAvailable,
+            ) => self.unreachable(reason),
+            _ => tracing::warn!(error = %error, %reason, "Kafka client error"),
+        }
+    }
+
+    /// librdkafka's own log lines: connection failures go through [`Self::unreachable`];
+    /// the rest keeps its level (notices as debug: they are routine).
+    pub fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        let connection = fac == "FAIL"
+            || message.contains("Connect to")
+            || message.contains("Connection refused")
+            || message.contains("brokers are down");
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning if connection => {
+                self.unreachable(message);
+            }
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", facility = fac, "{message}");
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{message}"),
+            L::Notice | L::Info => {
+                tracing::debug!(target: "librdkafka", facility = fac, "{message}");
+            }
+            L::Debug => tracing::trace!(target: "librdkafka", facility = fac, "{message}"),
+        }
+    }
+}
+
+/// The context of the service's plain clients (watermarks, dead-letter producer, replay
+/// reader): their librdkafka lines go through the shared [`KafkaLog`].
+#[derive(Clone)]
+pub struct LogContext(pub std::sync::Arc<KafkaLog>);
+
+impl LogContext {
+    pub fn new(brokers: &str) -> Self {
+        Self(std::sync::Arc::new(KafkaLog::new(brokers)))
+    }
+}
+
+impl rdkafka::ClientContext for LogContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.0.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.error(&error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LogContext {}
+
+/// A plain consumer of the service (watermarks, metadata, the group's commits).
+pub type Reader = BaseConsumer<LogContext>;
+
 /// Longest wait for one metadata, watermark or committed-offset answer.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -127,11 +270,14 @@ pub fn starts_at_end(config: &KafkaConfig) -> bool {
 
 /// A plain client (it never joins the group: no subscribe) for watermarks, metadata and the
 /// group's committed offsets, queried off the poll thread.
-pub fn group_reader(config: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
+pub fn group_reader(
+    config: &KafkaConfig,
+    log: &LogContext,
+) -> Result<BaseConsumer<LogContext>, KafkaError> {
     client(config)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(log.clone())
 }
 
 /// A client without a group, for metadata only (`check`).
@@ -154,17 +300,23 @@ pub fn max_message_bytes(config: &KafkaConfig) -> usize {
 }
 
 /// The dead-letter producer: waits for every in-sync replica.
-pub fn dead_letter_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+pub fn dead_letter_producer(
+    config: &KafkaConfig,
+    log: &LogContext,
+) -> Result<FutureProducer<LogContext>, KafkaError> {
     client(config)
         .set("acks", "all")
         .set("message.timeout.ms", "30000")
         .set("linger.ms", "5")
         .set("message.max.bytes", max_message_bytes(config).to_string())
-        .create()
+        .create_with_context(log.clone())
 }
 
 /// The reader of `dead-letter replay`: its own group, commits only what it replayed.
-pub fn replay_reader(config: &KafkaConfig, group: &str) -> Result<BaseConsumer, KafkaError> {
+pub fn replay_reader(
+    config: &KafkaConfig,
+    group: &str,
+) -> Result<BaseConsumer<LogContext>, KafkaError> {
     client(config)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -172,7 +324,7 @@ pub fn replay_reader(config: &KafkaConfig, group: &str) -> Result<BaseConsumer, 
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_uncommitted")
-        .create()
+        .create_with_context(LogContext::new(&config.brokers))
 }
 
 /// The producer of `dead-letter replay`.
@@ -281,8 +433,8 @@ pub fn topic_reader(brokers: &str, group: &str) -> anyhow::Result<BaseConsumer> 
 }
 
 /// Partition -> high watermark for each topic.
-pub fn end_offsets(
-    reader: &BaseConsumer,
+pub fn end_offsets<C: rdkafka::consumer::ConsumerContext>(
+    reader: &BaseConsumer<C>,
     topics: &[&str],
 ) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
     let mut out = BTreeMap::new();
@@ -299,8 +451,8 @@ pub fn end_offsets(
 }
 
 /// Partition -> committed offset of the reader's group (absent when none).
-pub fn committed_offsets(
-    reader: &BaseConsumer,
+pub fn committed_offsets<C: rdkafka::consumer::ConsumerContext>(
+    reader: &BaseConsumer<C>,
     partitions: &[(String, i32)],
 ) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
     let mut tpl = TopicPartitionList::new();

@@ -320,6 +320,38 @@ async fn after_a_quiet_restart_every_owned_partition_has_lag_and_topics_are_kafk
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_is_down_is_reported_once_not_in_every_connect_attempt() {
+    let env = TestEnv::new("broker-down").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let file = env.config_file(&format!(
+        "[kafka]\nbrokers = \"{dead}\"\n[kafka.properties]\n\"socket.connection.setup.timeout.ms\" = \"1000\"\n\"reconnect.backoff.max.ms\" = \"1000\""
+    ));
+    let service = spawn_logged(file.path(), "info");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let logs = service.stop("TERM");
+    let lines: Vec<&str> = logs.lines().collect();
+    eprintln!(
+        "{} lines in 15 s with the broker down:\n{logs}",
+        lines.len()
+    );
+    let about_it = lines
+        .iter()
+        .filter(|l| l.contains("unreachable") || l.contains("librdkafka"))
+        .count();
+    assert!(
+        logs.contains("Kafka broker unreachable") && logs.contains(&dead),
+        "no line naming the broker:\n{logs}"
+    );
+    assert!(about_it <= 2, "{about_it} lines about the broker:\n{logs}");
+    assert!(lines.len() <= 12, "{} lines:\n{logs}", lines.len());
+    assert!(!logs.contains("ERROR"), "ERROR lines:\n{logs}");
+    assert!(
+        logs.contains("the group was never joined") && !logs.contains("left the group"),
+        "shutdown line:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_refuses_to_consume_as_the_real_group() {
     let env = TestEnv::new("dry-group").await;
     let file = env.config_file("");

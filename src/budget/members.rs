@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::consumer::Consumer as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::QUERY_TIMEOUT;
@@ -17,7 +17,12 @@ use crate::pipeline::offsets::OffsetBook;
 pub const READ_EVERY: Duration = Duration::from_secs(10);
 
 /// The members of `group`, or an estimate: the consumed partitions over the ones owned here.
-fn read(client: &BaseConsumer, group: &str, topics: &[String], owned: usize) -> Option<usize> {
+fn read(
+    client: &crate::kafka::Reader,
+    group: &str,
+    topics: &[String],
+    owned: usize,
+) -> Option<usize> {
     if let Ok(groups) = client.fetch_group_list(Some(group), QUERY_TIMEOUT)
         && let Some(found) = groups.groups().iter().find(|g| g.name() == group)
         && !found.members().is_empty()
@@ -40,7 +45,7 @@ fn read(client: &BaseConsumer, group: &str, topics: &[String], owned: usize) -> 
 
 /// Keeps `members` at the group's last known size until `stop`.
 pub async fn watch(
-    client: Arc<BaseConsumer>,
+    client: Arc<crate::kafka::Reader>,
     group: String,
     topics: Vec<String>,
     book: Arc<OffsetBook>,

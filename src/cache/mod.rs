@@ -58,6 +58,10 @@ pub trait Cache: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), CacheError>;
     /// Backend name for logs and metrics.
     fn name(&self) -> &'static str;
+    /// Where it is, for log lines (never a password).
+    fn location(&self) -> String {
+        self.name().to_owned()
+    }
     /// Whether every instance of the group sees the same store (joins across instances
     /// need it).
     fn shared(&self) -> bool {

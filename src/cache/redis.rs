@@ -17,6 +17,8 @@ use crate::domain::assessment::{AssessmentName, CorrelationKey};
 
 pub struct RedisCache {
     conn: ConnectionManager,
+    /// `host:port` of the server, for log lines.
+    address: String,
     prefix: String,
     done_prefix: String,
 }
@@ -24,6 +26,20 @@ pub struct RedisCache {
 /// Redis errors can quote the URL; keep only the kind and the server's category.
 fn redis_error(err: &redis::RedisError) -> CacheError {
     CacheError(format!("redis {:?}: {}", err.kind(), err.category()))
+}
+
+/// `host:port` of a Redis URL, without user or password.
+pub fn address(url: &SecretString) -> String {
+    reqwest::Url::parse(url.expose_secret()).map_or_else(
+        |_| "the configured Redis".to_owned(),
+        |u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or("?"),
+                u.port().unwrap_or(6379)
+            )
+        },
+    )
 }
 
 /// `WRONGTYPE`: the key holds a hash, list or set where a string belongs.
@@ -47,6 +63,7 @@ impl RedisCache {
             .map_err(|e| redis_error(&e))?;
         Ok(Self {
             conn,
+            address: address(url),
             prefix: prefix.to_owned(),
             done_prefix: done_prefix.to_owned(),
         })
@@ -134,5 +151,9 @@ impl Cache for RedisCache {
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn location(&self) -> String {
+        format!("redis at {}", self.address)
     }
 }

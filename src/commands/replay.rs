@@ -53,8 +53,9 @@ const QUIET: Duration = Duration::from_secs(3);
 
 pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     let topics = &config.kafka.topics;
-    let consumer: BaseConsumer = kafka::replay_reader(&config.kafka, &args.group)
-        .context("creating the dead-letter reader")?;
+    let consumer: BaseConsumer<kafka::LogContext> =
+        kafka::replay_reader(&config.kafka, &args.group)
+            .context("creating the dead-letter reader")?;
     let metadata = consumer
         .fetch_metadata(Some(&topics.dead_letter), Duration::from_secs(10))
         .context("reading dead-letter topic metadata")?;

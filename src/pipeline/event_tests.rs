@@ -128,7 +128,11 @@ impl Harness {
                 gate,
                 metrics.clone(),
             ),
-            dead_letters: DeadLetterWriter::new(&KafkaConfig::default()).unwrap(),
+            dead_letters: DeadLetterWriter::new(
+                &KafkaConfig::default(),
+                &crate::kafka::LogContext::new("127.0.0.1:9092"),
+            )
+            .unwrap(),
             book: Arc::clone(&book),
             metrics: metrics.clone(),
             health: Arc::clone(&health),

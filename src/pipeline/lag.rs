@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::consumer::Consumer as _;
 
 use super::offsets::OffsetBook;
 use crate::kafka::{self, QUERY_TIMEOUT};
@@ -13,7 +13,7 @@ use crate::telemetry::Metrics;
 
 pub struct Lag {
     /// A plain client for watermarks.
-    client: Arc<BaseConsumer>,
+    client: Arc<crate::kafka::Reader>,
     /// Owned partitions and their committed offsets.
     book: Arc<OffsetBook>,
     /// `annotator_consumer_lag`.
@@ -26,7 +26,7 @@ pub struct Lag {
 
 impl Lag {
     pub fn new(
-        client: Arc<BaseConsumer>,
+        client: Arc<crate::kafka::Reader>,
         book: Arc<OffsetBook>,
         metrics: Metrics,
         starts_at_end: bool,

@@ -210,8 +210,11 @@ impl Pipeline {
                     backpressure.check(&self.consumer, room, changed);
                 }
                 received = self.consumer.recv(), if receiving => match received {
-                    Ok(m) => self.take(&m, &tasks, &backpressure),
-                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                    Ok(m) => {
+                        self.consumer.context().log.reachable();
+                        self.take(&m, &tasks, &backpressure);
+                    }
+                    Err(e) => self.consumer.context().log.consumer_error(&e),
                 },
             }
         }

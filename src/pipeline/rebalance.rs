@@ -158,7 +158,7 @@ pub struct AnnotatorContext {
     /// The assessments topic: its partitions are caught up on assignment.
     pub assessments_topic: Arc<str>,
     /// A plain client (no group) for watermarks and metadata, queried off the poll thread.
-    pub watermarks: Arc<BaseConsumer>,
+    pub watermarks: Arc<crate::kafka::Reader>,
     /// The consumed topics, for the partial-assignment check.
     pub topics: Vec<String>,
     /// The cache is shared by the group; when it is not, warn when other members own
@@ -168,6 +168,8 @@ pub struct AnnotatorContext {
     pub assignment_changed: Arc<AtomicBool>,
     /// `auto.offset.reset` points at the end: a partition without a commit starts there.
     pub starts_at_end: bool,
+    /// librdkafka's lines, shared with the service's other clients.
+    pub log: Arc<crate::kafka::KafkaLog>,
 }
 
 /// Runs `f` on the blocking pool when a runtime is there (rebalance callbacks also run while
@@ -181,7 +183,11 @@ fn off_the_poll_thread(f: impl FnOnce() + Send + 'static) {
 /// Where consumption of an assessments partition starts (the group's commit, or the reset
 /// position without one) and its end offset, as of now. When either cannot be read the
 /// catch-up is not waited for (`(0, 0)`), so a broker hiccup cannot park outcomes forever.
-fn catch_up_range(client: &BaseConsumer, tp: &TopicPartition, starts_at_end: bool) -> (i64, i64) {
+fn catch_up_range(
+    client: &crate::kafka::Reader,
+    tp: &TopicPartition,
+    starts_at_end: bool,
+) -> (i64, i64) {
     let (low, high) = match client.fetch_watermarks(&tp.topic, tp.partition, QUERY_TIMEOUT) {
         Ok(watermarks) => watermarks,
         Err(e) => {
@@ -201,7 +207,15 @@ fn catch_up_range(client: &BaseConsumer, tp: &TopicPartition, starts_at_end: boo
     (start, high)
 }
 
-impl ClientContext for AnnotatorContext {}
+impl ClientContext for AnnotatorContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.log.error(&error, reason);
+    }
+}
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements()
@@ -234,6 +248,7 @@ impl AnnotatorContext {
     }
 
     fn assign(&self, tpl: &TopicPartitionList) {
+        self.log.reachable();
         self.metrics.rebalances.with_label_values(&["assign"]).inc();
         let mut assessments = Vec::new();
         for tp in partitions(tpl) {

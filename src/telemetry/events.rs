@@ -37,8 +37,10 @@ impl Metrics {
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         match cause {
             RetryCause::Cache => {
+                // The cache watch says it once for the service (and every 30 s while it
+                // lasts); each event's retry would repeat it.
                 self.cache_errors.inc();
-                tracing::warn!(error = %detail, delay_ms, "cache operation failed; retrying");
+                tracing::debug!(error = %detail, delay_ms, "cache operation failed; retrying");
             }
             RetryCause::DeadLetterWrite => {
                 tracing::warn!(error = %detail, delay_ms, "dead-letter write failed; retrying");
@@ -98,11 +100,18 @@ impl Metrics {
     }
 
     /// The periodic cache ping changed its answer (`error` is `None` when it answers again).
-    pub fn cache_ping_changed(&self, error: Option<&str>) {
+    pub fn cache_ping_changed(&self, cache: &str, error: Option<&str>) {
         match error {
-            Some(error) => tracing::warn!(error = %error, "cache ping failed"),
-            None => tracing::info!("cache reachable again"),
+            Some(error) => {
+                tracing::warn!(cache = %cache, error = %error, "cache unreachable; events that need it wait (reported again at most every 30 s)")
+            }
+            None => tracing::info!(cache = %cache, "cache reachable again"),
         }
+    }
+
+    /// The cache still does not answer.
+    pub fn cache_still_down(&self, cache: &str, down: std::time::Duration, failures: u64) {
+        tracing::warn!(cache = %cache, down_s = down.as_secs(), failed_pings = failures, "cache still unreachable");
     }
 
     /// The quota budget granted a call after `waited`.
