@@ -15,6 +15,9 @@ use super::{Config, ConfigError};
 /// Prefix of environment overrides; `__` separates levels.
 pub const ENV_PREFIX: &str = "ANNOTATOR__";
 
+/// The name figment gives the environment provider's values.
+const ENV_METADATA: &str = "environment variable(s)";
+
 /// Accepts a string or an integer (a project number given through the environment parses
 /// as an integer).
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -141,7 +144,7 @@ fn env_path(name: &str) -> Option<Vec<String>> {
 
 impl Provider for EnvOverrides {
     fn metadata(&self) -> Metadata {
-        Metadata::named("environment variable(s)")
+        Metadata::named(ENV_METADATA)
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
@@ -210,15 +213,130 @@ fn load_with_env(path: Option<&Path>, mut env: EnvOverrides) -> Result<Config, C
                 .filter(|p| !env.verbatim.contains(p))
                 .collect();
         if wants_string.is_empty() {
-            return Err(ConfigError::Load(Box::new(error)));
+            let mut figment = Figment::new();
+            if let Some(path) = path {
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            return Err(every_problem(&figment.merge(&env), &error));
         }
         env.verbatim.extend(wants_string);
     }
 }
 
+/// Every problem of a config that does not deserialize, each named by its key and where it
+/// came from (the file, or the environment variable): one per section at least, since
+/// serde stops at a section's first problem.
+pub(super) fn every_problem(figment: &Figment, first: &figment::Error) -> ConfigError {
+    fn section<T: serde::de::DeserializeOwned>(
+        figment: &Figment,
+        key: &str,
+        errors: &mut Vec<figment::Error>,
+    ) {
+        if figment.find_value(key).is_ok()
+            && let Err(e) = figment.extract_inner::<T>(key)
+        {
+            // figment puts the section's key last; it goes first.
+            errors.extend(e.into_iter().map(|mut e| {
+                if e.path.last().is_some_and(|last| last == key) {
+                    e.path.pop();
+                    e.path.insert(0, key.to_owned());
+                }
+                e
+            }));
+        }
+    }
+    let mut errors: Vec<figment::Error> = Vec::new();
+    section::<super::KafkaConfig>(figment, "kafka", &mut errors);
+    section::<super::RecaptchaConfig>(figment, "recaptcha", &mut errors);
+    section::<super::CacheConfig>(figment, "cache", &mut errors);
+    section::<super::DeliveryConfig>(figment, "delivery", &mut errors);
+    section::<super::AdminConfig>(figment, "admin", &mut errors);
+    section::<super::LogConfig>(figment, "log", &mut errors);
+    section::<super::RulesConfig>(figment, "rules", &mut errors);
+    section::<bool>(figment, "dry_run", &mut errors);
+    const SECTIONS: [&str; 8] = [
+        "kafka",
+        "recaptcha",
+        "cache",
+        "delivery",
+        "admin",
+        "log",
+        "rules",
+        "dry_run",
+    ];
+    let mut problems: Vec<String> = Vec::new();
+    if let Ok(top) = figment.extract::<Dict>() {
+        for key in top.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
+            problems.push(format!(
+                "{key}: unknown key (the sections are {})",
+                SECTIONS.join(", ")
+            ));
+        }
+    }
+    problems.extend(errors.iter().map(describe));
+    if problems.is_empty() {
+        problems.extend(first.clone().into_iter().map(|e| describe(&e)));
+    }
+    problems.dedup();
+    ConfigError::Invalid(problems)
+}
+
+/// `cache.ttl: invalid type: ... (from ANNOTATOR__CACHE__TTL)`.
+fn describe(e: &figment::Error) -> String {
+    let key = if e.path.is_empty() {
+        "config".to_owned()
+    } else {
+        e.path.join(".")
+    };
+    let source = match &e.metadata {
+        Some(m) if m.name == ENV_METADATA => format!(
+            " (from the environment variable {ENV_PREFIX}{})",
+            e.path
+                .iter()
+                .map(|p| p.to_ascii_uppercase().replace('.', "_"))
+                .collect::<Vec<_>>()
+                .join("__")
+        ),
+        Some(m) => m
+            .source
+            .as_ref()
+            .map(|source| format!(" (in {source})"))
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    format!("{key}: {}{source}", e.kind)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn every_problem_is_reported_at_once_with_its_key_and_source() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[cache]\nttl = \"forever\"\n[delivery]\nmax_in_flight = \"many\"",
+            )?;
+            jail.set_env("ANNOTATOR__ADMIN__LAG_INTERVAL", "soon");
+            let err = Config::load(Some(Path::new("c.toml")))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            for part in [
+                "cache.ttl:",
+                "delivery.max_in_flight:",
+                "c.toml",
+                "admin.lag_interval:",
+                "(from the environment variable ANNOTATOR__ADMIN__LAG_INTERVAL)",
+            ] {
+                assert!(err.contains(part), "{part} missing: {err}");
+            }
+            assert!(!err.contains("default."), "figment's profile shows: {err}");
+            Ok(())
+        });
+    }
 
     #[test]
     #[allow(clippy::result_large_err)]

@@ -391,10 +391,10 @@ impl Config {
 
     /// Parses a TOML string (tests and examples).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Figment::new()
-            .merge(Toml::string(text))
+        let figment = Figment::new().merge(Toml::string(text));
+        figment
             .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))
+            .map_err(|e| env::every_problem(&figment, &e))
     }
 }
 

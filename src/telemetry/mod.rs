@@ -370,13 +370,16 @@ mod tests {
 
     #[test]
     fn known_label_sets_are_exported_at_zero_from_start() {
-        let text = Metrics::new().render();
+        let metrics = Metrics::new();
+        metrics.show_topics("assessments", &["logins", "registrations", "fraud-signals"]);
+        let text = metrics.render();
         for series in [
             r#"annotator_retries_total{cause="rate_limited"} 0"#,
             r#"annotator_retries_total{cause="aborted"} 0"#,
             r#"annotator_dead_letters_total{reason="forbidden"} 0"#,
             r#"annotator_dead_letters_total{reason="unjoined"} 0"#,
-            r#"annotator_events_total{result="annotated",topic="fraud_signals"} 0"#,
+            r#"annotator_events_total{result="annotated",topic="fraud-signals"} 0"#,
+            r#"annotator_events_total{result="cached",topic="assessments"} 0"#,
             r#"annotator_annotate_requests_total{status_class="5xx"} 0"#,
             "annotator_halted_projects 0",
             "annotator_stalled_partitions 0",
