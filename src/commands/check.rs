@@ -295,22 +295,45 @@ pub async fn main(config: &Config, offline: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The effective config as text with secrets redacted (the API key and Redis URL are
-/// secret types; librdkafka properties that hold secrets are replaced here).
+/// The effective config as TOML with secrets redacted (the API key and Redis URL print as
+/// `[REDACTED]`, and so do librdkafka properties that hold secrets), every default written
+/// out, and the rules as they apply: the defaults with the config's additions.
 pub fn redacted(config: &Config) -> String {
-    let mut text = format!("{config:#?}");
-    for (key, value) in config
-        .kafka
-        .properties
-        .iter()
-        .filter(|(k, _)| kafka::is_secret_property(k))
-    {
-        text = text.replace(
-            &format!("{key:?}: {value:?}"),
-            &format!("{key:?}: \"[redacted]\""),
-        );
+    let mut value = match toml::Value::try_from(config) {
+        Ok(value) => value,
+        Err(e) => return format!("(cannot be shown: {e})"),
+    };
+    if let Some(table) = value.as_table_mut() {
+        if let Some(properties) = table
+            .get_mut("kafka")
+            .and_then(|k| k.get_mut("properties"))
+            .and_then(toml::Value::as_table_mut)
+        {
+            for (key, v) in properties.iter_mut() {
+                if kafka::is_secret_property(key) {
+                    *v = toml::Value::String("[REDACTED]".into());
+                }
+            }
+        }
+        if let Ok(validated) = config.validate() {
+            let mut rules = toml::Table::new();
+            for (topic, outcome) in validated.rules.outcomes() {
+                let Some(rule) = validated.rules.get(topic, outcome) else {
+                    continue;
+                };
+                let Ok(rule) = toml::Value::try_from(rule) else {
+                    continue;
+                };
+                rules
+                    .entry(topic.as_str())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .map(|t| t.insert(outcome.to_owned(), rule));
+            }
+            table.insert("rules".into(), toml::Value::Table(rules));
+        }
     }
-    text
+    toml::to_string_pretty(&value).unwrap_or_else(|e| format!("(cannot be shown: {e})"))
 }
 
 #[cfg(test)]
@@ -324,6 +347,14 @@ mod tests {
         )
         .unwrap();
         let text = redacted(&config);
+        // TOML, every default written out, the rules as they apply.
+        for part in [
+            "ttl = \"90d\"",
+            "[rules.logins.password_correct]",
+            "api_key = \"[REDACTED]\"",
+        ] {
+            assert!(text.contains(part), "{part} missing:\n{text}");
+        }
         assert!(
             !text.contains("AIzaSECRET") && !text.contains("hunter2") && !text.contains(":pw@"),
             "{text}"

@@ -307,6 +307,36 @@ fn describe(e: &figment::Error) -> String {
     format!("{key}: {}{source}", e.kind)
 }
 
+/// Durations as the operator writes them: read by humantime (`90d`, `500ms`, `1h 30m`),
+/// written in one unit (`90d`, not humantime's `2months 29days 2h 52m 48s`).
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        humantime_serde::deserialize(d)
+    }
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*value))
+    }
+
+    /// `90d`, `2h`, `15m`, `30s`, `500ms`.
+    pub fn format(value: Duration) -> String {
+        let secs = value.as_secs();
+        if value.subsec_nanos() != 0 || secs == 0 {
+            return format!("{}ms", value.as_millis());
+        }
+        for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+            if secs.is_multiple_of(size) {
+                return format!("{}{unit}", secs / size);
+            }
+        }
+        format!("{secs}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

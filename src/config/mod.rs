@@ -17,7 +17,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
 
 pub use self::env::ENV_PREFIX;
@@ -37,7 +37,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -78,7 +78,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated.
@@ -91,7 +91,7 @@ pub struct KafkaConfig {
     /// `bootstrap.servers`) are set after them and cannot be overridden.
     pub properties: BTreeMap<String, String>,
     /// How often finished offsets are committed (also on revoke and shutdown).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub commit_interval: Duration,
 }
 
@@ -107,7 +107,7 @@ impl Default for KafkaConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicsConfig {
     /// Assessment-created events; they feed the cache.
@@ -155,7 +155,7 @@ impl TopicsConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecaptchaConfig {
     /// API base URL; tests and the demo point it at the sandbox.
@@ -167,9 +167,10 @@ pub struct RecaptchaConfig {
     #[serde(deserialize_with = "vec_string_or_number")]
     pub allowed_projects: Vec<String>,
     /// API key, sent as `x-goog-api-key`. Without it, Google Application Default Credentials.
+    #[serde(serialize_with = "redacted_opt")]
     pub api_key: Option<SecretString>,
     /// Deadline of one annotate call.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub request_timeout: Duration,
     /// Connections kept open to the endpoint per HTTP client.
     pub max_idle_connections: usize,
@@ -202,8 +203,22 @@ impl Default for RecaptchaConfig {
     }
 }
 
+/// A secret shown as `[REDACTED]` when the config is printed.
+fn redacted<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("[REDACTED]")
+}
+
+/// An optional secret: `[REDACTED]` when set, absent when not.
+#[allow(clippy::ref_option)]
+fn redacted_opt<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_str("[REDACTED]"),
+        None => s.serialize_none(),
+    }
+}
+
 /// Where `key -> assessment` mappings live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheBackend {
     /// Embedded persistent store (redb) in `cache.path`: one instance only.
@@ -214,12 +229,13 @@ pub enum CacheBackend {
     Memory,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// `embedded` (default, one instance), `redis` (consumer groups) or `memory`.
     pub backend: CacheBackend,
     /// Redis URL for `backend = "redis"`.
+    #[serde(serialize_with = "redacted")]
     pub redis_url: SecretString,
     /// Prefix of Redis keys; a mapping is `SET <prefix><key> <assessment name> EX <ttl>`.
     pub redis_prefix: String,
@@ -230,12 +246,12 @@ pub struct CacheConfig {
     pub redis_budget_prefix: String,
     /// How long an annotated `event_id` is remembered so a redelivered event is not sent
     /// again; `0s` turns duplicate suppression off.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub dedup_ttl: Duration,
     /// File of the embedded store.
     pub path: PathBuf,
     /// How long a mapping is kept: chargebacks arrive weeks to months later.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub ttl: Duration,
 }
 
@@ -254,7 +270,7 @@ impl Default for CacheConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Annotate calls in flight at once, across all partitions.
@@ -272,24 +288,24 @@ pub struct DeliveryConfig {
     pub max_event_bytes: usize,
     /// How long an outcome whose key is not in the cache yet waits before it is dead-lettered
     /// as `unjoined`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub join_grace: Duration,
     /// How often parked outcomes look in the cache again.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub join_retry: Duration,
     /// First retry delay after 429, 5xx, a timeout or a connection error.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub retry_initial: Duration,
     /// Cap of the exponential retry delay.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub retry_max: Duration,
     /// While calls are halted (credentials, endpoint, or a project answering 403), how
     /// often one call probes.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub halt_retry: Duration,
     /// How long a project may answer 403 to every probe before its waiting and new events
     /// are dead-lettered `forbidden` (one probe per `halt_retry` still tests it).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub forbidden_grace: Duration,
     /// Most annotate calls per second. The default, 100, is a tenth of a project's default
     /// quota (1,000/s, shared with the site's own `assessments.create` calls); `0` means no
@@ -308,10 +324,10 @@ pub struct DeliveryConfig {
     /// round trip holds and is cut on 429, 503 and timeouts. `false`: always `max_in_flight`.
     pub adaptive_concurrency: bool,
     /// How long revoked partitions may drain before their work is abandoned.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub rebalance_timeout: Duration,
     /// How long SIGTERM/SIGINT may drain before the rest is abandoned (it is redelivered).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub shutdown_timeout: Duration,
 }
 
@@ -339,13 +355,13 @@ impl Default for DeliveryConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub listen: String,
     /// How often consumer lag (`annotator_consumer_lag`) is measured from the broker.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "env::duration")]
     pub lag_interval: Duration,
 }
 
@@ -357,7 +373,7 @@ impl Default for AdminConfig {
         }
     }
 }
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` (default) or `json`.
@@ -375,7 +391,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
     pub logins: BTreeMap<String, Rule>,

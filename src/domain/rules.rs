@@ -36,7 +36,7 @@ impl fmt::Display for OutcomeTopic {
 }
 
 /// What one outcome means for Google's model.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// `LEGITIMATE` or `FRAUDULENT`; absent to send reasons only.
