@@ -69,9 +69,31 @@ impl Auth {
                     Ok(google_cloud_auth::credentials::CacheableResource::NotModified) => {
                         Err(AuthError::Google("credentials returned no headers".into()))
                     }
-                    Err(e) => Err(AuthError::Google(e.to_string())),
+                    Err(e) => Err(AuthError::Google(token_error(&e))),
                 }
             }
         }
+    }
+}
+
+/// What a failed token fetch means for the operator, in one sentence: whether retrying can
+/// help, then the causes (Google's own message reads "... might succeed. but future
+/// attempts may succeed").
+fn token_error(e: &google_cloud_auth::errors::CredentialsError) -> String {
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    let what = if e.is_transient() {
+        "Google credentials: no token now (a passing failure; the next call tries again)"
+    } else {
+        "Google credentials cannot produce a token (fix them: the service account key, the metadata server, or GOOGLE_APPLICATION_CREDENTIALS)"
+    };
+    if causes.is_empty() {
+        format!("{what}: {e}")
+    } else {
+        format!("{what}: {}", causes.join(": "))
     }
 }
