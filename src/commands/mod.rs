@@ -20,6 +20,21 @@ pub async fn create_topics(config: &Config, partitions: i32) -> anyhow::Result<(
     let t = &config.kafka.topics;
     let mut all = t.consumed().to_vec();
     all.push(&t.dead_letter);
+    // A broker that does not answer is said in seconds, naming it, not after the admin
+    // request's minute as `OperationTimedOut`.
+    let probe = kafka::metadata_client(&config.kafka)?;
+    let reached = tokio::task::spawn_blocking(move || {
+        rdkafka::consumer::Consumer::fetch_metadata(&probe, None, kafka::QUERY_TIMEOUT)
+            .map(|_| ())
+    })
+    .await?;
+    if let Err(e) = reached {
+        anyhow::bail!(
+            "the broker {} does not answer within {} s ({e}); start it (scripts/tansu.sh for a local one) or fix kafka.brokers",
+            config.kafka.brokers,
+            kafka::QUERY_TIMEOUT.as_secs()
+        );
+    }
     kafka::create_topics_with(&kafka::client(&config.kafka), &all, partitions).await?;
     println!("topics ready: {}", all.join(", "));
     Ok(())
