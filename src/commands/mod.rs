@@ -24,8 +24,7 @@ pub async fn create_topics(config: &Config, partitions: i32) -> anyhow::Result<(
     // request's minute as `OperationTimedOut`.
     let probe = kafka::metadata_client(&config.kafka)?;
     let reached = tokio::task::spawn_blocking(move || {
-        rdkafka::consumer::Consumer::fetch_metadata(&probe, None, kafka::QUERY_TIMEOUT)
-            .map(|_| ())
+        rdkafka::consumer::Consumer::fetch_metadata(&probe, None, kafka::QUERY_TIMEOUT).map(|_| ())
     })
     .await?;
     if let Err(e) = reached {

@@ -224,19 +224,45 @@ fn load_with_env(path: Option<&Path>, mut env: EnvOverrides) -> Result<Config, C
 }
 
 /// Every problem of a config that does not deserialize, each named by its key and where it
-/// came from (the file, or the environment variable): one per section at least, since
-/// serde stops at a section's first problem.
+/// came from (the file, or the environment variable).
 pub(super) fn every_problem(figment: &Figment, first: &figment::Error) -> ConfigError {
     fn section<T: serde::de::DeserializeOwned>(
         figment: &Figment,
         key: &str,
         errors: &mut Vec<figment::Error>,
     ) {
-        if figment.find_value(key).is_ok()
-            && let Err(e) = figment.extract_inner::<T>(key)
-        {
+        if figment.find_value(key).is_err() {
+            return;
+        }
+        let Err(whole) = figment.extract_inner::<T>(key) else {
+            return;
+        };
+        // serde stops at the first problem of a section: each of its keys is read alone
+        // (over the defaults) to find every one, and keeps where it came from.
+        let before = errors.len();
+        if let Ok(dict) = figment.extract_inner::<Dict>(key) {
+            for (name, value) in &dict {
+                let alone =
+                    Figment::from(figment::providers::Serialized::defaults(Dict::from([(
+                        name.clone(),
+                        value.clone(),
+                    )])));
+                if let Err(e) = alone.extract::<T>() {
+                    let metadata = figment.find_metadata(&format!("{key}.{name}")).cloned();
+                    errors.extend(e.into_iter().map(|mut e| {
+                        e.path.insert(0, key.to_owned());
+                        if e.path.len() == 1 {
+                            e.path.push(name.clone());
+                        }
+                        e.metadata.clone_from(&metadata);
+                        e
+                    }));
+                }
+            }
+        }
+        if errors.len() == before {
             // figment puts the section's key last; it goes first.
-            errors.extend(e.into_iter().map(|mut e| {
+            errors.extend(whole.into_iter().map(|mut e| {
                 if e.path.last().is_some_and(|last| last == key) {
                     e.path.pop();
                     e.path.insert(0, key.to_owned());
