@@ -291,7 +291,7 @@ async fn open_cache(
             }
             Err(e) if config.cache.backend == CacheBackend::Redis => {
                 health.set_cache_down(true);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cache unreachable at start; waiting for it");
+                tracing::warn!(cache = %format!("redis at {}", cache::redis::address(&config.cache.redis_url)), error = %e, retry_in_ms = delay.as_millis() as u64, "cache unreachable at start; waiting for it");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.cancelled() => return Ok(None),
