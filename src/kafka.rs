@@ -194,6 +194,8 @@ pub fn is_secret_property(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     [
         "password",
+        "passphrase",
+        "private",
         "secret",
         "key.pem",
         "token",

@@ -372,6 +372,8 @@ async fn a_dry_run_calls_nothing_and_never_moves_the_real_group() {
     let event = json!({"event_id": "d", "outcome": "refund", "assessment": format!("projects/{PROJECT}/assessments/dry")});
     env.produce("fraud-signals", None, Some(&event.to_string()))
         .await;
+    // A bad event: a dry run says it would dead-letter it and writes nothing.
+    env.produce("fraud-signals", None, Some("not json")).await;
     let mut config = env.config();
     config.dry_run = true;
     let service = env.start(config);
@@ -383,7 +385,9 @@ async fn a_dry_run_calls_nothing_and_never_moves_the_real_group() {
     loop {
         let parts: Vec<_> = (0..env.partitions).map(|p| (tp.0.clone(), p)).collect();
         let committed = tokio::task::block_in_place(|| kafka::committed_offsets(&dry, &parts));
-        if committed.unwrap().values().any(|c| *c >= 1) {
+        // Both records (the event and the bad one) committed by the dry run's group.
+        let done: i64 = committed.unwrap().values().filter(|c| **c > 0).sum();
+        if done >= 2 {
             break;
         }
         assert!(
@@ -395,6 +399,10 @@ async fn a_dry_run_calls_nothing_and_never_moves_the_real_group() {
     drop(dry);
     service.stop().await;
     assert!(env.sandbox.attempts().is_empty());
+    assert!(
+        tokio::task::block_in_place(|| env.dead_letters(0, Duration::from_millis(500))).is_empty(),
+        "a dry run wrote a dead letter"
+    );
     // ... and the real group has not moved: a real run afterwards annotates the event.
     let (_, committed) = tokio::task::block_in_place(|| env.offsets());
     assert!(

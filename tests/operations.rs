@@ -203,6 +203,14 @@ async fn check_passes_on_a_live_stack_and_names_what_is_down() {
         !stdout.contains("wrong-key"),
         "the key was printed:\n{stdout}"
     );
+    // A 400 for the probe is not proof: `run` would dead-letter every event as `rejected`.
+    env.script(vec![scripted(400, 1)], None);
+    let (ok, stdout, _) =
+        tokio::task::block_in_place(|| run_command(&["check", "--config", path], &[]));
+    assert!(
+        !ok && stdout.contains("FAIL credentials") && stdout.contains("Google answers 404"),
+        "{stdout}"
+    );
     // --offline makes no call.
     let before = env.sandbox.attempts().len();
     let (ok, stdout, _) = tokio::task::block_in_place(|| {
@@ -316,6 +324,15 @@ async fn after_a_quiet_restart_every_owned_partition_has_lag_and_topics_are_kafk
             .filter(|l| l.starts_with("annotator_consumer_lag{"))
             .all(|l| l.ends_with(" 0")),
         "a quiet partition shows lag:\n{text}"
+    );
+    // The partitions the first run committed show the group's commit without new traffic.
+    let committed = text
+        .lines()
+        .filter(|l| l.starts_with("annotator_committed_offset{") && l.contains("fraud-signals"))
+        .count();
+    assert!(
+        committed >= 1,
+        "no committed-offset series after a quiet restart:\n{text}"
     );
 }
 

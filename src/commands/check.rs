@@ -65,7 +65,23 @@ fn check_broker(config: &KafkaConfig) -> Result<String, String> {
 }
 
 async fn check_cache(config: &Config) -> Result<String, String> {
-    // `check` changes nothing on disk: a store that does not exist yet is not created.
+    // `check` changes nothing on disk: a store is not created, nor opened (opening writes,
+    // and a running service holds its lock).
+    if config.cache.backend == crate::config::CacheBackend::Embedded && config.cache.path.exists() {
+        let meta = std::fs::metadata(&config.cache.path)
+            .map_err(|e| format!("embedded store {}: {e}", config.cache.path.display()))?;
+        if !meta.is_file() || meta.permissions().readonly() {
+            return Err(format!(
+                "embedded store {} is not a writable file",
+                config.cache.path.display()
+            ));
+        }
+        return Ok(format!(
+            "embedded store {} exists ({} bytes; not opened, so a running service keeps it)",
+            config.cache.path.display(),
+            meta.len()
+        ));
+    }
     if config.cache.backend == crate::config::CacheBackend::Embedded && !config.cache.path.exists()
     {
         let dir = config
@@ -205,9 +221,15 @@ async fn check_credentials(config: &Config, validated: &Validated) -> Result<Str
         Ok(()) => Ok(format!(
             "a probe annotate call for {name} was accepted ({status}): the credentials work (only a sandbox accepts an assessment it never made); it cost one request"
         )),
-        Err(Failure::DeadLetter(answer)) => Ok(format!(
+        // Only "no such assessment" proves the key and the role; another 4xx is a problem
+        // `run` would dead-letter every event for.
+        Err(Failure::DeadLetter(answer)) if call.status == Some(404) => Ok(format!(
             "project {} accepts the credentials: a probe for an assessment that cannot exist was answered {status} as expected ({}); it cost one request",
             project.as_str(),
+            answer.detail
+        )),
+        Err(Failure::DeadLetter(answer)) => Err(format!(
+            "the probe was refused ({status}) where Google answers 404 for an assessment that does not exist: {}",
             answer.detail
         )),
         Err(Failure::Halt(halt)) if halt.scope == HaltScope::Project => Err(format!(

@@ -108,7 +108,12 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayRep
                 at_end.insert(p);
                 continue;
             }
-            Some(Err(e)) => return Err(e).context("reading the dead-letter topic"),
+            Some(Err(e)) => {
+                // Stop, but commit what was replayed before it, so a rerun does not
+                // replay it again.
+                failure = Some(anyhow::Error::new(e).context("reading the dead-letter topic"));
+                break;
+            }
             Some(Ok(m)) => m,
         };
         last_message = Instant::now();
@@ -307,10 +312,11 @@ pub fn default_group(
         group.push_str(&sorted.join("+"));
     }
     if let Some(since) = since {
-        group.push_str(&format!("-since-{}", since.to_rfc3339()));
+        // In UTC, so one instant written two ways is one group.
+        group.push_str(&format!("-since-{}", since.to_utc().to_rfc3339()));
     }
     if let Some(until) = until {
-        group.push_str(&format!("-until-{}", until.to_rfc3339()));
+        group.push_str(&format!("-until-{}", until.to_utc().to_rfc3339()));
     }
     group
 }
@@ -344,6 +350,12 @@ mod tests {
         let b = default_group("g", &["rejected".into(), "unjoined".into()], None, None);
         assert_eq!(a, "g-replay-rejected+unjoined");
         assert_eq!(a, b, "order of --reason does not matter");
+        let same = chrono::DateTime::parse_from_rfc3339("2026-11-25T01:00:00+01:00").unwrap();
+        assert_eq!(
+            default_group("g", &[], Some(&same), None),
+            default_group("g", &[], Some(&t), None),
+            "one instant written two ways is one group"
+        );
         assert_eq!(
             default_group("g", &["unjoined".into()], Some(&t), None),
             "g-replay-unjoined-since-2026-11-25T00:00:00+00:00"

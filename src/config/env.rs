@@ -248,13 +248,16 @@ pub(super) fn every_problem(figment: &Figment, first: &figment::Error) -> Config
                         value.clone(),
                     )])));
                 if let Err(e) = alone.extract::<T>() {
-                    let metadata = figment.find_metadata(&format!("{key}.{name}")).cloned();
                     errors.extend(e.into_iter().map(|mut e| {
                         e.path.insert(0, key.to_owned());
                         if e.path.len() == 1 {
                             e.path.push(name.clone());
                         }
-                        e.metadata.clone_from(&metadata);
+                        // Where the value itself came from (the leaf), else its table.
+                        e.metadata = figment
+                            .find_metadata(&e.path.join("."))
+                            .or_else(|| figment.find_metadata(&format!("{key}.{name}")))
+                            .cloned();
                         e
                     }));
                 }
@@ -330,6 +333,13 @@ fn describe(e: &figment::Error) -> String {
             .unwrap_or_default(),
         None => String::new(),
     };
+    // A secret's value is never quoted back (`sasl.password = 123456` is a type error).
+    let secret = e.path.iter().any(|p| p == "api_key" || p == "redis_url")
+        || (e.path.first().is_some_and(|p| p == "kafka")
+            && e.path.get(1).is_some_and(|p| p == "properties"));
+    if secret {
+        return format!("{key}: not a valid value (not shown: it may be a secret){source}");
+    }
     format!("{key}: {}{source}", e.kind)
 }
 

@@ -164,3 +164,14 @@ fn budget_keys_are_checked_and_an_empty_api_key_is_refused() {
     .unwrap();
     assert_eq!(warned.warnings.len(), 2, "{:?}", warned.warnings);
 }
+
+#[test]
+fn a_bad_secret_value_is_not_quoted_back() {
+    let err = Config::from_toml(
+        "[kafka.properties]\n\"sasl.password\" = 123456\n[recaptcha]\napi_key = 987654",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("kafka.properties"), "{err}");
+    assert!(!err.contains("123456") && !err.contains("987654"), "{err}");
+}

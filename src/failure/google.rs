@@ -95,7 +95,12 @@ pub fn classify(answer: &Answer) -> Result<(), Failure> {
             Some(status),
             format!("HTTP {status}: the endpoint redirects; recaptcha.endpoint is wrong"),
         )),
-        400 if google.and_then(|e| e.reason.as_deref()) == Some("API_KEY_INVALID") => {
+        // API_KEY_INVALID, API_KEY_EXPIRED, API_KEY_SERVICE_BLOCKED ...: the key, not the
+        // event, is wrong.
+        400 if google
+            .and_then(|e| e.reason.as_deref())
+            .is_some_and(|r| r.starts_with("API_KEY_")) =>
+        {
             Err(Halt::service(Some(status), detail()))
         }
         401 => Err(Halt::service(Some(status), detail())),

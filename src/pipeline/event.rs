@@ -73,7 +73,17 @@ impl Runner {
             Ok(plan) => Some(plan.event_id())
                 .filter(|id| !id.is_empty())
                 .map(Into::into),
-            Err(_) => peek_event_id(msg.payload.as_deref()).map(Into::into),
+            // Not for an event refused for its size: it is set aside unread.
+            Err(letter)
+                if letter.reason != crate::failure::DeadLetterReason::Decode
+                    || msg
+                        .payload
+                        .as_ref()
+                        .is_some_and(|p| p.len() <= PEEK_AT_MOST) =>
+            {
+                peek_event_id(msg.payload.as_deref()).map(Into::into)
+            }
+            Err(_) => None,
         };
         let span = tracing::info_span!(
             "event",
@@ -121,6 +131,12 @@ impl Runner {
         let result = match plan {
             Ok(Plan::Skip) => Ok("skipped"),
             // Boxed, like every path but the call's, to keep event tasks small.
+            // A dry run writes nothing anywhere: a replayed old mapping could overwrite a
+            // newer one that real runs join with.
+            Ok(Plan::Store { key, name }) if self.dry_run => {
+                tracing::info!(assessment = %name, key_len = key.as_str().len(), "dry run: would store the mapping");
+                Ok("dry_run")
+            }
             Ok(Plan::Store { key, name }) => {
                 Box::pin(self.until_done(|| self.store.put(&key, &name)))
                     .await
@@ -138,7 +154,11 @@ impl Runner {
             Err(letter) => {
                 // Boxed: a rare path, kept out of every event task's size.
                 Box::pin(self.write_dead_letter(msg, &letter)).await;
-                "dead_lettered"
+                if self.dry_run {
+                    "dry_run"
+                } else {
+                    "dead_lettered"
+                }
             }
         }
     }
@@ -262,6 +282,10 @@ impl Runner {
 
     /// Writes a dead letter, retrying until the broker acknowledges it.
     async fn write_dead_letter(&self, msg: &Message, letter: &DeadLetter) {
+        if self.dry_run {
+            tracing::info!(reason = letter.reason.as_str(), detail = %letter.detail, "dry run: would dead-letter the event");
+            return;
+        }
         let source = msg.source();
         // The writer only ever asks for a retry.
         if self
@@ -273,6 +297,9 @@ impl Runner {
         }
     }
 }
+
+/// Largest payload whose `event_id` is looked for after a decode failure.
+const PEEK_AT_MOST: usize = 64 * 1024;
 
 /// The `event_id` of a JSON payload, if it has a string one (only for events the plan
 /// refused, so their log lines still name them).

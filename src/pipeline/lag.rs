@@ -57,9 +57,12 @@ impl Lag {
                 else {
                     continue;
                 };
+                // The broker answers: a quiet instance notices it is back too.
+                client.context().0.reachable();
                 // Read the committed offset after the watermark, so a busy partition reads
                 // low, never negative. A partition nothing arrived on since the assignment
                 // (a quiet restart) is measured from the group's commit at the broker.
+                let labels = [tp.topic.to_string(), tp.partition.to_string()];
                 let position = book.lag_position(&tp).or_else(|| {
                     let wanted = (tp.topic.to_string(), tp.partition);
                     let committed =
@@ -67,6 +70,15 @@ impl Lag {
                             .ok()?
                             .get(&wanted)
                             .copied();
+                    if let Some(committed) = committed
+                        && book.owns(&tp)
+                    {
+                        // The group's commit, until this instance commits one itself.
+                        metrics
+                            .committed_offset
+                            .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
+                            .set(committed);
+                    }
                     Some(committed.unwrap_or(if starts_at_end { high } else { low }))
                 });
                 let Some(position) = position else {
@@ -77,7 +89,7 @@ impl Lag {
                 }
                 metrics
                     .consumer_lag
-                    .with_label_values(&[tp.topic.as_ref(), &tp.partition.to_string()])
+                    .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
                     .set((high - position).max(0));
             }
             running.store(false, Ordering::Release);

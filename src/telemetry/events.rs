@@ -37,10 +37,15 @@ impl Metrics {
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         match cause {
             RetryCause::Cache => {
-                // The cache watch says it once for the service (and every 30 s while it
-                // lasts); each event's retry would repeat it.
+                // Once, then at most every 30 s: each event's retry would repeat it (the
+                // cache watch reports a server that stops answering; this also catches one
+                // that answers pings but fails operations: READONLY, OOM, ACLs).
                 self.cache_errors.inc();
-                tracing::debug!(error = %detail, delay_ms, "cache operation failed; retrying");
+                if self.cache_warn.due() {
+                    tracing::warn!(error = %detail, delay_ms, "cache operation failed; events that need it are retried (said at most every 30 s)");
+                } else {
+                    tracing::debug!(error = %detail, delay_ms, "cache operation failed; retrying");
+                }
             }
             RetryCause::DeadLetterWrite => {
                 tracing::warn!(error = %detail, delay_ms, "dead-letter write failed; retrying");

@@ -71,6 +71,37 @@ pub struct Metrics {
     pub effective_rate: GaugeVec,
     /// 429 answers by project.
     pub throttled: IntCounterVec,
+    /// When a failed cache operation was last logged at WARN.
+    pub cache_warn: Every,
+}
+
+/// A log line said at most once per period.
+#[derive(Clone)]
+pub struct Every {
+    period: std::time::Duration,
+    last: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+impl Every {
+    pub fn new(period: std::time::Duration) -> Self {
+        Self {
+            period,
+            last: std::sync::Arc::default(),
+        }
+    }
+
+    /// Whether the line is due now (then it is not again for a period).
+    pub fn due(&self) -> bool {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < self.period) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
+    }
 }
 
 /// Registers `metric` in `registry`. The definitions are constants of this file, so a
@@ -262,6 +293,7 @@ impl Metrics {
                     &["project"],
                 ),
             ),
+            cache_warn: Every::new(std::time::Duration::from_secs(30)),
             throttled: counter_vec(
                 &registry,
                 "annotator_throttled_total",
@@ -309,7 +341,7 @@ impl Metrics {
     /// The `topic` label sets of the consumed topics, at zero from start: `topic` is always
     /// the Kafka topic name, on every family.
     pub fn show_topics(&self, assessments: &str, outcomes: &[&str]) {
-        for result in ["cached", "dead_lettered", "skipped"] {
+        for result in ["cached", "dead_lettered", "skipped", "dry_run"] {
             self.events.with_label_values(&[assessments, result]);
         }
         self.end_to_end.with_label_values(&[assessments]);
