@@ -222,7 +222,10 @@ fn pipeline(config: &Config, validated: &Validated, parts: Parts) -> anyhow::Res
         Arc::clone(&watermarks),
         config.kafka.group_id.clone(),
         context_topics,
-        Arc::clone(&book),
+        {
+            let book = Arc::clone(&book);
+            move || book.owned().len()
+        },
         members,
         stop,
     ));

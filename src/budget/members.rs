@@ -11,7 +11,6 @@ use rdkafka::consumer::Consumer as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::QUERY_TIMEOUT;
-use crate::pipeline::offsets::OffsetBook;
 
 /// How often the group is looked at.
 pub const READ_EVERY: Duration = Duration::from_secs(10);
@@ -43,17 +42,18 @@ fn read(
     Some(total.div_ceil(owned).max(1))
 }
 
-/// Keeps `members` at the group's last known size until `stop`.
+/// Keeps `members` at the group's last known size until `stop`; `owned` counts the
+/// partitions this instance owns now.
 pub async fn watch(
     client: Arc<crate::kafka::Reader>,
     group: String,
     topics: Vec<String>,
-    book: Arc<OffsetBook>,
+    owned: impl Fn() -> usize + Send + 'static,
     members: Arc<AtomicUsize>,
     stop: CancellationToken,
 ) {
     loop {
-        let owned = book.owned().len();
+        let owned = owned();
         let (client, group, topics) = (Arc::clone(&client), group.clone(), topics.clone());
         let read = tokio::task::spawn_blocking(move || read(&client, &group, &topics, owned));
         if let Ok(Some(n)) = read.await
