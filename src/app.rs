@@ -129,7 +129,7 @@ fn budget(config: &Config, validated: &Validated, metrics: &Metrics) -> (Budget,
     known.extend(validated.project.iter().map(|p| p.as_str().to_owned()));
     let settings = budget::Settings {
         rate: d.rate_limit,
-        burst: d.rate_burst.unwrap_or(d.rate_limit / 10).max(1),
+        burst: d.burst(),
         project_caps: d.project_rate_limits.clone(),
         fallback: d.rate_limit_fallback,
         known_projects: known,

@@ -135,11 +135,7 @@ async fn check_budget(config: &Config) -> Result<String, String> {
     let rate = if d.rate_limit == 0 {
         "no overall budget".to_owned()
     } else {
-        format!(
-            "{}/s, burst {}",
-            d.rate_limit,
-            d.rate_burst.unwrap_or(d.rate_limit / 10).max(1)
-        )
+        format!("{}/s, burst {}", d.rate_limit, d.burst())
     };
     if config.cache.backend != crate::config::CacheBackend::Redis {
         return Ok(format!("{rate} per instance (no Redis to share it){caps}"));

@@ -331,6 +331,13 @@ pub struct DeliveryConfig {
     pub shutdown_timeout: Duration,
 }
 
+impl DeliveryConfig {
+    /// `rate_burst`, or its default: a tenth of the rate, at least 1.
+    pub fn burst(&self) -> u32 {
+        self.rate_burst.unwrap_or(self.rate_limit / 10).max(1)
+    }
+}
+
 impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
