@@ -17,11 +17,11 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use self::env::ENV_PREFIX;
-use self::env::{byte_size, opt_string_or_number, vec_string_or_number};
+use self::env::{byte_size, opt_string_or_number, redacted, redacted_opt, vec_string_or_number};
 pub use self::validate::{OPEN_PROJECTS_RISK, Validated};
 use crate::domain::rules::{OutcomeTopic, Rule};
 use crate::telemetry::LogFormat;
@@ -200,20 +200,6 @@ impl Default for RecaptchaConfig {
             http2_prior_knowledge: false,
             allow_insecure_endpoint: false,
         }
-    }
-}
-
-/// A secret shown as `[REDACTED]` when the config is printed.
-fn redacted<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str("[REDACTED]")
-}
-
-/// An optional secret: `[REDACTED]` when set, absent when not.
-#[allow(clippy::ref_option)]
-fn redacted_opt<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
-    match secret {
-        Some(_) => s.serialize_str("[REDACTED]"),
-        None => s.serialize_none(),
     }
 }
 
