@@ -153,3 +153,32 @@ impl Metrics {
         self.effective_rate.with_label_values(&[project]).set(rate);
     }
 }
+
+/// A log line said at most once per period.
+#[derive(Clone)]
+pub struct Every {
+    period: std::time::Duration,
+    last: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+impl Every {
+    pub fn new(period: std::time::Duration) -> Self {
+        Self {
+            period,
+            last: std::sync::Arc::default(),
+        }
+    }
+
+    /// Whether the line is due now (then it is not again for a period).
+    pub fn due(&self) -> bool {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < self.period) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
+    }
+}

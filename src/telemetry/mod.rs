@@ -8,6 +8,8 @@
 
 mod events;
 
+pub use self::events::Every;
+
 use prometheus::{
     Counter, Encoder as _, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -73,35 +75,6 @@ pub struct Metrics {
     pub throttled: IntCounterVec,
     /// When a failed cache operation was last logged at WARN.
     pub cache_warn: Every,
-}
-
-/// A log line said at most once per period.
-#[derive(Clone)]
-pub struct Every {
-    period: std::time::Duration,
-    last: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-}
-
-impl Every {
-    pub fn new(period: std::time::Duration) -> Self {
-        Self {
-            period,
-            last: std::sync::Arc::default(),
-        }
-    }
-
-    /// Whether the line is due now (then it is not again for a period).
-    pub fn due(&self) -> bool {
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_some_and(|t| t.elapsed() < self.period) {
-            return false;
-        }
-        *last = Some(std::time::Instant::now());
-        true
-    }
 }
 
 /// Registers `metric` in `registry`. The definitions are constants of this file, so a
