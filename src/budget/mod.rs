@@ -155,11 +155,11 @@ impl Budget {
         }
     }
 
-    /// Whether calls of `project` are limited at all.
-    fn limited(&self, project: &str) -> bool {
-        self.settings.rate > 0
-            || self.settings.project_caps.contains_key(project)
-            || lock(&self.throttles).contains_key(project)
+    /// Whether calls of `project` are limited: a budget or its cap. Only then do its 429s
+    /// lower a rate of its own (`answered`); otherwise the adaptive in-flight limit alone
+    /// answers them.
+    pub fn limited(&self, project: &str) -> bool {
+        self.settings.rate > 0 || self.settings.project_caps.contains_key(project)
     }
 
     fn source(&self) -> Source {
@@ -327,12 +327,6 @@ impl Budget {
             self.metrics.budget_fallback(error, share);
             self.show_rates();
         }
-    }
-
-    /// Whether 429s of `project` lower a rate of the budget (it has one to lower); if not,
-    /// the adaptive in-flight limit alone answers them.
-    pub fn throttles_429(&self, project: &str) -> bool {
-        self.settings.rate > 0 || self.settings.project_caps.contains_key(project)
     }
 
     /// An answer to a call of `project` (`None`: no answer): 429s lower the project's own

@@ -170,9 +170,12 @@ impl HaltGates {
     }
 }
 
-/// What an answer says of the endpoint's load.
-fn signal(status: Option<u16>, result: &Result<(), Failure>) -> Signal {
+/// What an answer says of the endpoint's load. A 429 is one project's quota: when the budget
+/// lowers that project's rate (`budgeted`), it says nothing of the endpoint, so one project's
+/// spent quota does not cut every project's in-flight limit.
+fn signal(status: Option<u16>, result: &Result<(), Failure>, budgeted: bool) -> Signal {
     match (status, result) {
+        (Some(429), _) if budgeted => Signal::Neutral,
         (Some(429 | 503), _) => Signal::PushedBack,
         (_, Err(Failure::Retry(retry))) if retry.cause == RetryCause::Timeout => Signal::PushedBack,
         (_, Ok(()) | Err(Failure::DeadLetter(_))) => Signal::Answered,
@@ -243,8 +246,9 @@ impl Sender {
         self.metrics.in_flight.dec();
         self.metrics.call_finished(call.status, call.elapsed);
         self.budget.answered(project, call.status);
+        let budgeted = self.budget.limited(project);
         self.in_flight
-            .observe(call.elapsed, signal(call.status, &call.result));
+            .observe(call.elapsed, signal(call.status, &call.result, budgeted));
         match call.result {
             Ok(()) => {
                 self.gates.answered(project, record, probe);
@@ -266,6 +270,16 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_429_cuts_the_in_flight_limit_only_when_no_budget_answers_it() {
+        let throttled = Err(Failure::retry(RetryCause::RateLimited, None, "HTTP 429"));
+        assert_eq!(signal(Some(429), &throttled, true), Signal::Neutral);
+        assert_eq!(signal(Some(429), &throttled, false), Signal::PushedBack);
+        let unavailable = Err(Failure::retry(RetryCause::ServerError, None, "HTTP 503"));
+        assert_eq!(signal(Some(503), &unavailable, true), Signal::PushedBack);
+        assert_eq!(signal(Some(200), &Ok(()), true), Signal::Answered);
+    }
 
     #[tokio::test]
     async fn a_refused_event_is_set_aside_even_if_the_project_opened_before_it_came_back() {
