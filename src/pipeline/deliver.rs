@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::concurrency::{Concurrency, Signal, Slot};
 use super::gate::{Gate, Pass, Probe};
@@ -36,6 +36,9 @@ pub struct HaltGates {
     health: Arc<Health>,
     /// `annotator_halted`, `annotator_halted_projects`, the halt and resume lines.
     metrics: Metrics,
+    /// When each project last accepted a call (at most [`MAX_CLOSED_PROJECTS`] projects):
+    /// a 403 for a call sent before that is about the event, not the project.
+    accepted: Mutex<HashMap<String, Instant>>,
 }
 
 impl HaltGates {
@@ -47,7 +50,35 @@ impl HaltGates {
             grace,
             health,
             metrics,
+            accepted: Mutex::default(),
         }
+    }
+
+    /// `project` accepted a call now.
+    fn project_accepted(&self, project: &str) {
+        let now = Instant::now();
+        let mut accepted = self
+            .accepted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = accepted.get_mut(project) {
+            *at = now;
+            return;
+        }
+        if accepted.len() >= MAX_CLOSED_PROJECTS {
+            let oldest = accepted.values().min().copied();
+            accepted.retain(|_, at| Some(*at) != oldest);
+        }
+        accepted.insert(project.to_owned(), now);
+    }
+
+    /// Whether `project` accepted a call after `sent`.
+    fn accepted_since(&self, project: &str, sent: Instant) -> bool {
+        self.accepted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(project)
+            .is_some_and(|at| *at >= sent)
     }
 
     fn projects(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Gate>>> {
@@ -87,6 +118,7 @@ impl HaltGates {
     fn answered(&self, project: &str, record: &str, probe: &mut Probe) {
         // Its claims are resolved by the answer, not released for another probe.
         drop(probe.take());
+        self.project_accepted(project);
         if self.service.answered(record) {
             self.health.set_halted(None);
             self.metrics.resumed();
@@ -117,6 +149,7 @@ impl HaltGates {
         record: &str,
         halt: &Halt,
         probe: &mut Probe,
+        sent: Instant,
     ) -> Result<(), Failure> {
         drop(probe.take());
         match halt.scope {
@@ -127,6 +160,12 @@ impl HaltGates {
                 self.health.set_halted(Some(halt.detail.clone()));
                 Ok(())
             }
+            // The project accepted another call while this one was out: the 403 is about
+            // this event (its assessment), and the project stays open.
+            HaltScope::Project if self.accepted_since(project, sent) => Err(forbidden(&format!(
+                "403 for this event while other calls of project {project} went through: {}",
+                halt.detail
+            ))),
             HaltScope::Project => {
                 let gate = {
                     let mut projects = self.projects();
@@ -242,6 +281,7 @@ impl Sender {
             .admit(project, || self.in_flight.acquire())
             .await;
         self.metrics.in_flight.inc();
+        let sent = Instant::now();
         let call = self.client.annotate(name, body.clone()).await;
         self.metrics.in_flight.dec();
         self.metrics.call_finished(call.status, call.elapsed);
@@ -259,7 +299,7 @@ impl Sender {
                 Err(failure)
             }
             Err(Failure::Halt(halt)) => {
-                self.gates.refused(project, record, &halt, probe)?;
+                self.gates.refused(project, record, &halt, probe, sent)?;
                 Err(Failure::Halt(halt))
             }
             Err(failure) => Err(failure),
@@ -270,6 +310,43 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_403_for_a_call_sent_before_the_project_accepted_another_is_about_the_event() {
+        let gates = HaltGates::new(
+            Arc::new(Health::default()),
+            Metrics::new(),
+            Duration::from_secs(30),
+            Duration::from_secs(900),
+        );
+        let halt = Halt {
+            scope: HaltScope::Project,
+            status: Some(403),
+            detail: "PERMISSION_DENIED".into(),
+        };
+        let mut probe = Probe::default();
+        let sent = Instant::now();
+        // Another call of the project is accepted while this one is out...
+        gates.answered("p", "good", &mut probe);
+        // ... so its 403 sets this event aside and leaves the project open.
+        let refused = gates.refused("p", "bad", &halt, &mut probe, sent);
+        assert!(
+            matches!(
+                refused,
+                Err(Failure::DeadLetter(DeadLetter {
+                    reason: DeadLetterReason::Forbidden,
+                    ..
+                }))
+            ),
+            "{refused:?}"
+        );
+        assert!(gates.pass("p", "other", &mut probe).await.is_ok());
+        assert!(gates.project("p").is_none(), "the project was halted");
+        // A 403 for a call sent after the last accepted one halts the project as before.
+        let refused = gates.refused("p", "bad", &halt, &mut probe, Instant::now());
+        assert!(refused.is_ok());
+        assert!(gates.project("p").is_some_and(|g| g.is_closed()));
+    }
 
     #[test]
     fn a_429_cuts_the_in_flight_limit_only_when_no_budget_answers_it() {
@@ -295,7 +372,9 @@ mod tests {
             detail: "PERMISSION_DENIED".into(),
         };
         let mut probe = Probe::default();
-        gates.refused("p", "bad", &halt, &mut probe).unwrap();
+        gates
+            .refused("p", "bad", &halt, &mut probe, Instant::now())
+            .unwrap();
         // A call that was in flight when the 403 came is accepted: the project opens...
         gates.answered("p", "good", &mut probe);
         // ... before the refused event is back at the gate: it is still set aside once.
