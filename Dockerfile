@@ -7,7 +7,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 # Dependencies first, so source edits do not rebuild librdkafka.
-COPY Cargo.toml Cargo.lock rust-toolchain.toml ./
+COPY Cargo.toml Cargo.lock rust-toolchain.toml build.rs ./
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src target/release/deps/recaptcha_annotator* target/release/recaptcha-annotator*

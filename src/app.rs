@@ -18,6 +18,7 @@ use crate::budget::{self, Budget, members};
 use crate::cache::{self, Cache};
 use crate::config::{CacheBackend, Config, Validated};
 use crate::dead_letter::DeadLetterWriter;
+use crate::domain::account::AccountHasher;
 use crate::health::Health;
 use crate::kafka;
 use crate::pipeline::catchup::CatchUp;
@@ -39,8 +40,8 @@ pub fn auth(config: &Config) -> anyhow::Result<Auth> {
     match &config.recaptcha.api_key {
         Some(key) => Auth::api_key(key).context("recaptcha.api_key"),
         None if config.dry_run => Ok(Auth::None),
-        None => Auth::application_default()
-            .context("recaptcha.api_key is not set and Google Application Default Credentials are not available"),
+        None => Auth::google(&config.recaptcha)
+            .context("recaptcha.api_key is not set and Google credentials are not available"),
     }
 }
 
@@ -254,6 +255,13 @@ fn pipeline(config: &Config, validated: &Validated, parts: Parts) -> anyhow::Res
         validated.project.clone(),
         validated.allowed.clone(),
         d.max_event_bytes,
+    )
+    .hashing_accounts(
+        config
+            .recaptcha
+            .account_id_hmac_key
+            .as_ref()
+            .map(AccountHasher::new),
     );
     Ok(Pipeline::new(
         consumer,

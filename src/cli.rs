@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{self, bench, check, demo, replay};
@@ -65,6 +66,19 @@ pub enum Command {
         /// 429 RESOURCE_EXHAUSTED. No quota when unset.
         #[arg(long)]
         quota: Option<u32>,
+        /// Verify bearer tokens, trusting the service account whose public key (PEM,
+        /// `openssl pkey -in key.pem -pubout`) is in FILE: its self-signed JWTs must carry a
+        /// valid signature, the cloud-platform scope and a live expiry, as Google checks
+        /// them (401 UNAUTHENTICATED otherwise). Repeatable.
+        #[arg(long = "trust-service-account", value_name = "FILE")]
+        trust_service_accounts: Vec<std::path::PathBuf>,
+        /// Verify bearer tokens: accept only the ones this sandbox issued (POST /token, the
+        /// metadata server's token path) and trusted service accounts' JWTs.
+        #[arg(long)]
+        verify_tokens: bool,
+        /// Lifetime of the tokens the sandbox issues, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        token_lifetime: u64,
     },
     /// Validate the config, reach the broker, the cache and the endpoint, prove the
     /// credentials with one annotate call (see --offline), and print the effective config
@@ -214,12 +228,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             strict,
             projects,
             quota,
+            trust_service_accounts,
+            verify_tokens,
+            token_lifetime,
         } => {
             telemetry::init_logging(cli.log_format.unwrap_or(LogFormat::Text), "info");
             let mut sandbox = sandbox::Sandbox::new(api_key, record_limit);
             if strict {
                 sandbox = sandbox.strict(projects);
             }
+            for path in &trust_service_accounts {
+                let pem = std::fs::read_to_string(path)
+                    .with_context(|| format!("--trust-service-account {}", path.display()))?;
+                sandbox.trust_service_account(&pem).map_err(|e| {
+                    anyhow::anyhow!("--trust-service-account {}: {e}", path.display())
+                })?;
+            }
+            if verify_tokens {
+                sandbox.identity().verify();
+            }
+            sandbox.identity().set_lifetime(token_lifetime);
             sandbox.set_script(sandbox::Script {
                 responses: vec![],
                 forbidden: None,

@@ -1,10 +1,31 @@
-//! Credentials: an API key (`x-goog-api-key`), or Google Application Default Credentials
-//! through Google's own `google-cloud-auth` (service account key, workload identity,
-//! metadata server), which caches and refreshes tokens.
+//! Credentials: an API key (`x-goog-api-key`), or Google credentials through Google's own
+//! `google-cloud-auth`, which caches tokens and refreshes them before they expire: a key file
+//! named by `recaptcha.credentials_file`, else Application Default Credentials
+//! (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's file, or the metadata server of GKE and GCE).
 
+use std::path::{Path, PathBuf};
+
+use google_cloud_auth::credentials::{
+    Builder, CacheableResource, Credentials, service_account, user_account,
+};
 use reqwest::header::{HeaderMap, HeaderValue};
 use secrecy::{ExposeSecret as _, SecretString};
+use serde_json::Value;
 use thiserror::Error;
+
+use crate::config::RecaptchaConfig;
+
+/// The only scope the annotate call needs.
+pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// `x-goog-api-client`, in the form Google's client libraries send (`gl-rust/<rustc>`), with
+/// this service's own name and version.
+pub const API_CLIENT: &str = concat!(
+    "gl-rust/",
+    env!("ANNOTATOR_RUSTC_VERSION"),
+    " recaptcha-annotator/",
+    env!("CARGO_PKG_VERSION")
+);
 
 #[derive(Debug, Error)]
 pub enum AuthError {
@@ -20,7 +41,7 @@ pub enum Auth {
     /// No credentials: dry runs only, which never call.
     None,
     ApiKey(HeaderValue),
-    Google(google_cloud_auth::credentials::Credentials),
+    Google(Credentials),
 }
 
 impl std::fmt::Debug for Auth {
@@ -33,6 +54,108 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// Where Google credentials come from, as `check` reports it: never a secret, only the kind
+/// of credential, its file and the identity it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A key file: `recaptcha.credentials_file`, `GOOGLE_APPLICATION_CREDENTIALS` or gcloud's
+    /// application-default file.
+    File {
+        origin: &'static str,
+        path: PathBuf,
+        kind: String,
+        identity: Option<String>,
+    },
+    /// The metadata server (GKE workload identity, GCE, Cloud Run).
+    MetadataServer { host: String },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File {
+                origin,
+                path,
+                kind,
+                identity,
+            } => {
+                write!(f, "{kind} from {origin} ({})", path.display())?;
+                match identity {
+                    Some(who) => write!(f, " for {who}"),
+                    None => Ok(()),
+                }
+            }
+            Self::MetadataServer { host } => write!(f, "the metadata server at {host}"),
+        }
+    }
+}
+
+impl Source {
+    /// Finds the source `Auth::google` uses, in the order Application Default Credentials
+    /// search, with `recaptcha.credentials_file` first.
+    pub fn find(config: &RecaptchaConfig) -> Result<Self, AuthError> {
+        if let Some(path) = &config.credentials_file {
+            return Self::file("recaptcha.credentials_file", path);
+        }
+        if let Some(path) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
+            return Self::file("GOOGLE_APPLICATION_CREDENTIALS", Path::new(&path));
+        }
+        let gcloud = std::env::var_os("CLOUDSDK_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config").join("gcloud"))
+            })
+            .map(|dir| dir.join("application_default_credentials.json"));
+        if let Some(path) = gcloud.filter(|p| p.is_file()) {
+            return Self::file("gcloud's application-default login", &path);
+        }
+        let host = std::env::var("GCE_METADATA_HOST")
+            .unwrap_or_else(|_| "metadata.google.internal".into());
+        Ok(Self::MetadataServer { host })
+    }
+
+    fn file(origin: &'static str, path: &Path) -> Result<Self, AuthError> {
+        let json = read_key_file(path)?;
+        let kind = json
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("no type")
+            .to_owned();
+        // Identities only: an email, or the OAuth client of a user's refresh token.
+        let identity = match kind.as_str() {
+            "service_account" => json.get("client_email"),
+            "authorized_user" => json.get("account").filter(|a| a != &""),
+            _ => None,
+        }
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+        Ok(Self::File {
+            origin,
+            path: path.to_owned(),
+            kind: kind.replace('_', " "),
+            identity,
+        })
+    }
+}
+
+/// Reads a credentials file as JSON; an error names the file and never quotes it.
+fn read_key_file(path: &Path) -> Result<Value, AuthError> {
+    let text = std::fs::read(path)
+        .map_err(|e| AuthError::Google(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        AuthError::Google(format!(
+            "{} is not a credentials file (JSON expected; {} at line {}, column {})",
+            path.display(),
+            match e.classify() {
+                serde_json::error::Category::Eof => "it ends early",
+                _ => "malformed",
+            },
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
 impl Auth {
     pub fn api_key(key: &SecretString) -> Result<Self, AuthError> {
         let mut value =
@@ -41,13 +164,51 @@ impl Auth {
         Ok(Self::ApiKey(value))
     }
 
-    /// Application Default Credentials with the cloud-platform scope.
-    pub fn application_default() -> Result<Self, AuthError> {
-        let credentials = google_cloud_auth::credentials::Builder::default()
-            .with_scopes(["https://www.googleapis.com/auth/cloud-platform"])
-            .build()
-            .map_err(|e| AuthError::Google(e.to_string()))?;
-        Ok(Self::Google(credentials))
+    /// Google credentials with the cloud-platform scope: the key file of
+    /// `recaptcha.credentials_file` (a service account's key or a user's refresh token), else
+    /// Application Default Credentials. `recaptcha.quota_project` is sent as
+    /// `x-goog-user-project`, which user credentials need for quota.
+    pub fn google(config: &RecaptchaConfig) -> Result<Self, AuthError> {
+        let built = match &config.credentials_file {
+            Some(path) => {
+                let json = read_key_file(path)?;
+                match json.get("type").and_then(Value::as_str) {
+                    Some("service_account") => {
+                        let mut b = service_account::Builder::new(json).with_access_specifier(
+                            service_account::AccessSpecifier::from_scopes([CLOUD_PLATFORM]),
+                        );
+                        if let Some(p) = &config.quota_project {
+                            b = b.with_quota_project_id(p);
+                        }
+                        b.build()
+                    }
+                    Some("authorized_user") => {
+                        let mut b = user_account::Builder::new(json).with_scopes([CLOUD_PLATFORM]);
+                        if let Some(p) = &config.quota_project {
+                            b = b.with_quota_project_id(p);
+                        }
+                        b.build()
+                    }
+                    other => {
+                        return Err(AuthError::Google(format!(
+                            "{}: credentials of type {} are not supported in recaptcha.credentials_file (a service account key or a user's refresh token are); point GOOGLE_APPLICATION_CREDENTIALS at it instead",
+                            path.display(),
+                            other.unwrap_or("(none)")
+                        )));
+                    }
+                }
+            }
+            None => {
+                let mut b = Builder::default().with_scopes([CLOUD_PLATFORM]);
+                if let Some(p) = &config.quota_project {
+                    b = b.with_quota_project_id(p);
+                }
+                b.build()
+            }
+        };
+        built
+            .map(Self::Google)
+            .map_err(|e| AuthError::Google(e.to_string()))
     }
 
     /// The headers to add to one request.
@@ -63,10 +224,8 @@ impl Auth {
             // its size, API key or not.
             Self::Google(credentials) => {
                 match Box::pin(credentials.headers(http::Extensions::new())).await {
-                    Ok(google_cloud_auth::credentials::CacheableResource::New { data, .. }) => {
-                        Ok(data)
-                    }
-                    Ok(google_cloud_auth::credentials::CacheableResource::NotModified) => {
+                    Ok(CacheableResource::New { data, .. }) => Ok(data),
+                    Ok(CacheableResource::NotModified) => {
                         Err(AuthError::Google("credentials returned no headers".into()))
                     }
                     Err(e) => Err(AuthError::Google(token_error(&e))),

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
-use super::auth::Auth;
+use super::auth::{API_CLIENT, Auth};
 use crate::config::RecaptchaConfig;
 use crate::domain::api::AnnotateRequest;
 use crate::domain::assessment::AssessmentName;
@@ -52,7 +52,11 @@ impl AnnotateClient {
                     .pool_max_idle_per_host(config.max_idle_connections)
                     .pool_idle_timeout(Duration::from_secs(60))
                     .tcp_nodelay(true)
-                    .user_agent(concat!("recaptcha-annotator/", env!("CARGO_PKG_VERSION")));
+                    .user_agent(concat!("recaptcha-annotator/", env!("CARGO_PKG_VERSION")))
+                    .default_headers(HeaderMap::from_iter([(
+                        HeaderName::from_static("x-goog-api-client"),
+                        HeaderValue::from_static(API_CLIENT),
+                    )]));
                 if config.http2_prior_knowledge && endpoint.scheme() == "http" {
                     builder = builder.http2_prior_knowledge();
                 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 use crate::annotate::AnnotateClient;
-use crate::annotate::auth::Auth;
+use crate::annotate::auth::{Auth, Source};
 use crate::budget::gcra::Rate;
 use crate::budget::redis::SharedBudget;
 use crate::config::Validated;
@@ -161,11 +161,30 @@ async fn check_budget(config: &Config) -> Result<String, String> {
     ))
 }
 
+/// Which credentials the service would use and whether they give a token; never the key
+/// or the token itself.
+async fn check_auth(config: &Config) -> Result<String, String> {
+    if config.recaptcha.api_key.is_some() {
+        return Ok("API key (recaptcha.api_key), sent as x-goog-api-key".into());
+    }
+    let source = Source::find(&config.recaptcha).map_err(|e| e.to_string())?;
+    let auth = app::auth(config).map_err(|e| format!("{source}: {e:#}"))?;
+    let headers = tokio::time::timeout(Duration::from_secs(20), auth.headers())
+        .await
+        .map_err(|_| format!("{source}: no token within 20 s"))?
+        .map_err(|e| format!("{source}: {e}"))?;
+    let quota = headers
+        .get("x-goog-user-project")
+        .and_then(|v| v.to_str().ok())
+        .map(|p| format!("; quota project {p} (x-goog-user-project)"))
+        .unwrap_or_default();
+    Ok(format!(
+        "Google credentials: {source}; a token was obtained (not shown){quota}"
+    ))
+}
+
 async fn check_endpoint(config: &Config, endpoint: &reqwest::Url) -> Result<String, String> {
     let auth = app::auth(config).map_err(|e| format!("{e:#}"))?;
-    if let Auth::Google(_) = auth {
-        auth.headers().await.map_err(|e| e.to_string())?;
-    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -177,7 +196,7 @@ async fn check_endpoint(config: &Config, endpoint: &reqwest::Url) -> Result<Stri
         .map_err(|e| format!("{endpoint} unreachable: {e}"))?;
     let credentials = match auth {
         Auth::ApiKey(_) => "API key configured",
-        Auth::Google(_) => "Google credentials produced a token",
+        Auth::Google(_) => "Google credentials",
         Auth::None => "no credentials (dry run)",
     };
     Ok(format!(
@@ -274,6 +293,7 @@ pub async fn run(config: &Config, offline: bool) -> anyhow::Result<Vec<Finding>>
         finding("broker", broker),
         finding("cache", check_cache(config).await),
         finding("budget", check_budget(config).await),
+        finding("auth", check_auth(config).await),
         finding(
             "endpoint",
             check_endpoint(config, &validated.endpoint).await,
@@ -328,7 +348,7 @@ pub fn redacted(config: &Config) -> String {
             .and_then(toml::Value::as_table_mut)
         {
             for (key, v) in properties.iter_mut() {
-                if kafka::is_secret_property(key) {
+                if !kafka::is_shown_property(key) {
                     *v = toml::Value::String("[REDACTED]".into());
                 }
             }
@@ -361,7 +381,7 @@ mod tests {
     #[test]
     fn secrets_are_redacted() {
         let config = Config::from_toml(
-            "[recaptcha]\napi_key = \"AIzaSECRET\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n[cache]\nredis_url = \"redis://:pw@h\"",
+            "[recaptcha]\napi_key = \"AIzaSECRET\"\naccount_id_hmac_key = \"hmac-SECRET\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"sasl.oauthbearer.assertion.private.key.passphrase\" = \"pass-SECRET\"\n\"sasl.username\" = \"svc-annotator\"\n[cache]\nredis_url = \"redis://:pw@h\"",
         )
         .unwrap();
         let text = redacted(&config);
@@ -370,11 +390,13 @@ mod tests {
             "ttl = \"90d\"",
             "[rules.logins.password_correct]",
             "api_key = \"[REDACTED]\"",
+            // Known settings stay readable; what the allow-list does not know is hidden.
+            "\"sasl.username\" = \"svc-annotator\"",
         ] {
             assert!(text.contains(part), "{part} missing:\n{text}");
         }
         assert!(
-            !text.contains("AIzaSECRET") && !text.contains("hunter2") && !text.contains(":pw@"),
+            !text.contains("SECRET") && !text.contains("hunter2") && !text.contains(":pw@"),
             "{text}"
         );
     }

@@ -335,7 +335,10 @@ fn describe(e: &figment::Error) -> String {
         None => String::new(),
     };
     // A secret's value is never quoted back (`sasl.password = 123456` is a type error).
-    let secret = e.path.iter().any(|p| p == "api_key" || p == "redis_url")
+    let secret = e
+        .path
+        .iter()
+        .any(|p| super::SECRET_KEYS.contains(&p.as_str()))
         || (e.path.first().is_some_and(|p| p == "kafka")
             && e.path.get(1).is_some_and(|p| p == "properties"));
     if secret {

@@ -155,6 +155,10 @@ impl TopicsConfig {
     }
 }
 
+/// Config keys whose values are secrets: printed `[REDACTED]`, never quoted in an error.
+/// Every value under `kafka.properties` is treated the same way in errors.
+pub const SECRET_KEYS: &[&str] = &["api_key", "redis_url", "account_id_hmac_key"];
+
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecaptchaConfig {
@@ -169,6 +173,19 @@ pub struct RecaptchaConfig {
     /// API key, sent as `x-goog-api-key`. Without it, Google Application Default Credentials.
     #[serde(serialize_with = "redacted_opt")]
     pub api_key: Option<SecretString>,
+    /// Google credentials file (a service account's key, or a user's refresh token from
+    /// `gcloud auth application-default login`), used when `api_key` is not set. Without it,
+    /// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's file, or
+    /// the metadata server (GKE workload identity, GCE).
+    pub credentials_file: Option<PathBuf>,
+    /// Project billed for quota, sent as `x-goog-user-project` with Google credentials (user
+    /// credentials need it). `GOOGLE_CLOUD_QUOTA_PROJECT` overrides it.
+    #[serde(deserialize_with = "opt_string_or_number")]
+    pub quota_project: Option<String>,
+    /// When set, `accountId` is never sent: it goes as `hashedAccountId`, the HMAC-SHA256 of
+    /// the account id under this key, so raw account ids never leave the site.
+    #[serde(serialize_with = "redacted_opt")]
+    pub account_id_hmac_key: Option<SecretString>,
     /// Deadline of one annotate call.
     #[serde(with = "env::duration")]
     pub request_timeout: Duration,
@@ -194,6 +211,9 @@ impl Default for RecaptchaConfig {
             project: None,
             allowed_projects: Vec::new(),
             api_key: None,
+            credentials_file: None,
+            quota_project: None,
+            account_id_hmac_key: None,
             request_timeout: Duration::from_secs(10),
             max_idle_connections: 512,
             clients: 16,

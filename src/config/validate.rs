@@ -127,6 +127,22 @@ impl Config {
                 "recaptcha.api_key: empty (ANNOTATOR__RECAPTCHA__API_KEY set to nothing?); give the key, or remove it to use Google Application Default Credentials".into(),
             );
         }
+        if let Some(key) = &self.recaptcha.account_id_hmac_key {
+            let len = secrecy::ExposeSecret::expose_secret(key).len();
+            if len < 16 {
+                errors.push(format!(
+                    "recaptcha.account_id_hmac_key: {len} bytes; use at least 16 random bytes (32 recommended), kept as secret as the API key"
+                ));
+            }
+        }
+        if let Some(path) = &self.recaptcha.credentials_file
+            && !path.is_file()
+        {
+            errors.push(format!(
+                "recaptcha.credentials_file: {} is not a readable file",
+                path.display()
+            ));
+        }
         let project = match self
             .recaptcha
             .project

@@ -1,5 +1,6 @@
 //! Pure types and decisions: no IO, no Kafka, no HTTP.
 
+pub mod account;
 pub mod api;
 pub mod assessment;
 pub mod event;

@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::message::{Message, TopicKind};
 use crate::annotate::AnnotateClient;
+use crate::domain::account::AccountHasher;
 use crate::domain::assessment::{
     AssessmentId, AssessmentName, CorrelationKey, ProjectAllowList, ProjectRef, ReferenceError,
     resolve_inline,
@@ -85,6 +86,8 @@ pub struct Planner {
     allowed: ProjectAllowList,
     /// `delivery.max_event_bytes`: larger events are not decoded.
     max_event_bytes: usize,
+    /// `recaptcha.account_id_hmac_key`: account ids go out only hashed.
+    accounts: Option<AccountHasher>,
 }
 
 impl Planner {
@@ -99,7 +102,15 @@ impl Planner {
             project,
             allowed,
             max_event_bytes,
+            accounts: None,
         }
+    }
+
+    /// Sends every account id as `hashedAccountId` under `hasher`, never as `accountId`.
+    #[must_use]
+    pub fn hashing_accounts(mut self, hasher: Option<AccountHasher>) -> Self {
+        self.accounts = hasher;
+        self
     }
 
     /// The plan for `msg`, or why it is set aside.
@@ -149,13 +160,16 @@ impl Planner {
     ) -> Result<Plan, DeadLetter> {
         let event = OutcomeEvent::decode(payload)
             .map_err(|e| DeadLetter::new(DeadLetterReason::Decode, e.to_string()))?;
-        let Some(request) = self.rules.decide(topic, &event) else {
+        let Some(mut request) = self.rules.decide(topic, &event) else {
             let outcome: String = event.outcome.chars().take(64).collect();
             return Err(DeadLetter::new(
                 DeadLetterReason::UnknownOutcome,
                 format!("no rule for outcome {outcome:?} on {topic}"),
             ));
         };
+        if let Some(hasher) = &self.accounts {
+            hasher.apply(&mut request);
+        }
         let target = self.target(msg, &event)?;
         if let Target::Known(name) = &target {
             self.allowed

@@ -184,6 +184,8 @@ pub(super) async fn annotate(
                 name,
                 body,
                 auth: auth.to_owned(),
+                api_client: header_text(&headers, "x-goog-api-client"),
+                user_project: header_text(&headers, "x-goog-user-project"),
                 at_ms: now_ms(),
             });
         }
@@ -196,6 +198,13 @@ pub(super) async fn annotate(
         "{}\n",
     )
         .into_response()
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Google's authentication: `x-goog-api-key`, `?key=` or a bearer token; with a configured
@@ -215,7 +224,18 @@ fn authenticate(
     let (auth, key) = match (header_key, query.get("key"), bearer) {
         (Some(k), _, _) => ("api_key_header", Some(k)),
         (None, Some(k), _) => ("api_key_query", Some(k.as_str())),
-        (None, None, Some(_)) => ("bearer", None),
+        (None, None, Some(token)) => match sandbox.identity().check(token) {
+            Ok(()) => ("bearer", None),
+            Err(refusal) => {
+                sandbox.attempt(name, 401);
+                return Err(Box::new(google_error(
+                    401,
+                    "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.",
+                    Some(refusal.reason()),
+                    None,
+                )));
+            }
+        },
         // Without a configured key the sandbox is open, as for the unauthenticated request
         // captured from the Rust client.
         (None, None, None) if sandbox.api_key.is_none() => ("none", None),

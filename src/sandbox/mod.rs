@@ -3,15 +3,18 @@
 //!
 //! - `POST /v1/projects/{p}/assessments`: `assessments.create`, a new assessment name.
 //! - `POST /v1/projects/{p}/assessments/{a}:annotate`: auth as `x-goog-api-key`, `?key=` or a
-//!   bearer token; the body is validated against the discovery document (proto3 JSON rules,
+//!   bearer token (verified once [`identity`] is told to); the body is validated against the discovery document (proto3 JSON rules,
 //!   [`wire`]); 200 `{}` or Google's error shape. In strict mode ([`Sandbox::strict`]) 403
 //!   for a project the key does not own and 404 for an assessment it never created.
 //! - `GET /sandbox/requests`: what it accepted; `GET /sandbox/attempts`: every call with its
-//!   status and time; `GET /sandbox/stats`; `DELETE /sandbox/requests`: forget.
+//!   status and time; `GET /sandbox/stats`; `GET /sandbox/tokens`; `DELETE /sandbox/requests`:
+//!   forget.
+//! - `POST /token` and the metadata server's token path: see [`identity`].
 //! - `POST /sandbox/script`: scripted answers (status, `Retry-After`, latency) and the
 //!   default answer, and names answered 403; see [`Script`].
 
 mod google;
+pub mod identity;
 pub mod wire;
 
 pub use self::google::google_error;
@@ -102,6 +105,12 @@ pub struct Recorded {
     pub body: Value,
     /// `api_key_header`, `api_key_query`, `bearer` or `none` (open sandbox only).
     pub auth: String,
+    /// `x-goog-api-client`, as sent.
+    #[serde(default)]
+    pub api_client: Option<String>,
+    /// `x-goog-user-project`, as sent.
+    #[serde(default)]
+    pub user_project: Option<String>,
     pub at_ms: u64,
 }
 
@@ -140,6 +149,7 @@ pub struct Sandbox {
     record_limit: usize,
     accepted: Arc<AtomicU64>,
     calls: Arc<AtomicU64>,
+    identity: Arc<identity::Identity>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -159,6 +169,7 @@ impl Sandbox {
             record_limit,
             accepted: Arc::default(),
             calls: Arc::default(),
+            identity: Arc::default(),
         }
     }
 
@@ -169,6 +180,17 @@ impl Sandbox {
     pub fn strict(mut self, projects: Vec<String>) -> Self {
         self.strict = Some(projects.into());
         self
+    }
+
+    /// Tokens: the ones issued here, trusted service accounts, counters.
+    pub fn identity(&self) -> &identity::Identity {
+        &self.identity
+    }
+
+    /// Verifies bearer tokens from now on, trusting the service account whose public key is
+    /// `pem` besides the tokens this sandbox issues.
+    pub fn trust_service_account(&self, pem: &str) -> Result<(), String> {
+        self.identity.trust(pem)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -292,6 +314,12 @@ impl Sandbox {
             )
             .route("/sandbox/attempts", get(list_attempts))
             .route("/sandbox/stats", get(stats))
+            .route("/sandbox/tokens", get(identity::counts))
+            .route("/token", post(identity::token))
+            .route(
+                "/computeMetadata/v1/instance/service-accounts/default/token",
+                get(identity::metadata_token),
+            )
             .route("/sandbox/script", post(script))
             .with_state(self.clone())
     }

@@ -83,11 +83,29 @@ impl Logged {
 
 /// Runs the service binary with its stdout and stderr captured, logging at `level`.
 pub fn spawn_logged(config: &std::path::Path, level: &str) -> Logged {
+    spawn_logged_with(config, level, &[])
+}
+
+/// [`spawn_logged`] with environment changes: `(name, Some(value))` sets, `(name, None)`
+/// removes.
+pub fn spawn_logged_with(
+    config: &std::path::Path,
+    level: &str,
+    vars: &[(&str, Option<&str>)],
+) -> Logged {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"));
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", level);
+    for (name, value) in vars {
+        match value {
+            Some(v) => command.env(name, v),
+            None => command.env_remove(name),
+        };
+    }
     let mut child = Process(
-        std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", level)
+        command
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
