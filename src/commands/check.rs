@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn secrets_are_redacted() {
         let config = Config::from_toml(
-            "[recaptcha]\napi_key = \"AIzaSECRET\"\naccount_id_hmac_key = \"hmac-SECRET\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"sasl.oauthbearer.assertion.private.key.passphrase\" = \"pass-SECRET\"\n\"sasl.username\" = \"svc-annotator\"\n[cache]\nredis_url = \"redis://:pw@h\"",
+            "[recaptcha]\napi_key = \"AIzaSECRET\"\naccount_id_hmac_key = \"hmac-SECRET-0123456789\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"sasl.oauthbearer.assertion.private.key.passphrase\" = \"pass-SECRET\"\n\"sasl.username\" = \"svc-annotator\"\n[cache]\nredis_url = \"redis://:pw@h\"",
         )
         .unwrap();
         let text = redacted(&config);
