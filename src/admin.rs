@@ -72,3 +72,40 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: Canc
         tracing::error!(error = %e, "admin server failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn nothing_the_admin_port_serves_changes_state_so_only_reads_are_allowed() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            router(Arc::new(Health::default()), Metrics::new()),
+            stop.clone(),
+        ));
+        let client = reqwest::Client::new();
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            let url = format!("{base}{path}");
+            let status = client.get(&url).send().await.unwrap().status().as_u16();
+            assert!(status == 200 || status == 503, "GET {path}: {status}");
+            for method in ["POST", "PUT", "DELETE", "PATCH"] {
+                let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+                let status = client
+                    .request(method.clone(), &url)
+                    .body("x")
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                assert_eq!(status, 405, "{method} {path}");
+            }
+        }
+        stop.cancel();
+        server.await.unwrap();
+    }
+}

@@ -212,3 +212,54 @@ impl Planner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+
+    fn outcome(payload: &str) -> Message {
+        Message {
+            tp: crate::pipeline::offsets::TopicPartition::new("t", 0),
+            kind: TopicKind::Outcome(OutcomeTopic::Logins),
+            offset: 0,
+            key: None,
+            payload: Some(payload.as_bytes().to_vec()),
+            timestamp_ms: None,
+            replay_count: None,
+        }
+    }
+
+    #[test]
+    fn with_an_hmac_key_the_account_id_goes_out_only_hashed() {
+        let event = r#"{"event_id":"e","outcome":"password_correct","account_id":"alice@example.com","assessment":"projects/p/assessments/a"}"#;
+        let planner = |hasher| {
+            Planner::new(
+                Rules::default(),
+                None,
+                ProjectAllowList::new(vec![]),
+                1 << 20,
+            )
+            .hashing_accounts(hasher)
+        };
+        let body = |plan| match plan {
+            Ok(Plan::Annotate { body, .. }) => String::from_utf8(body.to_vec()).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let plain = body(planner(None).plan(&outcome(event)));
+        assert!(
+            plain.contains(r#""accountId":"alice@example.com""#),
+            "{plain}"
+        );
+
+        let hasher = AccountHasher::new(&SecretString::from("site-secret-0123456789"));
+        let expected = hasher.hash("alice@example.com");
+        let hashed = body(planner(Some(hasher)).plan(&outcome(event)));
+        assert!(!hashed.contains("alice"), "{hashed}");
+        assert!(
+            hashed.contains(&format!(r#""hashedAccountId":"{expected}""#)),
+            "{hashed}"
+        );
+    }
+}

@@ -6,10 +6,12 @@
 //! - [`kafka`]: producing, offsets, dead letters;
 //! - [`process`]: the binary as a process;
 //! - [`redis`]: Redis namespaces and private servers;
+//! - [`google`]: service-account keys and configs without the API key;
 //! - [`metrics`]: reading `/metrics`.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 mod env;
+mod google;
 mod kafka;
 mod metrics;
 mod process;
@@ -18,6 +20,7 @@ mod redis;
 use std::collections::BTreeMap;
 
 pub use self::env::*;
+pub use self::google::*;
 pub use self::kafka::*;
 pub use self::metrics::*;
 pub use self::process::*;

@@ -37,14 +37,21 @@ impl TestEnv {
 pub struct PrivateRedis {
     pub port: u16,
     dir: std::path::PathBuf,
+    args: Vec<String>,
     child: Option<std::process::Child>,
 }
 
 impl PrivateRedis {
     pub fn start(dir: &std::path::Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// A private server with extra `redis-server` arguments (`--requirepass`, TLS).
+    pub fn start_with(dir: &std::path::Path, args: &[&str]) -> Self {
         let mut redis = Self {
             port: free_port(),
             dir: dir.to_owned(),
+            args: args.iter().map(|&a| a.to_owned()).collect(),
             child: None,
         };
         redis.restart();
@@ -67,6 +74,7 @@ impl PrivateRedis {
             ])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
             .arg(&self.dir)
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server on PATH");
