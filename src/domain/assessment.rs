@@ -31,8 +31,9 @@ const MAX_SEGMENT: usize = 256;
 
 /// Checks that `segment` is safe to put into a URL path as one segment, unescaped.
 ///
-/// Rejects `/`, `?`, `#`, `%`, `\`, `..`, whitespace, control characters and anything outside
-/// printable ASCII; the API's own ids are alphanumeric with `-` and `_`.
+/// Only RFC 3986's unreserved characters (letters, digits, `-`, `.`, `_`, `~`), and no `..`:
+/// a URL keeps such a segment exactly as it is, with nothing to escape. The API's own ids are
+/// alphanumeric with `-` and `_`.
 fn check_segment(segment: &str, what: &'static str) -> Result<(), ReferenceError> {
     if segment.is_empty() {
         return Err(ReferenceError::Empty { what });
@@ -48,7 +49,7 @@ fn check_segment(segment: &str, what: &'static str) -> Result<(), ReferenceError
     }
     let safe = segment
         .bytes()
-        .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'?' | b'#' | b'%' | b'\\' | b':'));
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
     if safe {
         Ok(())
     } else {
