@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite on a clean machine: starts what the tests need (the Tansu broker,
 # Redis if none answers), then fmt, clippy and every test against the real components.
+#
+#   scripts/test.sh          the suite CI runs (fuzzing bounded to about a minute)
+#   scripts/test.sh --long   the same, with the fuzzers run 25 times longer (about 20 minutes)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+
+# Cases per fuzz property (tests/fuzz.rs, the config's environment layer).
+export PROPTEST_CASES=${PROPTEST_CASES:-20000}
+if [ "${1:-}" = "--long" ]; then
+  export PROPTEST_CASES=500000
+fi
 
 port=${TANSU_PORT:-9092}
 export ANNOTATOR_TEST_BROKERS=${ANNOTATOR_TEST_BROKERS:-127.0.0.1:$port}
@@ -11,8 +20,11 @@ export ANNOTATOR_TEST_REDIS=${ANNOTATOR_TEST_REDIS:-redis://127.0.0.1:6379}
 scripts/build-deps.sh
 scripts/tansu.sh "$port"
 scripts/redis.sh
+scripts/security-tools.sh
 
 scripts/check-deploy.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# Licences, banned duplicate majors, sources (deny.toml); no network needed.
+cargo deny --offline check licenses bans sources
 cargo test --all-targets --locked

@@ -40,12 +40,18 @@ fn assert_safe_name(name: &AssessmentName) {
         );
     }
     // The URL the client builds keeps the name as its path, on the configured host.
-    let client = AnnotateClient::new(
-        &reqwest::Url::parse("https://recaptchaenterprise.googleapis.com").unwrap(),
-        Auth::None,
-        &RecaptchaConfig::default(),
-    )
-    .unwrap();
+    static CLIENT: std::sync::OnceLock<AnnotateClient> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        AnnotateClient::new(
+            &reqwest::Url::parse("https://recaptchaenterprise.googleapis.com").unwrap(),
+            Auth::None,
+            &RecaptchaConfig {
+                clients: 1,
+                ..RecaptchaConfig::default()
+            },
+        )
+        .unwrap()
+    });
     let url = reqwest::Url::parse(&client.url(name)).unwrap();
     assert_eq!(url.host_str(), Some("recaptchaenterprise.googleapis.com"));
     assert_eq!(url.path(), format!("/v1/{}:annotate", name.as_str()));
@@ -229,7 +235,11 @@ proptest! {
 fn hostile_sizes_and_depths_are_refused_without_blowing_up() {
     // Larger than the limit: refused before decoding.
     let huge = vec![b'['; MAX_EVENT_BYTES + 1];
-    let plan = planner().plan(&message(TopicKind::Outcome(OutcomeTopic::Logins), None, huge));
+    let plan = planner().plan(&message(
+        TopicKind::Outcome(OutcomeTopic::Logins),
+        None,
+        huge,
+    ));
     assert!(plan.unwrap_err().detail.contains("larger than"));
     // Deep nesting within the limit: serde_json's recursion limit answers, no stack overflow.
     let mut deep = Vec::new();

@@ -38,10 +38,25 @@ fn finding(what: &'static str, result: Result<String, String>) -> Finding {
 }
 
 fn check_broker(config: &KafkaConfig) -> Result<String, String> {
-    let client: BaseConsumer = kafka::metadata_client(config).map_err(|e| e.to_string())?;
+    let context = kafka::LogContext::new(&config.brokers);
+    let log = std::sync::Arc::clone(&context.0);
+    let client: BaseConsumer<kafka::LogContext> = kafka::client(config)
+        .create_with_context(context)
+        .map_err(|e| e.to_string())?;
     let metadata = client
         .fetch_metadata(None, Duration::from_secs(5))
-        .map_err(|e| format!("{} unreachable: {e}", config.brokers))?;
+        .map_err(|e| {
+            // librdkafka's reason (TLS, SASL, refused) arrives as an error event on the
+            // client's queue: serve it for a moment.
+            let started = std::time::Instant::now();
+            while log.last_failure().is_none() && started.elapsed() < Duration::from_secs(1) {
+                let _ = client.poll(Duration::from_millis(100));
+            }
+            match log.last_failure() {
+                Some(why) => format!("{} unreachable: {e}: {why}", config.brokers),
+                None => format!("{} unreachable: {e}", config.brokers),
+            }
+        })?;
     let t = &config.topics;
     let mut missing = Vec::new();
     for topic in t.consumed().into_iter().chain([t.dead_letter.as_str()]) {

@@ -115,12 +115,19 @@ struct EnvOverrides {
 
 impl EnvOverrides {
     fn from_process() -> Self {
-        let vars = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter_map(|(name, value)| Some((env_path(&name)?, value)))
-            .collect();
+        Self::from_vars(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    }
+
+    /// The overrides among `vars` (name, value): those named `ANNOTATOR__...`.
+    fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
         Self {
-            vars,
+            vars: vars
+                .into_iter()
+                .filter_map(|(name, value)| Some((env_path(&name)?, value)))
+                .collect(),
             verbatim: Default::default(),
         }
     }

@@ -78,3 +78,58 @@ fn environment_overrides_every_level() {
         Ok(())
     });
 }
+
+/// Config paths the environment may name, and a few it may not.
+const FUZZ_PATHS: &[&str] = &[
+    "KAFKA__BROKERS",
+    "KAFKA__GROUP_ID",
+    "KAFKA__TOPICS__LOGINS",
+    "KAFKA__PROPERTIES__SASL_PASSWORD",
+    "KAFKA__PROPERTIES__SESSION_TIMEOUT_MS",
+    "KAFKA__COMMIT_INTERVAL",
+    "RECAPTCHA__API_KEY",
+    "RECAPTCHA__PROJECT",
+    "RECAPTCHA__ALLOWED_PROJECTS",
+    "RECAPTCHA__ACCOUNT_ID_HMAC_KEY",
+    "RECAPTCHA__REQUEST_TIMEOUT",
+    "CACHE__REDIS_URL",
+    "CACHE__BACKEND",
+    "CACHE__TTL",
+    "DELIVERY__MAX_IN_FLIGHT",
+    "DELIVERY__RATE_LIMIT",
+    "DELIVERY__PROJECT_RATE_LIMITS",
+    "RULES__LOGINS__PASSWORD_CORRECT__ANNOTATION",
+    "RULES__LOGINS",
+    "ADMIN__LISTEN",
+    "DRY_RUN",
+    "",
+    "__",
+    "KAFKA____BROKERS",
+    "NOT_A_SECTION__X",
+];
+
+proptest::proptest! {
+    /// Any environment loads or fails with an error; a secret's value is never quoted in it.
+    #[test]
+    fn any_environment_loads_or_is_refused_without_quoting_a_secret(
+        vars in proptest::collection::vec(
+            (proptest::sample::select(FUZZ_PATHS), "[ -~]{0,24}|\\[[0-9a-z\", ]{0,20}\\]|[0-9]{1,25}|true|\\{[a-z=\" ]{0,16}\\}"),
+            0..6,
+        )
+    ) {
+        let overrides = EnvOverrides::from_vars(
+            vars.iter().map(|(path, value)| (format!("ANNOTATOR__{path}"), value.clone())),
+        );
+        if let Err(e) = load_with_env(None, overrides) {
+            let text = e.to_string();
+            for (path, value) in &vars {
+                let secret = ["API_KEY", "REDIS_URL", "HMAC_KEY", "SASL_PASSWORD"]
+                    .iter()
+                    .any(|s| path.ends_with(s));
+                if secret && value.len() >= 6 {
+                    proptest::prop_assert!(!text.contains(value.as_str()), "{path}={value}: {text}");
+                }
+            }
+        }
+    }
+}

@@ -18,6 +18,8 @@ pub struct KafkaLog {
     brokers: String,
     state: std::sync::Mutex<BrokerState>,
     down: std::sync::atomic::AtomicBool,
+    /// What librdkafka last said about a failed connection, with a hint where one helps.
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 struct BrokerState {
@@ -36,7 +38,16 @@ impl KafkaLog {
                 unreported: 0,
             }),
             down: std::sync::atomic::AtomicBool::new(false),
+            last_failure: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Why the last connection failed, as librdkafka said it, with a hint for TLS and SASL.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, BrokerState> {
@@ -47,6 +58,12 @@ impl KafkaLog {
 
     /// A connection failure or all brokers down.
     fn unreachable(&self, error: &str) {
+        let error = with_hint(error);
+        let error = error.as_str();
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.to_owned());
         let mut state = self.state();
         match state.since {
             None => {
@@ -107,7 +124,9 @@ impl KafkaLog {
         let connection = fac == "FAIL"
             || message.contains("Connect to")
             || message.contains("Connection refused")
-            || message.contains("brokers are down");
+            || message.contains("brokers are down")
+            || message.contains("SSL handshake failed")
+            || message.contains("Authentication failed");
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error | L::Warning if connection => {
                 self.unreachable(message);
@@ -121,6 +140,30 @@ impl KafkaLog {
             }
             L::Debug => tracing::trace!(target: "librdkafka", facility = fac, "{message}"),
         }
+    }
+}
+
+/// librdkafka's reason, and which setting to look at when the cause is TLS or SASL.
+fn with_hint(error: &str) -> String {
+    let hint = if error.contains("certificate verify failed") {
+        Some(
+            "the broker's certificate is not trusted: set kafka.properties \"ssl.ca.location\" to the CA that signed it (server verification stays on)",
+        )
+    } else if error.contains("SSL handshake failed") || error.contains("wrong version number") {
+        Some(
+            "TLS failed: does the broker speak TLS on this port, and does kafka.properties \"security.protocol\" match it?",
+        )
+    } else if error.contains("Authentication failed") || error.contains("SASL authentication error")
+    {
+        Some(
+            "the broker refused the SASL credentials: check kafka.properties \"sasl.mechanism\", \"sasl.username\" and \"sasl.password\"",
+        )
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => format!("{error} ({hint})"),
+        None => error.to_owned(),
     }
 }
 
