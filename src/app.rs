@@ -138,7 +138,9 @@ fn budget(config: &Config, validated: &Validated, metrics: &Metrics) -> (Budget,
     let limited = d.rate_limit > 0 || !d.project_rate_limits.is_empty();
     let shared = if limited && config.cache.backend == CacheBackend::Redis {
         // The URL was checked by the validation.
-        SharedBudget::new(&config.cache.redis_url, &config.cache.redis_budget_prefix).ok()
+        crate::cache::link::RedisTarget::from_config(&config.cache)
+            .ok()
+            .and_then(|target| SharedBudget::new(target, &config.cache.redis_budget_prefix).ok())
     } else {
         None
     };
@@ -302,7 +304,7 @@ async fn open_cache(
             }
             Err(e) if config.cache.backend == CacheBackend::Redis => {
                 health.set_cache_down(true);
-                tracing::warn!(cache = %format!("redis at {}", cache::redis::address(&config.cache.redis_url)), error = %e, retry_in_ms = delay.as_millis() as u64, "cache unreachable at start; waiting for it");
+                tracing::warn!(cache = %format!("redis at {}", cache::link::RedisTarget::from_config(&config.cache).map_or_else(|_| "the configured Redis".to_owned(), |t| t.address())), error = %e, retry_in_ms = delay.as_millis() as u64, "cache unreachable at start; waiting for it");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.cancelled() => return Ok(None),

@@ -28,7 +28,7 @@ fn unique(tag: &str) -> String {
 async fn backends(tag: &str, dir: &std::path::Path) -> Vec<Arc<dyn Cache>> {
     let prefix = unique(tag);
     let redis = RedisCache::connect(
-        &SecretString::from(redis_url()),
+        &recaptcha_annotator::cache::link::RedisTarget::single(&SecretString::from(redis_url())),
         &format!("{prefix}key:"),
         &format!("{prefix}done:"),
     )

@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use secrecy::{ExposeSecret as _, SecretString};
-
 use super::gcra::Rate;
+use crate::cache::link::{Patience, RedisConn, RedisTarget, budget_key};
 
 /// KEYS: one TAT per limit. ARGV: per key, its interval and slack in microseconds.
 /// Returns 0 when granted (every TAT moved on), else the microseconds to wait (none moved).
@@ -36,42 +34,42 @@ return 0
 pub struct Unreachable(pub String);
 
 pub struct SharedBudget {
-    client: redis::Client,
+    target: RedisTarget,
     /// A connection of its own, so budget calls never queue behind cache traffic; made on
     /// first use (and again after a failed first try), then it reconnects by itself.
-    conn: tokio::sync::OnceCell<ConnectionManager>,
+    conn: tokio::sync::OnceCell<RedisConn>,
     script: redis::Script,
     /// `cache.redis_budget_prefix`.
     prefix: String,
 }
 
 impl SharedBudget {
-    /// Checks the URL only; nothing is connected yet.
-    pub fn new(url: &SecretString, prefix: &str) -> Result<Self, Unreachable> {
-        let client = redis::Client::open(url.expose_secret()).map_err(|e| unreachable(&e))?;
+    /// Nothing is connected yet.
+    pub fn new(target: RedisTarget, prefix: &str) -> Result<Self, Unreachable> {
         Ok(Self {
-            client,
+            target,
             conn: tokio::sync::OnceCell::new(),
             script: redis::Script::new(TAKE),
             prefix: prefix.to_owned(),
         })
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, Unreachable> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(0);
+    async fn conn(&self) -> Result<RedisConn, Unreachable> {
+        let patience = Patience {
+            connect: Duration::from_secs(1),
+            response: Duration::from_millis(500),
+            retries: 0,
+        };
         self.conn
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .get_or_try_init(|| self.target.connect(patience))
             .await
             .cloned()
             .map_err(|e| unreachable(&e))
     }
 
-    /// The Redis key of a limit (`all`, or `project:<id>`).
+    /// The Redis key of a limit (`all`, or `project:<id>`), under the group's hash tag.
     pub fn key(&self, limit: &str) -> String {
-        format!("{}{limit}", self.prefix)
+        budget_key(&self.prefix, limit)
     }
 
     /// One call from every limit, or how long to wait.

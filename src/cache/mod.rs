@@ -6,6 +6,7 @@
 //! store remembers the `event_id`s already annotated, to suppress duplicates on redelivery.
 
 pub mod embedded;
+pub mod link;
 pub mod memory;
 pub mod redis;
 
@@ -80,7 +81,7 @@ pub async fn open(config: &CacheConfig) -> Result<Arc<dyn Cache>, CacheError> {
         CacheBackend::Embedded => Arc::new(embedded::EmbeddedCache::open(&config.path)?),
         CacheBackend::Redis => Arc::new(
             redis::RedisCache::connect(
-                &config.redis_url,
+                &link::RedisTarget::from_config(config).map_err(CacheError)?,
                 &config.redis_prefix,
                 &config.redis_done_prefix,
             )

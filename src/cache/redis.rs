@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::AsyncCommands as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use secrecy::{ExposeSecret as _, SecretString};
 
+use super::link::{Patience, RedisConn, RedisTarget};
 use super::{Cache, CacheError, Lookup, parse_stored};
 use crate::domain::assessment::{AssessmentName, CorrelationKey};
 
 pub struct RedisCache {
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// `host:port` of the server, for log lines.
     address: String,
     prefix: String,
@@ -28,20 +27,6 @@ fn redis_error(err: &redis::RedisError) -> CacheError {
     CacheError(format!("redis {:?}: {}", err.kind(), err.category()))
 }
 
-/// `host:port` of a Redis URL, without user or password.
-pub fn address(url: &SecretString) -> String {
-    reqwest::Url::parse(url.expose_secret()).map_or_else(
-        |_| "the configured Redis".to_owned(),
-        |u| {
-            format!(
-                "{}:{}",
-                u.host_str().unwrap_or("?"),
-                u.port().unwrap_or(6379)
-            )
-        },
-    )
-}
-
 /// `WRONGTYPE`: the key holds a hash, list or set where a string belongs.
 fn is_wrong_type(err: &redis::RedisError) -> bool {
     err.code() == Some("WRONGTYPE")
@@ -49,21 +34,21 @@ fn is_wrong_type(err: &redis::RedisError) -> bool {
 
 impl RedisCache {
     pub async fn connect(
-        url: &SecretString,
+        target: &RedisTarget,
         prefix: &str,
         done_prefix: &str,
     ) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url.expose_secret()).map_err(|e| redis_error(&e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config)
+        let conn = target
+            .connect(Patience {
+                connect: Duration::from_secs(2),
+                response: Duration::from_secs(5),
+                retries: 1,
+            })
             .await
             .map_err(|e| redis_error(&e))?;
         Ok(Self {
             conn,
-            address: address(url),
+            address: target.address(),
             prefix: prefix.to_owned(),
             done_prefix: done_prefix.to_owned(),
         })

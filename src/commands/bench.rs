@@ -384,7 +384,14 @@ async fn limiter_cost(redis_url: Option<&str>, calls: u32) -> anyhow::Result<f64
     use crate::budget::{Budget, Settings, redis::SharedBudget};
     let prefix = format!("bench-{}-budget:", now_ms());
     let shared = redis_url
-        .map(|url| SharedBudget::new(&secrecy::SecretString::from(url.to_owned()), &prefix))
+        .map(|url| {
+            SharedBudget::new(
+                crate::cache::link::RedisTarget::single(&secrecy::SecretString::from(
+                    url.to_owned(),
+                )),
+                &prefix,
+            )
+        })
         .transpose()
         .map_err(|e| anyhow::anyhow!("redis: {}", e.0))?;
     let budget = Budget::new(

@@ -155,8 +155,8 @@ async fn check_budget(config: &Config) -> Result<String, String> {
     if config.cache.backend != crate::config::CacheBackend::Redis {
         return Ok(format!("{rate} per instance (no Redis to share it){caps}"));
     }
-    let shared = SharedBudget::new(&config.cache.redis_url, &config.cache.redis_budget_prefix)
-        .map_err(|e| e.0)?;
+    let target = crate::cache::link::RedisTarget::from_config(&config.cache)?;
+    let shared = SharedBudget::new(target, &config.cache.redis_budget_prefix).map_err(|e| e.0)?;
     let probe = Rate {
         per_second: 1_000_000.0,
         burst: 1_000_000,

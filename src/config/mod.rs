@@ -240,15 +240,22 @@ pub enum CacheBackend {
 pub struct CacheConfig {
     /// `embedded` (default, one instance), `redis` (consumer groups) or `memory`.
     pub backend: CacheBackend,
-    /// Redis URL for `backend = "redis"`.
+    /// Redis URL for `backend = "redis"`: `redis://` or `rediss://` (TLS, the server
+    /// verified), with the password in it (`rediss://:password@host:6380`). Several URLs
+    /// separated by commas are the seed nodes of a Redis Cluster.
     #[serde(serialize_with = "redacted")]
     pub redis_url: SecretString,
+    /// `redis_url` is a Redis Cluster node (several URLs imply it).
+    pub redis_cluster: bool,
+    /// PEM file of the CA that signs the Redis servers' certificates (`rediss://`); without
+    /// it, the system's roots.
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix of Redis keys; a mapping is `SET <prefix><key> <assessment name> EX <ttl>`.
     pub redis_prefix: String,
     /// Prefix of the Redis keys that remember annotated event ids (duplicate suppression).
     pub redis_done_prefix: String,
-    /// Keys of the group's quota budget (`<prefix>all`, `<prefix>project:<id>`); instances
-    /// that share it share one budget.
+    /// Keys of the group's quota budget (`{<prefix>}all`, `{<prefix>}project:<id>`: one hash
+    /// tag, so a cluster keeps them on one slot); instances that share it share one budget.
     pub redis_budget_prefix: String,
     /// How long an annotated `event_id` is remembered so a redelivered event is not sent
     /// again; `0s` turns duplicate suppression off.
@@ -266,6 +273,8 @@ impl Default for CacheConfig {
         Self {
             backend: CacheBackend::Embedded,
             redis_url: SecretString::from("redis://127.0.0.1:6379"),
+            redis_cluster: false,
+            redis_ca_file: None,
             redis_prefix: "recaptcha-annotator:key:".into(),
             redis_done_prefix: "recaptcha-annotator:done:".into(),
             redis_budget_prefix: "recaptcha-annotator:budget:".into(),

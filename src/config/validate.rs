@@ -191,13 +191,11 @@ impl Config {
             "cache.redis_done_prefix: must not be empty or equal to cache.redis_prefix",
         );
         // The URL may hold a password: the message never repeats it.
-        require(
-            &mut errors,
-            self.cache.backend != CacheBackend::Redis
-                || redis::Client::open(secrecy::ExposeSecret::expose_secret(&self.cache.redis_url))
-                    .is_ok(),
-            "cache.redis_url: not a valid redis:// or rediss:// URL",
-        );
+        if self.cache.backend == CacheBackend::Redis
+            && let Err(e) = crate::cache::link::RedisTarget::from_config(&self.cache)
+        {
+            errors.push(e);
+        }
 
         let mut warnings = Vec::new();
         let d = &self.delivery;

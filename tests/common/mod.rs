@@ -7,6 +7,7 @@
 //! - [`process`]: the binary as a process;
 //! - [`redis`]: Redis namespaces and private servers;
 //! - [`google`]: service-account keys and configs without the API key;
+//! - [`tls`]: throwaway CAs and server certificates;
 //! - [`metrics`]: reading `/metrics`.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,6 +17,7 @@ mod kafka;
 mod metrics;
 mod process;
 mod redis;
+mod tls;
 
 use std::collections::BTreeMap;
 
@@ -25,6 +27,7 @@ pub use self::kafka::*;
 pub use self::metrics::*;
 pub use self::process::*;
 pub use self::redis::*;
+pub use self::tls::*;
 
 /// (topic, partition) -> offset.
 pub type Offsets = BTreeMap<(String, i32), i64>;

@@ -58,20 +58,53 @@ impl PrivateRedis {
         redis
     }
 
+    /// A private server that speaks only TLS on its port, with `cert` and `key` (made by
+    /// [`super::make_ca`]) and `extra` arguments.
+    pub fn start_tls(
+        dir: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        extra: &[&str],
+    ) -> Self {
+        let port = free_port();
+        let mut args: Vec<String> = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+        ]
+        .iter()
+        .map(|&a| a.to_owned())
+        .collect();
+        args.extend(extra.iter().map(|&a| a.to_owned()));
+        let mut redis = Self {
+            port,
+            dir: dir.to_owned(),
+            args,
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     pub fn restart(&mut self) {
         let child = std::process::Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-            ])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(if self.args.iter().any(|a| a == "--tls-port") {
+                vec![]
+            } else {
+                vec!["--port".to_owned(), self.port.to_string()]
+            })
             .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
             .arg(&self.dir)
             .args(&self.args)
