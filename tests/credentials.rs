@@ -275,27 +275,6 @@ async fn the_metadata_server_token_is_cached_and_refreshed() {
     assert!(accepted >= 200, "{accepted}");
 }
 
-/// `check`'s output for a config, with a clean environment.
-fn check(config: &Path, vars: &[(&str, Option<&str>)]) -> (bool, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"));
-    command.args(["check", "--offline", "--config"]).arg(config);
-    for (name, value) in vars {
-        match value {
-            Some(v) => command.env(name, v),
-            None => command.env_remove(name),
-        };
-    }
-    let out = command.output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_the_credential_source_and_never_prints_the_token_or_key() {
     let env = TestEnv::new("cred-check").await;
@@ -311,7 +290,7 @@ async fn check_names_the_credential_source_and_never_prints_the_token_or_key() {
             key_file.display()
         ),
     );
-    let (ok, out) = check(config.path(), &clean_env(home, &[]));
+    let (ok, out) = check_offline(config.path(), &clean_env(home, &[]));
     assert!(ok, "{out}");
     assert!(
         out.contains("service account from recaptcha.credentials_file")
@@ -328,7 +307,7 @@ async fn check_names_the_credential_source_and_never_prints_the_token_or_key() {
     env.sandbox.identity().verify();
     let config = config_without_key(&env, "");
     let host = env.endpoint.trim_start_matches("http://").to_owned();
-    let (ok, out) = check(
+    let (ok, out) = check_offline(
         config.path(),
         &clean_env(home, &[("GCE_METADATA_HOST", Some(&host))]),
     );
@@ -339,7 +318,7 @@ async fn check_names_the_credential_source_and_never_prints_the_token_or_key() {
     );
     assert!(!out.contains("ya29."), "{out}");
     let dead = format!("127.0.0.1:{}", free_port());
-    let (ok, out) = check(
+    let (ok, out) = check_offline(
         config.path(),
         &clean_env(home, &[("GCE_METADATA_HOST", Some(&dead))]),
     );

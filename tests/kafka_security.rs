@@ -36,26 +36,27 @@ fn wait_port(port: u16) {
     }
 }
 
-fn start_tls_broker(dir: &Path) -> TlsBroker {
-    let plain = free_port();
-    let tls = free_port();
-    let tansu = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/tansu");
-    let broker = std::process::Command::new(tansu)
-        .args([
-            "broker",
-            "--storage-engine",
-            "memory://tansu/",
-            "--listener-url",
-        ])
-        .arg(format!("tcp://127.0.0.1:{plain}"))
+/// A Tansu broker of the test's own (memory storage) listening on `listen`, advertising
+/// `advertised`, with `extra` arguments.
+fn spawn_tansu(listen: u16, advertised: u16, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/tansu"))
+        .args(["broker", "--storage-engine", "memory://tansu/"])
+        .args(extra)
+        .arg("--listener-url")
+        .arg(format!("tcp://127.0.0.1:{listen}"))
         .arg("--advertised-listener-url")
-        .arg(format!("tcp://127.0.0.1:{tls}"))
+        .arg(format!("tcp://127.0.0.1:{advertised}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect(".tools/tansu (scripts/tansu.sh fetches it)");
+        .expect(".tools/tansu (scripts/tansu.sh fetches it)")
+}
+
+fn start_tls_broker(dir: &Path) -> TlsBroker {
+    let plain = free_port();
+    let tls = free_port();
     let mut broker = TlsBroker {
-        children: vec![broker],
+        children: vec![spawn_tansu(plain, tls, &[])],
         tls_port: tls,
     };
     wait_port(plain);
@@ -132,19 +133,7 @@ async fn the_service_annotates_through_a_tls_broker_and_a_wrong_ca_is_refused_cl
     service.stop().await;
 
     // `check` with the right CA, then with a CA that did not sign the broker's certificate.
-    let check = |extra: String| {
-        let file = env.config_file(&extra);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
-            .args(["check", "--offline", "--config"])
-            .arg(file.path())
-            .output()
-            .unwrap();
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
+    let check = |extra: String| check_offline(env.config_file(&extra).path(), &[]).1;
     let out = check(tls(&ca));
     assert!(
         out.contains(&format!("ok   broker   {brokers} answers")),
@@ -168,40 +157,15 @@ async fn the_service_annotates_through_a_tls_broker_and_a_wrong_ca_is_refused_cl
 async fn a_sasl_broker_that_refuses_the_credentials_is_named_with_the_settings_to_fix() {
     let env = TestEnv::new("sasl").await;
     let port = free_port();
-    let tansu = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/tansu");
-    let broker = std::process::Command::new(tansu)
-        .args([
-            "broker",
-            "--authentication",
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .arg("--listener-url")
-        .arg(format!("tcp://127.0.0.1:{port}"))
-        .arg("--advertised-listener-url")
-        .arg(format!("tcp://127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let _broker = TlsBroker {
-        children: vec![broker],
+        children: vec![spawn_tansu(port, port, &["--authentication"])],
         tls_port: port,
     };
     wait_port(port);
     let file = env.config_file(&format!(
         "[kafka]\nbrokers = \"127.0.0.1:{port}\"\n[kafka.properties]\n\"security.protocol\" = \"sasl_plaintext\"\n\"sasl.mechanism\" = \"SCRAM-SHA-256\"\n\"sasl.username\" = \"annotator\"\n\"sasl.password\" = \"scram-SECRET-77\"\n"
     ));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
-        .args(["check", "--offline", "--config"])
-        .arg(file.path())
-        .output()
-        .unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, out) = check_offline(file.path(), &[]);
     assert!(
         out.contains(&format!("FAIL broker   127.0.0.1:{port} unreachable"))
             && out.contains("SASL authentication error")

@@ -88,16 +88,7 @@ async fn rediss_with_a_password_and_a_private_ca_carries_mappings_and_the_budget
     // A CA that did not sign the server's certificate: `check` refuses the cache, names
     // it, and never shows the password.
     let file = env.config_file(&toml(&wrong));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
-        .args(["check", "--offline", "--config"])
-        .arg(file.path())
-        .output()
-        .unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, out) = check_offline(file.path(), &[]);
     assert!(out.contains("FAIL cache"), "{out}");
     assert!(!out.contains(PASSWORD), "{out}");
     // And plain TCP to the TLS port does not pass for Redis either.

@@ -22,19 +22,11 @@ fn find_secrets<'a>(text: &str, secrets: &[(&'a str, &'a str)]) -> Vec<&'a str> 
         .collect()
 }
 
-/// The binary's output for `args` with `vars` set.
+/// The binary's output for `args` at debug level, with `vars` set.
 fn output(args: &[&str], vars: &[(&str, &str)]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
-        .args(args)
-        .envs(vars.iter().copied())
-        .env("RUST_LOG", "debug")
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let mut all: Vec<(&str, Option<&str>)> = vars.iter().map(|&(k, v)| (k, Some(v))).collect();
+    all.push(("RUST_LOG", Some("debug")));
+    run_binary(args, &all).1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,3 +145,33 @@ pub fn signal(child: &std::process::Child, sig: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+/// Runs the binary with `args` to its end: (success, stdout then stderr). `vars`:
+/// `(name, Some(value))` sets, `(name, None)` removes.
+pub fn run_binary(args: &[&str], vars: &[(&str, Option<&str>)]) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"));
+    command.args(args);
+    for (name, value) in vars {
+        match value {
+            Some(v) => command.env(name, v),
+            None => command.env_remove(name),
+        };
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `check --offline` of a config file: (success, output).
+pub fn check_offline(config: &std::path::Path, vars: &[(&str, Option<&str>)]) -> (bool, String) {
+    run_binary(
+        &["check", "--offline", "--config", config.to_str().unwrap()],
+        vars,
+    )
+}
