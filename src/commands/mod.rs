@@ -6,10 +6,12 @@
 //! - [`demo`]: the whole flow on local defaults.
 //! - [`bench`]: throughput, latency, CPU and memory against the local broker.
 //! - [`create_topics`]: the configured topics on the broker.
+//! - [`kit`]: for producers: `schemas`, `validate`, `publish`.
 
 pub mod bench;
 pub mod check;
 pub mod demo;
+pub mod kit;
 pub mod replay;
 
 use crate::config::Config;

@@ -143,6 +143,11 @@ impl AssessmentName {
         &self.full["projects/".len().."projects/".len() + self.project_len]
     }
 
+    /// The assessment id, the name's last segment.
+    pub fn id(&self) -> &str {
+        &self.full["projects/".len() + self.project_len + "/assessments/".len()..]
+    }
+
     pub fn as_str(&self) -> &str {
         &self.full
     }

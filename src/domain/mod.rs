@@ -5,3 +5,4 @@ pub mod api;
 pub mod assessment;
 pub mod event;
 pub mod rules;
+pub mod schema;
