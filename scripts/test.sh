@@ -21,6 +21,7 @@ scripts/build-deps.sh
 scripts/tansu.sh "$port"
 scripts/redis.sh
 scripts/security-tools.sh
+scripts/samples-deps.sh
 
 scripts/check-deploy.sh
 cargo fmt --all -- --check

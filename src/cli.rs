@@ -208,6 +208,10 @@ pub enum Command {
         /// Where rejected lines are written (default <file>.rejected.jsonl).
         #[arg(long)]
         rejected: Option<PathBuf>,
+        /// Seconds a record may wait for the broker's acknowledgement before publish stops
+        /// and names the last line acknowledged.
+        #[arg(long, default_value_t = 30)]
+        delivery_timeout: u64,
     },
     /// End-to-end demo on local defaults: sandbox endpoint, fresh topics, sample events for
     /// every rule, the service running until all of them are committed.
@@ -419,6 +423,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             skip,
             limit,
             rejected,
+            delivery_timeout,
         } => {
             let config = load(config.as_deref())?;
             telemetry::init_logging(cli.log_format.unwrap_or(config.log.format), "warn");
@@ -443,6 +448,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 skip,
                 limit,
                 rejected,
+                delivery_timeout: std::time::Duration::from_secs(delivery_timeout),
             };
             commands::kit::publish(&config, &contract, &args)
                 .await

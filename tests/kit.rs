@@ -303,6 +303,31 @@ async fn publish_produces_the_good_csv_lines_exactly_once_across_a_resumed_run()
         args.extend_from_slice(extra);
         run_binary(&args, &[])
     };
+    // A broker that never acknowledges: publish stops, names the last line acknowledged
+    // (none), and says how to resume.
+    let down = env.config_file("[kafka]\nbrokers = \"127.0.0.1:1\"\n");
+    let mut args = vec!["publish", "--config", down.path().to_str().unwrap()];
+    args.extend_from_slice(&[
+        "--topic",
+        "fraud-signals",
+        "--file",
+        csv.to_str().unwrap(),
+        "--map",
+        "event_id=case",
+        "--map",
+        "assessment=assessment_name",
+        "--set",
+        "outcome=chargeback",
+        "--delivery-timeout",
+        "2",
+    ]);
+    let (ok, out) = run_binary(&args, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("line 1 was not acknowledged") && out.contains("re-run with --skip 0"),
+        "{out}"
+    );
+
     // A first run stopped after 4 lines (as an error would stop it), then the rest.
     let (ok, out) = publish(&["--limit", "4"]);
     assert!(ok, "{out}");

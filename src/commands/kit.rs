@@ -268,6 +268,8 @@ pub struct PublishArgs {
     pub limit: Option<u64>,
     /// Where rejected lines go (default `<file>.rejected.jsonl`).
     pub rejected: Option<PathBuf>,
+    /// How long a record may wait for the broker's acknowledgement before publish stops.
+    pub delivery_timeout: Duration,
 }
 
 /// One record of the file: its line number and value (or why it could not be read).
@@ -464,11 +466,15 @@ pub async fn publish(
         p.push(".rejected.jsonl");
         PathBuf::from(p)
     });
-    let producer: FutureProducer = kafka::client(&config.kafka)
+    let producer: FutureProducer<kafka::LogContext> = kafka::client(&config.kafka)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .create()
+        .set(
+            "message.timeout.ms",
+            args.delivery_timeout.as_millis().to_string(),
+        )
+        .create_with_context(kafka::LogContext::new(&config.kafka.brokers))
         .context("creating the idempotent producer")?;
     let bar = progress(records.len() as u64);
     let mut rejected_out: Option<std::io::BufWriter<std::fs::File>> = None;
