@@ -50,10 +50,14 @@ def main() -> None:
     parser.add_argument("--logins-topic", default="logins")
     parser.add_argument("--fraud-signals-topic", default="fraud-signals")
     parser.add_argument("--count", type=int, default=3, help="protected logins to simulate")
+    parser.add_argument("-X", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="a librdkafka property, as kcat takes them (repeatable)")
     args = parser.parse_args()
 
     # Idempotent and acknowledged by every replica: a retried send is never a duplicate.
-    producer = Producer({"bootstrap.servers": args.brokers, "enable.idempotence": True, "acks": "all"})
+    config = {"bootstrap.servers": args.brokers, "enable.idempotence": True, "acks": "all"}
+    config.update(kv.split("=", 1) for kv in args.extra)
+    producer = Producer(config)
     failures = []
 
     def delivered(err, msg):
