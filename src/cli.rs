@@ -143,6 +143,13 @@ pub enum Command {
         /// --backend redis for the group's shared budget).
         #[arg(long, default_value_t = 0)]
         rate_limit: u32,
+        /// Then run another implementation on the same workload and print both figures and
+        /// their ratio: a command that takes the service's command line (`run --config
+        /// FILE`), e.g. ".tools/peers/bin/python ../shared/peers/peer_async.py" (Python
+        /// peers speak HTTP/1.1: add --http1). A module `harness` with the rules is put on
+        /// its PYTHONPATH.
+        #[arg(long)]
+        service_cmd: Option<String>,
     },
     /// Print the JSON Schemas (draft 2020-12) of the events each topic takes, with the
     /// outcome vocabulary of the config's rules (or write them into --out).
@@ -373,6 +380,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             max_pending,
             http1,
             rate_limit,
+            service_cmd,
         } => {
             telemetry::init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
             let args = bench::BenchArgs {
@@ -389,6 +397,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 max_pending,
                 http2: !http1,
                 rate_limit,
+                service_cmd,
             };
             bench::run(args, !no_baseline).await
         }

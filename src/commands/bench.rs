@@ -87,6 +87,48 @@ pub struct BenchArgs {
     pub http2: bool,
     /// `delivery.rate_limit`; 0 measures the pipeline without a budget.
     pub rate_limit: u32,
+    /// Another implementation to run on the same workload after this one (a command that
+    /// takes the service's command line, e.g. a peer in Python); both figures and their
+    /// ratio are printed.
+    pub service_cmd: Option<String>,
+}
+
+/// The SPEC's rules as a Python module `harness` with `RULES[topic][outcome] =
+/// (annotation, [reasons])`, which the Python peers import: written from this service's
+/// own default rules, so both sides apply the same table.
+fn python_rules_module(dir: &std::path::Path) -> anyhow::Result<()> {
+    use crate::domain::rules::{OutcomeTopic, Rules};
+    let rules = Rules::default();
+    let mut text = String::from(
+        "# Written by `recaptcha-annotator bench` from its default rules.\nRULES = {\n",
+    );
+    for topic in OutcomeTopic::ALL {
+        text.push_str(&format!("    {:?}: {{\n", topic.as_str()));
+        for (t, outcome) in rules.outcomes() {
+            if t != topic {
+                continue;
+            }
+            let Some(rule) = rules.get(t, outcome) else {
+                continue;
+            };
+            let annotation = rule
+                .annotation
+                .map_or_else(|| "None".to_owned(), |a| format!("{:?}", a.as_str()));
+            let reasons: Vec<String> = rule
+                .reasons
+                .iter()
+                .map(|r| format!("{:?}", r.as_str()))
+                .collect();
+            text.push_str(&format!(
+                "        {outcome:?}: ({annotation}, [{}]),\n",
+                reasons.join(", ")
+            ));
+        }
+        text.push_str("    },\n");
+    }
+    text.push_str("}\n");
+    std::fs::write(dir.join("harness.py"), text)?;
+    Ok(())
 }
 
 pub async fn run_once(args: &BenchArgs) -> anyhow::Result<Figures> {
@@ -222,12 +264,33 @@ level = "warn"
     );
     let mut file = tempfile::NamedTempFile::new()?;
     file.write_all(config.as_bytes())?;
-    let exe = std::env::current_exe()?;
     let started = Instant::now();
-    let mut child = std::process::Command::new(exe)
-        .args(["run", "--config"])
-        .arg(file.path())
-        .spawn()?;
+    let mut child = match &args.service_cmd {
+        None => std::process::Command::new(std::env::current_exe()?)
+            .args(["run", "--config"])
+            .arg(file.path())
+            .spawn()?,
+        Some(cmd) => {
+            python_rules_module(data.path())?;
+            let path = std::env::var("PYTHONPATH").map_or_else(
+                |_| data.path().display().to_string(),
+                |p| format!("{}:{p}", data.path().display()),
+            );
+            // `exec`, so the pid measured is the command's own.
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    &format!("exec {cmd} \"$@\""),
+                    "bench",
+                    "run",
+                    "--config",
+                ])
+                .arg(file.path())
+                .env("PYTHONPATH", path)
+                .spawn()
+                .with_context(|| format!("starting {cmd}"))?
+        }
+    };
     let pid = child.id();
 
     let reader = kafka::offset_reader(&args.brokers, &format!("{prefix}group"))?;
@@ -298,13 +361,18 @@ level = "warn"
     })
 }
 
-fn print(label: &str, f: &Figures) {
+/// Microseconds of CPU per event.
+fn cpu_per_event(f: &Figures) -> f64 {
     #[allow(clippy::cast_precision_loss)]
-    let cpu_per_event = if f.events > 0 {
+    if f.events > 0 {
         f.cpu_seconds / f.events as f64 * 1_000_000.0
     } else {
         0.0
-    };
+    }
+}
+
+fn print(label: &str, f: &Figures) {
+    let cpu_per_event = cpu_per_event(f);
     println!(
         "{label:<28} events {:>8}  {:>7.0} events/s ({:>6.0} with start-up)  p50 {:>6} ms  p99 {:>6} ms  cpu {:.1} µs/event  peak RSS {:.1} MB",
         f.events,
@@ -336,6 +404,22 @@ pub async fn run(mut args: BenchArgs, baseline: bool) -> anyhow::Result<()> {
     }
     let main = run_once(&args).await?;
     print(&format!("max_in_flight = {}", args.max_in_flight), &main);
+    if let Some(cmd) = args.service_cmd.clone() {
+        let mut other_args = BenchArgs {
+            service_cmd: Some(cmd.clone()),
+            ..args
+        };
+        other_args.time_limit = other_args.time_limit.max(Duration::from_secs(600));
+        let other = run_once(&other_args).await?;
+        print(&cmd, &other);
+        println!(
+            "ratio (this service / {cmd}): {:.2}x events/s, {:.2}x less CPU per event, {:.2}x peak RSS",
+            main.rate() / other.rate().max(f64::EPSILON),
+            cpu_per_event(&other) / cpu_per_event(&main).max(f64::EPSILON),
+            main.peak_rss_kib as f64 / (other.peak_rss_kib as f64).max(1.0)
+        );
+        return Ok(());
+    }
     if baseline {
         args.max_in_flight = 1;
         args.time_limit = Duration::from_secs(20);
