@@ -402,9 +402,11 @@ pub async fn run(mut args: BenchArgs, baseline: bool) -> anyhow::Result<()> {
     if args.rate_limit > 0 {
         return budget(&args).await;
     }
+    // This service first, then the other command on the same workload.
+    let other_cmd = args.service_cmd.take();
     let main = run_once(&args).await?;
     print(&format!("max_in_flight = {}", args.max_in_flight), &main);
-    if let Some(cmd) = args.service_cmd.clone() {
+    if let Some(cmd) = other_cmd {
         let mut other_args = BenchArgs {
             service_cmd: Some(cmd.clone()),
             ..args
