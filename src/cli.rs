@@ -268,6 +268,18 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
+/// The config, logging, and the contract of `topic`, for `validate` and `publish`.
+fn kit_setup(
+    path: Option<&std::path::Path>,
+    topic: &str,
+    log_format: Option<LogFormat>,
+) -> anyhow::Result<(Config, commands::kit::Contract)> {
+    let config = load(path)?;
+    telemetry::init_logging(log_format.unwrap_or(config.log.format), "warn");
+    let contract = commands::kit::Contract::new(&config, topic)?;
+    Ok((config, contract))
+}
+
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli).await {
@@ -410,9 +422,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             file,
             last,
         } => {
-            let config = load(config.as_deref())?;
-            telemetry::init_logging(cli.log_format.unwrap_or(config.log.format), "warn");
-            let contract = commands::kit::Contract::new(&config, &topic)?;
+            let (config, contract) = kit_setup(config.as_deref(), &topic, cli.log_format)?;
             let ok = match file {
                 Some(file) => commands::kit::validate_file(&contract, &file)?,
                 None => tokio::task::block_in_place(|| {
@@ -434,9 +444,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             rejected,
             delivery_timeout,
         } => {
-            let config = load(config.as_deref())?;
-            telemetry::init_logging(cli.log_format.unwrap_or(config.log.format), "warn");
-            let contract = commands::kit::Contract::new(&config, &topic)?;
+            let (config, contract) = kit_setup(config.as_deref(), &topic, cli.log_format)?;
             let pairs = |flag: &str, given: &[String]| {
                 given
                     .iter()

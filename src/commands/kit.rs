@@ -187,14 +187,8 @@ pub fn validate_topic(
         .set("enable.partition.eof", "false")
         .create_with_context(kafka::LogContext::new(&config.kafka.brokers))
         .context("creating the reader")?;
-    let metadata = reader
-        .fetch_metadata(Some(&contract.topic), kafka::QUERY_TIMEOUT)
+    let partitions = kafka::partitions_of(&reader, &contract.topic)
         .with_context(|| format!("reading the metadata of {}", contract.topic))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
     anyhow::ensure!(
         !partitions.is_empty(),
         "topic {} does not exist",

@@ -56,14 +56,8 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayRep
     let consumer: BaseConsumer<kafka::LogContext> =
         kafka::replay_reader(&config.kafka, &args.group)
             .context("creating the dead-letter reader")?;
-    let metadata = consumer
-        .fetch_metadata(Some(&topics.dead_letter), Duration::from_secs(10))
+    let partitions = kafka::partitions_of(&consumer, &topics.dead_letter)
         .context("reading dead-letter topic metadata")?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
     anyhow::ensure!(
         !partitions.is_empty(),
         "dead-letter topic {} not found",

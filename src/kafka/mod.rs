@@ -363,6 +363,19 @@ pub fn end_offsets<C: rdkafka::consumer::ConsumerContext>(
     Ok(out)
 }
 
+/// The partition ids of `topic`; empty when the broker does not know it.
+pub fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
+    reader: &BaseConsumer<C>,
+    topic: &str,
+) -> Result<Vec<i32>, KafkaError> {
+    let metadata = reader.fetch_metadata(Some(topic), QUERY_TIMEOUT)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
 /// Partition -> committed offset of the reader's group (absent when none).
 pub fn committed_offsets<C: rdkafka::consumer::ConsumerContext>(
     reader: &BaseConsumer<C>,
