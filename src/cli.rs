@@ -165,61 +165,12 @@ pub enum Command {
     /// the beginning, or the last --last records of each partition; a plain reader outside
     /// any consumer group, committing nothing) or a JSON Lines file (--file). Prints each
     /// record's verdict and a summary by reason; fails if any record fails.
-    Validate {
-        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// The topic: its Kafka name or assessments, logins, registrations, fraud-signals. It
-        /// decides the outcome vocabulary.
-        #[arg(long)]
-        topic: String,
-        /// Check this JSON Lines file (one value per line) instead of reading the topic.
-        #[arg(long)]
-        file: Option<PathBuf>,
-        /// Only the last N records of each partition.
-        #[arg(long, conflicts_with = "file")]
-        last: Option<i64>,
-    },
+    Validate(commands::kit::cli::ValidateCommand),
     /// Validate a JSON Lines or CSV file and produce its good records to a topic, in order,
     /// with an idempotent producer; rejected lines go to a file with their reasons. The
     /// message key is the record's `key`, else its assessment id. After an error it names
     /// the last line the broker acknowledged: re-run with --skip that number.
-    Publish {
-        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// The topic: its Kafka name or assessments, logins, registrations, fraud-signals.
-        #[arg(long)]
-        topic: String,
-        /// JSON Lines (one value per line) or CSV (a header line; `.csv` or --csv).
-        #[arg(long)]
-        file: PathBuf,
-        /// Read the file as CSV whatever its name.
-        #[arg(long)]
-        csv: bool,
-        /// CSV column for an event field, FIELD=COLUMN (repeatable; dotted fields for nested
-        /// ones: transaction.value=amount; reasons split on | or ;). Without it, the header
-        /// names are the fields.
-        #[arg(long = "map", value_name = "FIELD=COLUMN")]
-        map: Vec<String>,
-        /// A field every CSV record gets, FIELD=VALUE (repeatable): `outcome=chargeback` for
-        /// an export of chargebacks.
-        #[arg(long = "set", value_name = "FIELD=VALUE")]
-        set: Vec<String>,
-        /// Skip this many data lines (a re-run: the last line acknowledged).
-        #[arg(long, default_value_t = 0)]
-        skip: u64,
-        /// At most this many data lines after the skipped ones.
-        #[arg(long)]
-        limit: Option<u64>,
-        /// Where rejected lines are written (default <file>.rejected.jsonl).
-        #[arg(long)]
-        rejected: Option<PathBuf>,
-        /// Seconds a record may wait for the broker's acknowledgement before publish stops
-        /// and names the last line acknowledged.
-        #[arg(long, default_value_t = 30)]
-        delivery_timeout: u64,
-    },
+    Publish(commands::kit::cli::PublishCommand),
     /// End-to-end demo on local defaults: sandbox endpoint, fresh topics, sample events for
     /// every rule, the service running until all of them are committed.
     Demo {
@@ -266,18 +217,6 @@ pub enum DeadLetterCommand {
 
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
-}
-
-/// The config, logging, and the contract of `topic`, for `validate` and `publish`.
-fn kit_setup(
-    path: Option<&std::path::Path>,
-    topic: &str,
-    log_format: Option<LogFormat>,
-) -> anyhow::Result<(Config, commands::kit::Contract)> {
-    let config = load(path)?;
-    telemetry::init_logging(log_format.unwrap_or(config.log.format), "warn");
-    let contract = commands::kit::Contract::new(&config, topic)?;
-    Ok((config, contract))
 }
 
 pub async fn main() -> ExitCode {
@@ -416,61 +355,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Schemas { config, out } => {
             commands::kit::schemas(&load(config.as_deref())?, out.as_deref())
         }
-        Command::Validate {
-            config,
-            topic,
-            file,
-            last,
-        } => {
-            let (config, contract) = kit_setup(config.as_deref(), &topic, cli.log_format)?;
-            let ok = match file {
-                Some(file) => commands::kit::validate_file(&contract, &file)?,
-                None => tokio::task::block_in_place(|| {
-                    commands::kit::validate_topic(&config, &contract, last)
-                })?,
-            };
-            anyhow::ensure!(ok, "some records do not satisfy the contract (see above)");
-            Ok(())
-        }
-        Command::Publish {
-            config,
-            topic,
-            file,
-            csv,
-            map,
-            set,
-            skip,
-            limit,
-            rejected,
-            delivery_timeout,
-        } => {
-            let (config, contract) = kit_setup(config.as_deref(), &topic, cli.log_format)?;
-            let pairs = |flag: &str, given: &[String]| {
-                given
-                    .iter()
-                    .map(|m| {
-                        m.split_once('=')
-                            .map(|(f, c)| (f.trim().to_owned(), c.trim().to_owned()))
-                            .ok_or_else(|| anyhow::anyhow!("--{flag} {m}: expected FIELD=..."))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()
-            };
-            let map = pairs("map", &map)?;
-            let set = pairs("set", &set)?;
-            let args = commands::kit::PublishArgs {
-                file,
-                csv,
-                map,
-                set,
-                skip,
-                limit,
-                rejected,
-                delivery_timeout: std::time::Duration::from_secs(delivery_timeout),
-            };
-            commands::kit::publish(&config, &contract, &args)
-                .await
-                .map(|_| ())
-        }
+        Command::Validate(command) => command.run(cli.log_format),
+        Command::Publish(command) => command.run(cli.log_format).await,
         Command::Demo { config } => {
             let config = load(config.as_deref())?;
             telemetry::init_logging(cli.log_format.unwrap_or(config.log.format), "warn");

@@ -3,10 +3,12 @@
 //! (a JSON Lines or CSV file, validated, produced to a topic: history becomes annotations
 //! through the same rules, quota and dead letters as live events).
 //!
+//! - [`cli`]: their command lines;
 //! - [`validate`]: records judged by the service's own planner, from a topic or a file;
 //! - [`records`]: the lines of a JSON Lines or CSV file, as events, and their message keys;
 //! - [`publish`]: the good records produced in order, the rejected ones set aside.
 
+pub mod cli;
 pub mod publish;
 pub mod records;
 pub mod validate;

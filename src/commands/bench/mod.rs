@@ -11,6 +11,9 @@ use serde_json::json;
 
 use crate::{kafka, sandbox};
 
+mod budget;
+mod peer;
+
 /// One measured run.
 #[derive(Debug)]
 pub struct Figures {
@@ -91,44 +94,6 @@ pub struct BenchArgs {
     /// takes the service's command line, e.g. a peer in Python); both figures and their
     /// ratio are printed.
     pub service_cmd: Option<String>,
-}
-
-/// The SPEC's rules as a Python module `harness` with `RULES[topic][outcome] =
-/// (annotation, [reasons])`, which the Python peers import: written from this service's
-/// own default rules, so both sides apply the same table.
-fn python_rules_module(dir: &std::path::Path) -> anyhow::Result<()> {
-    use crate::domain::rules::{OutcomeTopic, Rules};
-    let rules = Rules::default();
-    let mut text = String::from(
-        "# Written by `recaptcha-annotator bench` from its default rules.\nRULES = {\n",
-    );
-    for topic in OutcomeTopic::ALL {
-        text.push_str(&format!("    {:?}: {{\n", topic.as_str()));
-        for (t, outcome) in rules.outcomes() {
-            if t != topic {
-                continue;
-            }
-            let Some(rule) = rules.get(t, outcome) else {
-                continue;
-            };
-            let annotation = rule
-                .annotation
-                .map_or_else(|| "None".to_owned(), |a| format!("{:?}", a.as_str()));
-            let reasons: Vec<String> = rule
-                .reasons
-                .iter()
-                .map(|r| format!("{:?}", r.as_str()))
-                .collect();
-            text.push_str(&format!(
-                "        {outcome:?}: ({annotation}, [{}]),\n",
-                reasons.join(", ")
-            ));
-        }
-        text.push_str("    },\n");
-    }
-    text.push_str("}\n");
-    std::fs::write(dir.join("harness.py"), text)?;
-    Ok(())
 }
 
 pub async fn run_once(args: &BenchArgs) -> anyhow::Result<Figures> {
@@ -270,26 +235,7 @@ level = "warn"
             .args(["run", "--config"])
             .arg(file.path())
             .spawn()?,
-        Some(cmd) => {
-            python_rules_module(data.path())?;
-            let path = std::env::var("PYTHONPATH").map_or_else(
-                |_| data.path().display().to_string(),
-                |p| format!("{}:{p}", data.path().display()),
-            );
-            // `exec`, so the pid measured is the command's own.
-            std::process::Command::new("sh")
-                .args([
-                    "-c",
-                    &format!("exec {cmd} \"$@\""),
-                    "bench",
-                    "run",
-                    "--config",
-                ])
-                .arg(file.path())
-                .env("PYTHONPATH", path)
-                .spawn()
-                .with_context(|| format!("starting {cmd}"))?
-        }
+        Some(cmd) => peer::spawn(cmd, file.path(), data.path())?,
     };
     let pid = child.id();
 
@@ -362,7 +308,7 @@ level = "warn"
 }
 
 /// Microseconds of CPU per event.
-fn cpu_per_event(f: &Figures) -> f64 {
+pub(super) fn cpu_per_event(f: &Figures) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     if f.events > 0 {
         f.cpu_seconds / f.events as f64 * 1_000_000.0
@@ -400,7 +346,7 @@ pub async fn run(mut args: BenchArgs, baseline: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.rate_limit > 0 {
-        return budget(&args).await;
+        return budget::run(&args).await;
     }
     // This service first, then the other command on the same workload.
     let other_cmd = args.service_cmd.take();
@@ -430,71 +376,4 @@ pub async fn run(mut args: BenchArgs, baseline: bool) -> anyhow::Result<()> {
         println!("ratio: {:.1}x", main.rate() / base.rate().max(f64::EPSILON));
     }
     Ok(())
-}
-
-/// With a budget: how long the backlog takes to drain, the endpoint's busiest second, and
-/// what the limiter itself costs per call (measured apart, with a budget too large to wait).
-async fn budget(args: &BenchArgs) -> anyhow::Result<()> {
-    let f = run_once(args).await?;
-    #[allow(clippy::cast_precision_loss)]
-    let cpu_per_event = f.cpu_seconds / f.events.max(1) as f64 * 1_000_000.0;
-    println!(
-        "budget {}/s, backend {}: {} events drained in {:.1} s ({:.0} events/s from the first call); busiest second at the endpoint {} calls; cpu {:.1} µs/event; peak RSS {:.1} MB",
-        args.rate_limit,
-        args.backend,
-        f.events,
-        f.steady_seconds,
-        f.rate(),
-        f.busiest_second,
-        cpu_per_event,
-        f.peak_rss_kib as f64 / 1024.0
-    );
-    let calls = 20_000;
-    let local = limiter_cost(None, calls).await?;
-    println!(
-        "limiter alone, local: {:.2} µs CPU per call ({calls} calls)",
-        local * 1e6
-    );
-    if args.backend == "redis" {
-        let shared = limiter_cost(Some(&args.redis_url), calls).await?;
-        println!(
-            "limiter alone, Redis: {:.1} µs CPU per call in this process, one round trip each ({calls} calls)",
-            shared * 1e6
-        );
-    }
-    Ok(())
-}
-
-/// CPU seconds of this process per budget call, with a budget that never makes one wait.
-async fn limiter_cost(redis_url: Option<&str>, calls: u32) -> anyhow::Result<f64> {
-    use crate::budget::{Budget, Settings, redis::SharedBudget};
-    let prefix = format!("bench-{}-budget:", now_ms());
-    let shared = redis_url
-        .map(|url| {
-            SharedBudget::new(
-                crate::cache::link::RedisTarget::single(&secrecy::SecretString::from(
-                    url.to_owned(),
-                )),
-                &prefix,
-            )
-        })
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("redis: {}", e.0))?;
-    let budget = Budget::new(
-        Settings {
-            rate: 100_000_000,
-            burst: 100_000_000,
-            ..Settings::default()
-        },
-        shared,
-        std::sync::Arc::default(),
-        crate::telemetry::Metrics::new(),
-    );
-    let me = std::process::id();
-    let before = cpu_seconds(me).unwrap_or(0.0);
-    for _ in 0..calls {
-        budget.admit("bench", || async {}).await;
-    }
-    let after = cpu_seconds(me).unwrap_or(0.0);
-    Ok((after - before) / f64::from(calls))
 }
