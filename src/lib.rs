@@ -31,3 +31,8 @@ pub mod kafka;
 pub mod pipeline;
 pub mod sandbox;
 pub mod telemetry;
+
+/// The map of the per-event paths (lanes, offsets, partitions' tokens, halt gates, the
+/// in-process cache): foldhash, seeded per process, so keys that events choose still cannot
+/// be aimed at one bucket, at a fraction of SipHash's cost (docs/CAPACITY.md).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -24,7 +24,11 @@ pub struct AnnotateClient {
     /// thousands of calls in flight.
     http: Arc<[reqwest::Client]>,
     next: Arc<AtomicUsize>,
-    base: String,
+    /// The endpoint, parsed once: each call's URL is a copy with its path set, so the host
+    /// (IDNA included) is not parsed again for every call.
+    base: reqwest::Url,
+    /// The endpoint's own path without its trailing `/` (empty for Google's).
+    base_path: String,
     auth: Auth,
 }
 
@@ -66,14 +70,23 @@ impl AnnotateClient {
         Ok(Self {
             http: http.into(),
             next: Arc::default(),
-            base: endpoint.as_str().trim_end_matches('/').to_owned(),
+            base: endpoint.clone(),
+            base_path: endpoint.path().trim_end_matches('/').to_owned(),
             auth,
         })
     }
 
     /// The URL of the annotate call; `name` is validated, so it is one safe path per segment.
-    pub fn url(&self, name: &AssessmentName) -> String {
-        format!("{}/v1/{}:annotate", self.base, name.as_str())
+    pub fn url(&self, name: &AssessmentName) -> reqwest::Url {
+        let name = name.as_str();
+        let mut path = String::with_capacity(self.base_path.len() + name.len() + 13);
+        path.push_str(&self.base_path);
+        path.push_str("/v1/");
+        path.push_str(name);
+        path.push_str(":annotate");
+        let mut url = self.base.clone();
+        url.set_path(&path);
+        url
     }
 
     /// Serializes a body once; retries reuse the bytes.
@@ -190,6 +203,29 @@ fn transport_failure(err: &reqwest::Error) -> Failure {
 mod tests {
     use super::*;
     use crate::failure::HaltScope;
+
+    #[test]
+    fn the_call_url_keeps_the_endpoint_path_and_names_the_assessment() {
+        let name = AssessmentName::parse("projects/p-1/assessments/a_b").unwrap();
+        for (endpoint, url) in [
+            (
+                "https://recaptchaenterprise.googleapis.com",
+                "https://recaptchaenterprise.googleapis.com/v1/projects/p-1/assessments/a_b:annotate",
+            ),
+            (
+                "http://127.0.0.1:8085/proxy/",
+                "http://127.0.0.1:8085/proxy/v1/projects/p-1/assessments/a_b:annotate",
+            ),
+        ] {
+            let client = AnnotateClient::new(
+                &reqwest::Url::parse(endpoint).unwrap(),
+                Auth::None,
+                &RecaptchaConfig::default(),
+            )
+            .unwrap();
+            assert_eq!(client.url(&name).as_str(), url);
+        }
+    }
 
     #[tokio::test]
     async fn no_google_credentials_halts_every_call_instead_of_retrying_each_event() {

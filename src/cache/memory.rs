@@ -1,6 +1,5 @@
 //! In-process cache: lost on restart. For tests, demos and benchmarks.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -15,14 +14,14 @@ const FIRST_SWEEP: usize = 100_000;
 
 /// A map whose entries expire.
 struct Expiring<V> {
-    entries: HashMap<String, (V, Instant)>,
+    entries: crate::FastMap<String, (V, Instant)>,
     sweep_at: usize,
 }
 
 impl<V> Default for Expiring<V> {
     fn default() -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: crate::FastMap::default(),
             sweep_at: FIRST_SWEEP,
         }
     }

@@ -3,12 +3,12 @@
 //! from it here (a refusal closes one, an answer opens it), and the event runner settles
 //! the failure.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::concurrency::{Concurrency, Signal, Slot};
 use super::gate::{Gate, Pass, Probe};
+use crate::FastMap;
 use crate::annotate::AnnotateClient;
 use crate::budget::Budget;
 use crate::domain::assessment::AssessmentName;
@@ -27,7 +27,7 @@ pub struct HaltGates {
     /// Closed on 401, an invalid API key, no credentials, a wrong endpoint.
     service: Arc<Gate>,
     /// Closed project gates by project; open ones are dropped.
-    projects: Mutex<HashMap<String, Arc<Gate>>>,
+    projects: Mutex<FastMap<String, Arc<Gate>>>,
     /// `delivery.halt_retry`.
     retry: Duration,
     /// `delivery.forbidden_grace`.
@@ -38,7 +38,7 @@ pub struct HaltGates {
     metrics: Metrics,
     /// When each project last accepted a call (at most [`MAX_CLOSED_PROJECTS`] projects):
     /// a 403 for a call sent before that is about the event, not the project.
-    accepted: Mutex<HashMap<String, Instant>>,
+    accepted: Mutex<FastMap<String, Instant>>,
 }
 
 impl HaltGates {
@@ -81,7 +81,7 @@ impl HaltGates {
             .is_some_and(|at| *at >= sent)
     }
 
-    fn projects(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Gate>>> {
+    fn projects(&self) -> std::sync::MutexGuard<'_, FastMap<String, Arc<Gate>>> {
         self.projects
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

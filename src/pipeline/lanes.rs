@@ -2,7 +2,6 @@
 //! before its assessment is known) run one after another, in the order they entered;
 //! different lanes run concurrently.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -10,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 /// The lanes in use. An idle lane takes no memory.
 #[derive(Default)]
 pub struct Lanes {
-    tails: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    tails: Mutex<crate::FastMap<String, (u64, CancellationToken)>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 

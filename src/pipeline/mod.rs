@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,11 @@ pub type Consumer = StreamConsumer<AnnotatorContext>;
 
 /// Every this many commit ticks, every owned partition is committed again even if unchanged.
 const RECOMMIT_EVERY_TICKS: u64 = 10;
+
+/// Most messages taken per turn of the poll loop: after one `recv`, those librdkafka already
+/// holds are taken without another turn through the loop's `select!` (its timers and
+/// notifications are looked at between batches, so a batch delays them by microseconds).
+const RECV_BATCH: usize = 64;
 
 /// Timing and bounds of the poll loop.
 pub struct Tuning {
@@ -168,6 +174,20 @@ impl Pipeline {
         });
     }
 
+    /// Takes up to [`RECV_BATCH`] more messages that are ready now, while there is room.
+    fn take_ready(&self, tasks: &TaskTracker, backpressure: &mut Backpressure) {
+        for _ in 1..RECV_BATCH {
+            if !backpressure.room() {
+                return;
+            }
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => self.take(&m, tasks, backpressure),
+                Some(Err(e)) => self.consumer.context().log.consumer_error(&e),
+                None => return,
+            }
+        }
+    }
+
     /// Consumes until `shutdown` is cancelled, then drains within `shutdown_timeout`,
     /// commits synchronously and leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -213,6 +233,8 @@ impl Pipeline {
                     Ok(m) => {
                         self.consumer.context().log.reachable();
                         self.take(&m, &tasks, &backpressure);
+                        drop(m);
+                        self.take_ready(&tasks, &mut backpressure);
                     }
                     Err(e) => self.consumer.context().log.consumer_error(&e),
                 },

@@ -6,9 +6,11 @@
 //! Only offsets that were actually delivered are awaited, so gaps (compaction, transaction
 //! markers) never stall the commit point.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use crate::FastMap;
 
 /// A topic and partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -125,13 +127,13 @@ struct Owned {
 /// partition this instance does not own.
 #[derive(Default)]
 pub struct OffsetBook {
-    owned: Mutex<HashMap<TopicPartition, Owned>>,
+    owned: Mutex<FastMap<TopicPartition, Owned>>,
     changed: Condvar,
     generation: std::sync::atomic::AtomicU64,
 }
 
 impl OffsetBook {
-    fn lock(&self) -> MutexGuard<'_, HashMap<TopicPartition, Owned>> {
+    fn lock(&self) -> MutexGuard<'_, FastMap<TopicPartition, Owned>> {
         // A panic while holding this lock leaves consistent data (every operation is one
         // map or set update), so a poisoned lock is still usable.
         self.owned

@@ -8,7 +8,6 @@
 //! partition we no longer own. Shutdown waits on the poll loop instead (it keeps polling)
 //! and closes every partition the same way.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,11 +27,11 @@ use crate::telemetry::Metrics;
 /// A cancellation token per owned partition: cancelled to abandon its in-flight events.
 #[derive(Default)]
 pub struct PartitionTokens {
-    tokens: Mutex<HashMap<TopicPartition, CancellationToken>>,
+    tokens: Mutex<crate::FastMap<TopicPartition, CancellationToken>>,
 }
 
 impl PartitionTokens {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, crate::FastMap<TopicPartition, CancellationToken>> {
         self.tokens
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
