@@ -37,16 +37,32 @@ fn message(kind: TopicKind, payload: &str) -> Message {
 }
 
 fn plan(c: &mut Criterion) {
-    let planner = Planner::new(Rules::default(), None, ProjectAllowList::new(vec![]), 1 << 20);
+    let planner = Planner::new(
+        Rules::default(),
+        None,
+        ProjectAllowList::new(vec![]),
+        1 << 20,
+    );
     let mut group = c.benchmark_group("plan");
     for (name, kind, payload) in [
-        ("outcome_inline", TopicKind::Outcome(OutcomeTopic::FraudSignals), INLINE),
-        ("outcome_join", TopicKind::Outcome(OutcomeTopic::Logins), JOIN),
+        (
+            "outcome_inline",
+            TopicKind::Outcome(OutcomeTopic::FraudSignals),
+            INLINE,
+        ),
+        (
+            "outcome_join",
+            TopicKind::Outcome(OutcomeTopic::Logins),
+            JOIN,
+        ),
         ("assessment", TopicKind::Assessments, MAPPING),
     ] {
         let msg = message(kind, payload);
         assert!(
-            matches!(planner.plan(&msg), Ok(Plan::Annotate { .. } | Plan::Store { .. })),
+            matches!(
+                planner.plan(&msg),
+                Ok(Plan::Annotate { .. } | Plan::Store { .. })
+            ),
             "{name} plans"
         );
         group.bench_function(name, |b| b.iter(|| planner.plan(black_box(&msg))));
@@ -56,7 +72,9 @@ fn plan(c: &mut Criterion) {
 
 fn bookkeeping(c: &mut Criterion) {
     let msg = message(TopicKind::Outcome(OutcomeTopic::FraudSignals), INLINE);
-    c.bench_function("message/identity", |b| b.iter(|| black_box(&msg).identity()));
+    c.bench_function("message/identity", |b| {
+        b.iter(|| black_box(&msg).identity())
+    });
 
     // 1,024 events in flight on one partition, finished out of order.
     let book = OffsetBook::default();
