@@ -1,10 +1,11 @@
 use std::process::ExitCode;
 
-/// mimalloc: the service allocates and frees small objects for every event on two or more
+/// jemalloc: the service allocates and frees small objects for every event on two or more
 /// threads (the message copy, the request, hyper's and h2's frames); glibc's malloc spent
-/// about a sixth of the service's CPU on it (see docs/CAPACITY.md for the measurement).
+/// about a sixth of the service's CPU on it. mimalloc was as fast but held 15 MB more with a
+/// stalled backlog; jemalloc is faster and holds less (README, Benchmark).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {

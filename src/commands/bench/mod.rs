@@ -13,6 +13,7 @@ use crate::{kafka, sandbox};
 
 mod budget;
 mod peer;
+mod store;
 
 /// One measured run.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct Figures {
     pub p99_ms: u64,
     /// The most calls the endpoint saw within one second.
     pub busiest_second: usize,
+    /// What the cache took (Redis or the embedded store), when one was used.
+    pub store: Option<String>,
 }
 
 impl Figures {
@@ -229,6 +232,11 @@ level = "warn"
     );
     let mut file = tempfile::NamedTempFile::new()?;
     file.write_all(config.as_bytes())?;
+    let redis_before = if args.backend == "redis" && args.service_cmd.is_none() {
+        Some(store::redis_snapshot(&args.redis_url).await?)
+    } else {
+        None
+    };
     let started = Instant::now();
     let mut child = match &args.service_cmd {
         None => std::process::Command::new(std::env::current_exe()?)
@@ -267,6 +275,18 @@ level = "warn"
         .args(["-s", "TERM", &pid.to_string()])
         .status();
     let _ = child.wait();
+    // Keys written: a remembered id per annotated event, and with --join a mapping each.
+    let keys = if args.join { 2 * done } else { done };
+    let store = match (&redis_before, args.backend.as_str()) {
+        (Some(before), _) => {
+            Some(store::redis_report(&args.redis_url, before, done, keys, &prefix).await?)
+        }
+        (None, "embedded") if args.service_cmd.is_none() => Some(store::embedded_report(
+            &data.path().join("cache.redb"),
+            keys,
+        )),
+        _ => None,
+    };
 
     let mut latencies: Vec<u64> = sandbox
         .recorded()
@@ -304,6 +324,7 @@ level = "warn"
         p50_ms: pct(50),
         p99_ms: pct(99),
         busiest_second: sandbox.busiest_second(),
+        store,
     })
 }
 
@@ -329,6 +350,9 @@ fn print(label: &str, f: &Figures) {
         cpu_per_event,
         f.peak_rss_kib as f64 / 1024.0
     );
+    if let Some(store) = &f.store {
+        println!("{:<28} {store}", "");
+    }
 }
 
 pub async fn run(mut args: BenchArgs, baseline: bool) -> anyhow::Result<()> {
