@@ -52,7 +52,8 @@ fn assert_safe_name(name: &AssessmentName) {
         )
         .unwrap()
     });
-    let url = reqwest::Url::parse(&client.url(name)).unwrap();
+    // What goes over the wire, parsed again as a server would.
+    let url = reqwest::Url::parse(client.url(name).as_str()).unwrap();
     assert_eq!(url.host_str(), Some("recaptchaenterprise.googleapis.com"));
     assert_eq!(url.path(), format!("/v1/{}:annotate", name.as_str()));
     assert_eq!((url.query(), url.fragment()), (None, None));
