@@ -20,12 +20,12 @@ const MAX_BODY: usize = 64 * 1024;
 /// Calls in flight per client before the next client is used. Google's front ends allow
 /// 100 concurrent streams per HTTP/2 connection; filling one connection before opening the
 /// next puts more streams in each of its writes and wake-ups than spreading calls evenly
-/// (docs/CAPACITY.md: about a tenth less CPU per event at 1,024 in flight).
+/// (README, Benchmark: about 7% less CPU per event at 1,024 in flight).
 const CALLS_PER_CLIENT: usize = 100;
 
 #[derive(Clone)]
 pub struct AnnotateClient {
-    /// Independent clients used in turn: an HTTP/2 client multiplexes on one connection, and
+    /// Independent clients, filled in order (see [`CALLS_PER_CLIENT`]): an HTTP/2 client multiplexes on one connection, and
     /// servers cap the streams per connection (100-200), so several are needed to keep
     /// thousands of calls in flight.
     http: Arc<[reqwest::Client]>,

@@ -191,7 +191,7 @@ pub struct RecaptchaConfig {
     pub request_timeout: Duration,
     /// Connections kept open to the endpoint per HTTP client.
     pub max_idle_connections: usize,
-    /// Independent HTTP clients used in turn. With HTTP/2 each keeps one connection whose
+    /// Independent HTTP clients, each filled to 100 calls before the next. With HTTP/2 each keeps one connection whose
     /// concurrent streams the server caps (about 100 at Google), so in-flight calls are
     /// bounded by about `clients` x 100: raise it with `delivery.max_in_flight`.
     pub clients: usize,
