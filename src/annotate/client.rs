@@ -105,20 +105,21 @@ impl AnnotateClient {
 
     /// The client for the next call, counted in flight on it until the guard drops.
     fn pick(&self) -> (&reqwest::Client, InFlight<'_>) {
-        let mut chosen = 0;
-        let mut least = usize::MAX;
-        for (i, load) in self.loads.iter().enumerate() {
-            let load = load.load(Ordering::Relaxed);
-            if load < CALLS_PER_CLIENT {
-                chosen = i;
-                break;
-            }
-            if load < least {
-                least = load;
-                chosen = i;
-            }
-        }
-        self.loads[chosen].fetch_add(1, Ordering::Relaxed);
+        // A place under the cap is claimed in one step, so two calls never both take the
+        // last one.
+        let under_cap = self.loads.iter().position(|load| {
+            load.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+                (l < CALLS_PER_CLIENT).then_some(l + 1)
+            })
+            .is_ok()
+        });
+        let chosen = under_cap.unwrap_or_else(|| {
+            let least = (0..self.loads.len())
+                .min_by_key(|&i| self.loads[i].load(Ordering::Relaxed))
+                .unwrap_or(0);
+            self.loads[least].fetch_add(1, Ordering::Relaxed);
+            least
+        });
         (&self.http[chosen], InFlight(&self.loads[chosen]))
     }
 
