@@ -112,13 +112,11 @@ async fn each_project_stays_within_its_cap_and_neither_holds_back_the_other() {
         busiest_second(&arrivals_of(&env, b)),
     );
     eprintln!("caps 50 and 150 under 200: busiest seconds {busiest_a} and {busiest_b}");
-    // GCRA grants at most cap + burst - 1 in a second of Redis's clock (54 and 164); the
-    // endpoint's seconds also catch grants that a loaded machine delays across a second's
-    // edge: 168 was measured once for the 150 cap, and 58 for the 50 cap on a fresh clone's
-    // CI run (2026-11-30), where 3% is under two calls. So the small cap gets 6 calls of
-    // jitter (120 ms of its rate); a cap that did not hold would show 100 or more.
+    // GCRA grants at most cap + burst - 1 in a second of Redis's clock (54 and 164); as in
+    // the shared budget's test, the endpoint sees 3% more from scheduling jitter on two
+    // cores (168 measured once).
     assert!(
-        busiest_a <= 60,
+        busiest_a <= 57,
         "{a}: {busiest_a} calls in one second, cap 50"
     );
     assert!(
