@@ -275,28 +275,8 @@ level = "warn"
         .args(["-s", "TERM", &pid.to_string()])
         .status();
     let _ = child.wait();
-    // Keys written: a remembered id per annotated event, and with --join a mapping each;
-    // only known when every event was annotated (not for a stalled or time-limited run).
     let complete = !args.stalled && sandbox.accepted_count() >= args.events;
-    let keys = if args.join {
-        2 * args.events
-    } else {
-        args.events
-    };
-    let store = match (&redis_before, args.backend.as_str()) {
-        (_, _) if !complete => None,
-        // Best effort: a Redis that refuses INFO, SCAN or MEMORY loses this line, not the run.
-        (Some(before), _) => Some(
-            store::redis_report(&args.redis_url, before, args.events, keys, &prefix)
-                .await
-                .unwrap_or_else(|e| format!("redis: no figures ({e})")),
-        ),
-        (None, "embedded") if args.service_cmd.is_none() => Some(store::embedded_report(
-            &data.path().join("cache.redb"),
-            keys,
-        )),
-        _ => None,
-    };
+    let store = store::line(args, redis_before.as_ref(), complete, &prefix, data.path()).await;
 
     let mut latencies: Vec<u64> = sandbox
         .recorded()

@@ -48,7 +48,7 @@ pub(super) async fn redis_snapshot(url: &str) -> anyhow::Result<RedisSnapshot> {
 
 /// One line: commands and server CPU per event, memory growth per key written, and what
 /// one mapping and one remembered event id take (`MEMORY USAGE`, key included).
-pub(super) async fn redis_report(
+async fn redis_report(
     url: &str,
     before: &RedisSnapshot,
     events: u64,
@@ -102,7 +102,7 @@ async fn memory_usage(
 }
 
 /// The embedded store's file: its size and bytes per key written.
-pub(super) fn embedded_report(path: &std::path::Path, keys: u64) -> String {
+fn embedded_report(path: &std::path::Path, keys: u64) -> String {
     let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
     #[allow(clippy::cast_precision_loss)]
     let per_key = bytes as f64 / keys.max(1) as f64;
@@ -110,4 +110,34 @@ pub(super) fn embedded_report(path: &std::path::Path, keys: u64) -> String {
         "embedded store: {:.1} MB on disk for {keys} keys written ({per_key:.0} B per key)",
         bytes as f64 / 1_048_576.0
     )
+}
+
+/// The store's line of a run, when it is known: only for a complete run (every event
+/// annotated), of this service, with Redis or the embedded store.
+pub(super) async fn line(
+    args: &super::BenchArgs,
+    redis_before: Option<&RedisSnapshot>,
+    complete: bool,
+    prefix: &str,
+    data: &std::path::Path,
+) -> Option<String> {
+    // Keys written: a remembered id per annotated event, and with --join a mapping each.
+    let keys = if args.join {
+        2 * args.events
+    } else {
+        args.events
+    };
+    match (redis_before, args.backend.as_str()) {
+        _ if !complete => None,
+        // Best effort: a Redis that refuses INFO, SCAN or MEMORY loses this line, not the run.
+        (Some(before), _) => Some(
+            redis_report(&args.redis_url, before, args.events, keys, prefix)
+                .await
+                .unwrap_or_else(|e| format!("redis: no figures ({e})")),
+        ),
+        (None, "embedded") if args.service_cmd.is_none() => {
+            Some(embedded_report(&data.join("cache.redb"), keys))
+        }
+        _ => None,
+    }
 }
