@@ -219,9 +219,19 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-pub async fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match dispatch(cli).await {
+    let result = match cli.command {
+        Command::Run {
+            config,
+            dry_run,
+            group,
+        } => serve(cli.log_format, config.as_deref(), dry_run, group),
+        command => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(dispatch(cli.log_format, command))),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -230,23 +240,34 @@ pub async fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Run {
-            config,
-            dry_run,
-            group,
-        } => {
-            let mut config = load(config.as_deref())?;
-            config.dry_run |= dry_run;
-            config.dry_run_group = group;
-            config.consumer_group().map_err(anyhow::Error::msg)?;
-            telemetry::init_logging(
-                cli.log_format.unwrap_or(config.log.format),
-                &config.log.level,
-            );
-            app::run(config, app::shutdown_on_signals()).await
-        }
+/// `run`: the config is read before the runtime is built, since it sizes it
+/// (`delivery.worker_threads`).
+fn serve(
+    log_format: Option<LogFormat>,
+    config: Option<&std::path::Path>,
+    dry_run: bool,
+    group: Option<String>,
+) -> anyhow::Result<()> {
+    let mut config = load(config)?;
+    config.dry_run |= dry_run;
+    config.dry_run_group = group;
+    config.consumer_group().map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.delivery.worker_threads)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        telemetry::init_logging(log_format.unwrap_or(config.log.format), &config.log.level);
+        // On a worker, not on this thread: the intake loop and the event tasks it spawns
+        // then share the workers, and a spawn does not wake another thread.
+        tokio::spawn(app::run(config, app::shutdown_on_signals())).await?
+    })
+}
+
+/// Every command but `run`, on Tokio's default runtime.
+async fn dispatch(log_format: Option<LogFormat>, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { .. } => unreachable!("`run` is served by `serve`"),
         Command::Sandbox {
             listen,
             api_key,
@@ -259,7 +280,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             verify_tokens,
             token_lifetime,
         } => {
-            telemetry::init_logging(cli.log_format.unwrap_or(LogFormat::Text), "info");
+            telemetry::init_logging(log_format.unwrap_or(LogFormat::Text), "info");
             let mut sandbox = sandbox::Sandbox::new(api_key, record_limit);
             if strict {
                 sandbox = sandbox.strict(projects);
@@ -303,7 +324,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let config = load(config.as_deref())?;
-            telemetry::init_logging(cli.log_format.unwrap_or(config.log.format), "warn");
+            telemetry::init_logging(log_format.unwrap_or(config.log.format), "warn");
             let flags = replay::ReplayFlags {
                 reasons,
                 since,
@@ -333,7 +354,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             rate_limit,
             service_cmd,
         } => {
-            telemetry::init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
+            telemetry::init_logging(log_format.unwrap_or(LogFormat::Text), "warn");
             let args = bench::BenchArgs {
                 brokers,
                 events,
@@ -355,11 +376,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Schemas { config, out } => {
             commands::kit::schemas(&load(config.as_deref())?, out.as_deref())
         }
-        Command::Validate(command) => command.run(cli.log_format),
-        Command::Publish(command) => command.run(cli.log_format).await,
+        Command::Validate(command) => command.run(log_format),
+        Command::Publish(command) => command.run(log_format).await,
         Command::Demo { config } => {
             let config = load(config.as_deref())?;
-            telemetry::init_logging(cli.log_format.unwrap_or(config.log.format), "warn");
+            telemetry::init_logging(log_format.unwrap_or(config.log.format), "warn");
             demo::run(config).await
         }
     }

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    recaptcha_annotator::cli::main().await
+fn main() -> ExitCode {
+    recaptcha_annotator::cli::main()
 }

@@ -206,6 +206,11 @@ impl Config {
         );
         require(
             &mut errors,
+            d.worker_threads >= 1,
+            "delivery.worker_threads: must be at least 1",
+        );
+        require(
+            &mut errors,
             d.max_pending >= d.max_in_flight,
             "delivery.max_pending: must be at least delivery.max_in_flight",
         );
