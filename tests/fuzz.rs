@@ -53,7 +53,7 @@ fn assert_safe_name(name: &AssessmentName) {
         .unwrap()
     });
     // What goes over the wire, parsed again as a server would.
-    let url = reqwest::Url::parse(client.url(name).as_str()).unwrap();
+    let url = reqwest::Url::parse(&client.url(name).to_string()).unwrap();
     assert_eq!(url.host_str(), Some("recaptchaenterprise.googleapis.com"));
     assert_eq!(url.path(), format!("/v1/{}:annotate", name.as_str()));
     assert_eq!((url.query(), url.fragment()), (None, None));

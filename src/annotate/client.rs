@@ -1,13 +1,25 @@
-//! `POST {endpoint}/v1/{name}:annotate` over HTTPS with a pooled client.
+//! `POST {endpoint}/v1/{name}:annotate` over HTTPS with pooled connections.
+//!
+//! The calls go out through hyper's pooled client directly, not through reqwest: reqwest's
+//! layers (redirects, retries, the URL parsed again per call, a request clone kept for each)
+//! cost about 10 KB per call in flight and a sixth of the service's CPU per event
+//! (README, Benchmark). Proxies from the environment still apply (see [`Route`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::auth::{API_CLIENT, Auth};
+use super::route::Route;
 use crate::config::RecaptchaConfig;
 use crate::domain::api::AnnotateRequest;
 use crate::domain::assessment::AssessmentName;
@@ -23,20 +35,38 @@ const MAX_BODY: usize = 64 * 1024;
 /// (README, Benchmark: about 7% less CPU per event at 1,024 in flight).
 const CALLS_PER_CLIENT: usize = 100;
 
+/// One pooled client: HTTP/2 when the server offers it (ALPN, or prior knowledge), else
+/// HTTP/1.1 with a connection per call in flight.
+type Http = Client<hyper_rustls::HttpsConnector<Route>, Full<Bytes>>;
+
+/// Why the HTTP clients could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("recaptcha.endpoint: {0}")]
+    Endpoint(String),
+    #[error("proxy: {0}")]
+    Proxy(String),
+}
+
 #[derive(Clone)]
 pub struct AnnotateClient {
     /// Independent clients, filled in order (see [`CALLS_PER_CLIENT`]): an HTTP/2 client multiplexes on one connection, and
     /// servers cap the streams per connection (100-200), so several are needed to keep
     /// thousands of calls in flight.
-    http: Arc<[reqwest::Client]>,
+    http: Arc<[Http]>,
     /// Calls in flight on each client: a call goes to the first with fewer than
     /// [`CALLS_PER_CLIENT`], else to the least busy.
     loads: Arc<[AtomicUsize]>,
-    /// The endpoint, parsed once: each call's URL is a copy with its path set, so the host
-    /// (IDNA included) is not parsed again for every call.
-    base: reqwest::Url,
+    /// The endpoint's scheme and host, parsed once: each call's URI reuses them, so only its
+    /// path is new.
+    scheme: Scheme,
+    authority: Authority,
     /// The endpoint's own path without its trailing `/` (empty for Google's).
     base_path: String,
+    /// `request_timeout`: from sending the call to the end of the answer's body.
+    timeout: Duration,
     auth: Auth,
 }
 
@@ -54,47 +84,74 @@ impl AnnotateClient {
         endpoint: &reqwest::Url,
         auth: Auth,
         config: &RecaptchaConfig,
-    ) -> reqwest::Result<Self> {
-        let http = (0..config.clients.max(1))
-            .map(|_| {
-                let mut builder = reqwest::Client::builder()
-                    .timeout(config.request_timeout)
-                    .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
-                    .redirect(reqwest::redirect::Policy::none())
-                    .pool_max_idle_per_host(config.max_idle_connections)
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .tcp_nodelay(true)
-                    .user_agent(concat!("recaptcha-annotator/", env!("CARGO_PKG_VERSION")))
-                    .default_headers(HeaderMap::from_iter([(
-                        HeaderName::from_static("x-goog-api-client"),
-                        HeaderValue::from_static(API_CLIENT),
-                    )]));
-                if config.http2_prior_knowledge && endpoint.scheme() == "http" {
-                    builder = builder.http2_prior_knowledge();
-                }
-                builder.build()
-            })
-            .collect::<reqwest::Result<Vec<_>>>()?;
+    ) -> Result<Self, ClientError> {
+        let uri: Uri = endpoint
+            .as_str()
+            .parse()
+            .map_err(|e| ClientError::Endpoint(format!("{e}")))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(ClientError::Endpoint("needs a scheme and a host".into()));
+        };
+        let route = Route::for_endpoint(&uri, &Matcher::from_env(), {
+            let mut tcp = HttpConnector::new();
+            tcp.enforce_http(false);
+            tcp.set_nodelay(true);
+            tcp.set_connect_timeout(Some(config.request_timeout.min(Duration::from_secs(5))));
+            tcp
+        })?;
+        // The system's trust store and revocation checks, as reqwest uses them.
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(rustls_platform_verifier::Verifier::new(
+                provider,
+            )?))
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(route);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(config.max_idle_connections)
+            .pool_idle_timeout(Duration::from_secs(60));
+        if config.http2_prior_knowledge && scheme == Scheme::HTTP {
+            builder.http2_only(true);
+        }
+        let http: Vec<Http> = (0..config.clients.max(1))
+            .map(|_| builder.build(connector.clone()))
+            .collect();
         Ok(Self {
             loads: (0..http.len()).map(|_| AtomicUsize::new(0)).collect(),
             http: http.into(),
-            base: endpoint.clone(),
+            scheme,
+            authority,
             base_path: endpoint.path().trim_end_matches('/').to_owned(),
+            timeout: config.request_timeout,
             auth,
         })
     }
 
-    /// The URL of the annotate call; `name` is validated, so it is one safe path per segment.
-    pub fn url(&self, name: &AssessmentName) -> reqwest::Url {
+    /// The URI of the annotate call; `name` is validated, so it is one safe path per segment.
+    pub fn url(&self, name: &AssessmentName) -> Uri {
         let name = name.as_str();
         let mut path = String::with_capacity(self.base_path.len() + name.len() + 13);
         path.push_str(&self.base_path);
         path.push_str("/v1/");
         path.push_str(name);
         path.push_str(":annotate");
-        let mut url = self.base.clone();
-        url.set_path(&path);
-        url
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        // A validated name holds only characters a path may hold.
+        parts.path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(path)).ok();
+        Uri::from_parts(parts).unwrap_or_default()
     }
 
     /// Serializes a body once; retries reuse the bytes.
@@ -104,7 +161,7 @@ impl AnnotateClient {
     }
 
     /// The client for the next call, counted in flight on it until the guard drops.
-    fn pick(&self) -> (&reqwest::Client, InFlight<'_>) {
+    fn pick(&self) -> (&Http, InFlight<'_>) {
         // A place under the cap is claimed in one step, so two calls never both take the
         // last one.
         let under_cap = self.loads.iter().position(|load| {
@@ -137,40 +194,57 @@ impl AnnotateClient {
             }
         };
         let (client, _in_flight) = self.pick();
-        // Boxed: reqwest's request future is large, and thousands of calls wait in flight;
-        // one allocation per call keeps each waiting event task small.
-        let response = Box::pin(
-            client
-                .post(self.url(name))
-                .headers(headers)
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .body(body)
-                .send(),
-        )
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.url(name);
+        let fields = request.headers_mut();
+        fields.extend(headers);
+        fields.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        fields.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("recaptcha-annotator/", env!("CARGO_PKG_VERSION"))),
+        );
+        fields.insert(
+            HeaderName::from_static("x-goog-api-client"),
+            HeaderValue::from_static(API_CLIENT),
+        );
+        // Boxed: the request future is large, and thousands of calls wait in flight; one
+        // allocation per call keeps each waiting event task small.
+        let exchange = Box::pin(tokio::time::timeout(self.timeout, async {
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| Transport::from(&e))?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            // Read the body (capped) so the connection returns to the pool.
+            let bytes = read_capped(response.into_body())
+                .await
+                .map_err(|e| Transport::from(&e).after(status))?;
+            Ok::<_, Transport>((status, retry_after, bytes))
+        }))
         .await;
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => {
+        let (status, retry_after, bytes) = match exchange {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(transport)) => {
                 return CallResult {
-                    result: Err(transport_failure(&e)),
-                    status: None,
+                    status: transport.status,
+                    result: Err(transport.failure),
                     elapsed: started.elapsed(),
                 };
             }
-        };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        // Read the body (capped) so the connection returns to the pool.
-        let bytes = match Box::pin(read_capped(response)).await {
-            Ok(b) => b,
-            Err(e) => {
+            Err(_) => {
                 return CallResult {
-                    result: Err(transport_failure(&e)),
-                    status: Some(status),
+                    result: Err(Failure::retry(
+                        RetryCause::Timeout,
+                        None,
+                        "no answer within recaptcha.request_timeout".to_owned(),
+                    )),
+                    status: None,
                     elapsed: started.elapsed(),
                 };
             }
@@ -203,37 +277,62 @@ impl Drop for InFlight<'_> {
 }
 
 /// The body, or its first [`MAX_BODY`] bytes.
-async fn read_capped(mut response: reqwest::Response) -> reqwest::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = MAX_BODY - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_BODY {
+async fn read_capped(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::Error> {
+    let mut read = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(chunk) = frame?.into_data() else {
+            continue;
+        };
+        let room = MAX_BODY - read.len();
+        read.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if read.len() >= MAX_BODY {
             break;
         }
     }
-    Ok(body)
+    Ok(read)
 }
 
-/// A request that got no answer: a timeout or a connection error, both retried.
-fn transport_failure(err: &reqwest::Error) -> Failure {
-    let cause = if err.is_timeout() {
-        RetryCause::Timeout
-    } else {
-        RetryCause::Connection
-    };
-    // The innermost cause, without the URL (it names the assessment).
-    let mut detail = None;
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        detail = Some(inner.to_string());
-        source = inner.source();
+/// A call that got no (whole) answer: a connection error, retried.
+struct Transport {
+    failure: Failure,
+    /// The status, when the answer's head came and its body did not.
+    status: Option<u16>,
+}
+
+impl Transport {
+    fn after(self, status: u16) -> Self {
+        Self {
+            status: Some(status),
+            ..self
+        }
     }
-    Failure::retry(
-        cause,
-        None,
-        detail.unwrap_or_else(|| cause.as_str().to_owned()),
-    )
+}
+
+impl<E: std::error::Error + 'static> From<&E> for Transport {
+    fn from(err: &E) -> Self {
+        // The innermost cause, without the URI (it names the assessment).
+        let mut detail = err.to_string();
+        let mut source = err.source();
+        while let Some(inner) = source {
+            detail = inner.to_string();
+            source = inner.source();
+        }
+        // A connect timeout is a timeout, as the whole call's is.
+        let timed_out = std::iter::successors(Some(err as &dyn std::error::Error), |e| e.source())
+            .any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            });
+        let cause = if timed_out {
+            RetryCause::Timeout
+        } else {
+            RetryCause::Connection
+        };
+        Self {
+            failure: Failure::retry(cause, None, detail),
+            status: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -260,7 +359,7 @@ mod tests {
                 &RecaptchaConfig::default(),
             )
             .unwrap();
-            assert_eq!(client.url(&name).as_str(), url);
+            assert_eq!(client.url(&name).to_string(), url);
         }
     }
 
@@ -272,8 +371,7 @@ mod tests {
         };
         let endpoint = reqwest::Url::parse("http://127.0.0.1:1").unwrap();
         let client = AnnotateClient::new(&endpoint, Auth::None, &config).unwrap();
-        let index =
-            |c: &reqwest::Client| client.http.iter().position(|h| std::ptr::eq(h, c)).unwrap();
+        let index = |c: &Http| client.http.iter().position(|h| std::ptr::eq(h, c)).unwrap();
         let mut held: Vec<_> = (0..CALLS_PER_CLIENT).map(|_| client.pick()).collect();
         assert!(held.iter().all(|(c, _)| index(c) == 0));
         held.push(client.pick());

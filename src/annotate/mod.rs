@@ -3,5 +3,6 @@
 
 pub mod auth;
 pub mod client;
+mod route;
 
 pub use client::AnnotateClient;
