@@ -26,6 +26,8 @@ scripts/samples-deps.sh
 scripts/check-deploy.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-# Licences, banned duplicate majors, sources (deny.toml); no network needed.
+# Licences, banned duplicate majors, sources (deny.toml); cargo-deny reads the crates of
+# every platform in the lock file, which a build on this one does not download.
+cargo fetch --locked
 cargo deny --offline check licenses bans sources
 cargo test --all-targets --locked
