@@ -140,6 +140,16 @@ impl Backpressure {
         room
     }
 
+    /// Whether the hard bound (twice the limit, by count or bytes) is reached while not every
+    /// partition is paused yet. Past the limit the loop polls on for `assessments`, and a
+    /// message arrives every few microseconds: the bound is looked at per message, not only
+    /// at the next check, or the pending events would run far past it (seen: 48,000 against a
+    /// limit of 4,096, with outcomes parked for their mappings).
+    pub fn beyond_hard_limit(&self) -> bool {
+        let by_bytes = self.pending.bytes().saturating_mul(self.limit) / self.byte_limit.max(1);
+        self.paused != Paused::All && self.pending.count().max(by_bytes) >= 2 * self.limit
+    }
+
     /// Whether the loop should receive: with room, or while paused (polling on).
     pub fn receiving(&self, room: bool) -> bool {
         room || self.paused != Paused::No
@@ -205,7 +215,7 @@ impl Backpressure {
 
 #[cfg(test)]
 mod tests {
-    use super::{Paused, next_pause};
+    use super::{Backpressure, Paused, next_pause};
 
     #[test]
     fn pauses_only_when_stalled_and_resumes_at_half() {
@@ -232,5 +242,21 @@ mod tests {
         assert_eq!(next_pause(Paused::All, 160, limit, true), Paused::All);
         assert_eq!(next_pause(Paused::All, 150, limit, true), Paused::Outcomes);
         assert_eq!(next_pause(Paused::All, 100, limit, true), Paused::Outcomes);
+    }
+
+    #[test]
+    fn the_hard_bound_is_seen_per_message_by_count_and_by_bytes() {
+        let mut bp = Backpressure::new(4, 1000, "assessments".into());
+        bp.paused = Paused::Outcomes;
+        let mut held: Vec<_> = (0..7).map(|_| bp.enter(10)).collect();
+        assert!(!bp.beyond_hard_limit(), "7 of a hard bound of 8");
+        held.push(bp.enter(10));
+        assert!(bp.beyond_hard_limit(), "8 events: twice the limit");
+        bp.paused = Paused::All;
+        assert!(!bp.beyond_hard_limit(), "already all paused");
+        held.clear();
+        bp.paused = Paused::Outcomes;
+        held.push(bp.enter(2000));
+        assert!(bp.beyond_hard_limit(), "one event of twice the byte limit");
     }
 }

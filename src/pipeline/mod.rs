@@ -235,6 +235,9 @@ impl Pipeline {
                         self.take(&m, &tasks, &backpressure);
                         drop(m);
                         self.take_ready(&tasks, &mut backpressure);
+                        if backpressure.beyond_hard_limit() {
+                            backpressure.check(&self.consumer, false, false);
+                        }
                     }
                     Err(e) => self.consumer.context().log.consumer_error(&e),
                 },
