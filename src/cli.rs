@@ -253,7 +253,8 @@ fn serve(
     config.dry_run_group = group;
     config.consumer_group().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.delivery.worker_threads)
+        // 0 is refused by the config's validation in `app::run`, with the key's name.
+        .worker_threads(config.delivery.worker_threads.max(1))
         .enable_all()
         .build()?;
     runtime.block_on(async {

@@ -97,6 +97,12 @@ impl AnnotateClient {
             let mut tcp = HttpConnector::new();
             tcp.enforce_http(false);
             tcp.set_nodelay(true);
+            // A connection whose path died silently is found within about 30 s, not the
+            // kernel's 15 minutes (reqwest's settings).
+            tcp.set_keepalive(Some(Duration::from_secs(15)));
+            tcp.set_keepalive_interval(Some(Duration::from_secs(15)));
+            tcp.set_keepalive_retries(Some(3));
+            tcp.set_tcp_user_timeout(Some(Duration::from_secs(30)));
             tcp.set_connect_timeout(Some(config.request_timeout.min(Duration::from_secs(5))));
             tcp
         })?;
@@ -180,6 +186,28 @@ impl AnnotateClient {
         (&self.http[chosen], InFlight(&self.loads[chosen]))
     }
 
+    /// One annotate request: the body is shared bytes and the header values are shared, so
+    /// a second copy for a retry allocates only its map.
+    fn request(uri: Uri, auth: &http::HeaderMap, body: Bytes) -> http::Request<Full<Bytes>> {
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = uri;
+        let fields = request.headers_mut();
+        for (name, value) in auth {
+            fields.append(name.clone(), value.clone());
+        }
+        fields.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        fields.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("recaptcha-annotator/", env!("CARGO_PKG_VERSION"))),
+        );
+        fields.insert(
+            HeaderName::from_static("x-goog-api-client"),
+            HeaderValue::from_static(API_CLIENT),
+        );
+        request
+    }
+
     /// Sends one annotate call and classifies the answer.
     pub async fn annotate(&self, name: &AssessmentName, body: Bytes) -> CallResult {
         let started = Instant::now();
@@ -194,27 +222,22 @@ impl AnnotateClient {
             }
         };
         let (client, _in_flight) = self.pick();
-        let mut request = http::Request::new(Full::new(body));
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = self.url(name);
-        let fields = request.headers_mut();
-        fields.extend(headers);
-        fields.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        fields.insert(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("recaptcha-annotator/", env!("CARGO_PKG_VERSION"))),
-        );
-        fields.insert(
-            HeaderName::from_static("x-goog-api-client"),
-            HeaderValue::from_static(API_CLIENT),
-        );
+        let uri = self.url(name);
         // Boxed: the request future is large, and thousands of calls wait in flight; one
         // allocation per call keeps each waiting event task small.
         let exchange = Box::pin(tokio::time::timeout(self.timeout, async {
-            let response = client
-                .request(request)
-                .await
-                .map_err(|e| Transport::from(&e))?;
+            let request = || Self::request(uri.clone(), &headers, body.clone());
+            let response = match client.request(request()).await {
+                Ok(response) => response,
+                // The server closed the connection gracefully or refused the stream before
+                // reading the call: it was not taken, so it goes again at once on another
+                // stream (as reqwest did), not after the event's backoff.
+                Err(e) if never_taken(&e) => client
+                    .request(request())
+                    .await
+                    .map_err(|e| Transport::from(&e))?,
+                Err(e) => return Err(Transport::from(&e)),
+            };
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()
@@ -290,6 +313,21 @@ async fn read_capped(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::
         }
     }
     Ok(read)
+}
+
+/// Whether an HTTP/2 server said it did not take the call: a graceful GOAWAY (`NO_ERROR`,
+/// as Google's front ends send when they recycle a connection) or `REFUSED_STREAM`.
+fn never_taken(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        e.downcast_ref::<h2::Error>().is_some_and(|h2| {
+            h2.is_remote()
+                && match h2.reason() {
+                    Some(h2::Reason::NO_ERROR) => h2.is_go_away(),
+                    Some(h2::Reason::REFUSED_STREAM) => true,
+                    _ => false,
+                }
+        })
+    })
 }
 
 /// A call that got no (whole) answer: a connection error, retried.
@@ -393,6 +431,50 @@ mod tests {
         );
         drop((held, more));
         assert!(client.loads.iter().all(|l| l.load(Ordering::Relaxed) == 0));
+    }
+
+    #[tokio::test]
+    async fn a_call_the_server_refused_unread_goes_again_at_once() {
+        use std::sync::atomic::AtomicUsize;
+        // An HTTP/2 server that refuses its first stream (REFUSED_STREAM: not processed)
+        // and answers 200 to every later one.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint =
+            reqwest::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                let seen = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let mut connection = h2::server::handshake(socket).await.unwrap();
+                    while let Some(Ok((_, mut respond))) = connection.accept().await {
+                        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        let answer = http::Response::builder().status(200).body(()).unwrap();
+                        let mut body = respond.send_response(answer, false).unwrap();
+                        body.send_data(Bytes::from_static(b"{}"), true).unwrap();
+                    }
+                });
+            }
+        });
+        let config = RecaptchaConfig {
+            http2_prior_knowledge: true,
+            ..RecaptchaConfig::default()
+        };
+        let client = AnnotateClient::new(&endpoint, Auth::None, &config).unwrap();
+        let name = AssessmentName::parse("projects/p/assessments/a").unwrap();
+        let call = client.annotate(&name, Bytes::from_static(b"{}")).await;
+        assert!(call.result.is_ok(), "{:?}", call.result);
+        assert_eq!(call.status, Some(200));
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            2,
+            "refused once, then answered"
+        );
     }
 
     #[tokio::test]

@@ -47,6 +47,12 @@ impl Config {
                 "recaptcha.endpoint: must be a base URL without a path, query or fragment (the service adds /v1/projects/...)".into(),
             );
         }
+        if !url.username().is_empty() || url.password().is_some() {
+            // Every call would carry it to the endpoint (HTTP/2 sends it in `:authority`).
+            errors.push(
+                "recaptcha.endpoint: must not hold a user or password; use recaptcha.api_key or recaptcha.credentials_file".into(),
+            );
+        }
         if url.scheme() == "http"
             && url.host().is_some()
             && !is_loopback(&url)

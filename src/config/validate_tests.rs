@@ -84,6 +84,12 @@ fn the_endpoint_is_a_base_url_and_never_plain_http_to_another_host() {
     );
     assert!(check("http://sandbox:8085", "allow_insecure_endpoint = true").is_ok());
     assert!(check("http://10.0.0.7:8085", "allow_insecure_endpoint = true").is_ok());
+    let err = check("https://user:secret@example.com", "").unwrap_err();
+    assert!(
+        err.contains("recaptcha.endpoint") && err.contains("user or password"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
 }
 
 #[test]
