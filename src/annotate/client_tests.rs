@@ -1,0 +1,141 @@
+//! The annotate client: its URLs, its choice of connection, its retry of a call not taken,
+//! and a missing credential.
+
+use super::*;
+use crate::failure::HaltScope;
+
+#[test]
+fn the_call_url_keeps_the_endpoint_path_and_names_the_assessment() {
+    let name = AssessmentName::parse("projects/p-1/assessments/a_b").unwrap();
+    for (endpoint, url) in [
+        (
+            "https://recaptchaenterprise.googleapis.com",
+            "https://recaptchaenterprise.googleapis.com/v1/projects/p-1/assessments/a_b:annotate",
+        ),
+        (
+            "http://127.0.0.1:8085/proxy/",
+            "http://127.0.0.1:8085/proxy/v1/projects/p-1/assessments/a_b:annotate",
+        ),
+    ] {
+        let client = AnnotateClient::new(
+            &reqwest::Url::parse(endpoint).unwrap(),
+            Auth::None,
+            &RecaptchaConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(client.url(&name).to_string(), url);
+    }
+}
+
+#[test]
+fn calls_fill_one_client_before_the_next_and_then_go_to_the_least_busy() {
+    let config = RecaptchaConfig {
+        clients: 3,
+        ..RecaptchaConfig::default()
+    };
+    let endpoint = reqwest::Url::parse("http://127.0.0.1:1").unwrap();
+    let client = AnnotateClient::new(&endpoint, Auth::None, &config).unwrap();
+    let index = |c: &Http| client.http.iter().position(|h| std::ptr::eq(h, c)).unwrap();
+    let mut held: Vec<_> = (0..CALLS_PER_CLIENT).map(|_| client.pick()).collect();
+    assert!(held.iter().all(|(c, _)| index(c) == 0));
+    held.push(client.pick());
+    assert_eq!(index(held.last().unwrap().0), 1, "the first client is full");
+    // Calls on the first client end: it takes the next call again.
+    held.truncate(10);
+    assert_eq!(index(client.pick().0), 0);
+    // Every client full: the least busy one.
+    let more: Vec<_> = (0..3 * CALLS_PER_CLIENT).map(|_| client.pick()).collect();
+    let loads: Vec<usize> = client
+        .loads
+        .iter()
+        .map(|l| l.load(Ordering::Relaxed))
+        .collect();
+    assert_eq!(loads.iter().sum::<usize>(), 10 + 3 * CALLS_PER_CLIENT);
+    assert!(
+        loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 1,
+        "{loads:?}"
+    );
+    drop((held, more));
+    assert!(client.loads.iter().all(|l| l.load(Ordering::Relaxed) == 0));
+}
+
+#[tokio::test]
+async fn a_call_the_server_refused_unread_goes_again_at_once() {
+    use std::sync::atomic::AtomicUsize;
+    // An HTTP/2 server that refuses its first stream (REFUSED_STREAM: not processed)
+    // and answers 200 to every later one.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint =
+        reqwest::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let seen = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut connection = h2::server::handshake(socket).await.unwrap();
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let answer = http::Response::builder().status(200).body(()).unwrap();
+                    let mut body = respond.send_response(answer, false).unwrap();
+                    body.send_data(Bytes::from_static(b"{}"), true).unwrap();
+                }
+            });
+        }
+    });
+    let config = RecaptchaConfig {
+        http2_prior_knowledge: true,
+        ..RecaptchaConfig::default()
+    };
+    let client = AnnotateClient::new(&endpoint, Auth::None, &config).unwrap();
+    let name = AssessmentName::parse("projects/p/assessments/a").unwrap();
+    let call = client.annotate(&name, Bytes::from_static(b"{}")).await;
+    assert!(call.result.is_ok(), "{:?}", call.result);
+    assert_eq!(call.status, Some(200));
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        2,
+        "refused once, then answered"
+    );
+}
+
+#[tokio::test]
+async fn no_google_credentials_halts_every_call_instead_of_retrying_each_event() {
+    // A user's refresh token whose token endpoint cannot be reached (loopback, closed).
+    let credentials =
+        google_cloud_auth::credentials::user_account::Builder::new(serde_json::json!({
+            "client_id": "id.apps.googleusercontent.com",
+            "client_secret": "secret",
+            "refresh_token": "refresh",
+            "type": "authorized_user",
+            "token_uri": "http://127.0.0.1:1/token",
+        }))
+        .build()
+        .unwrap();
+    let endpoint = reqwest::Url::parse("http://127.0.0.1:1").unwrap();
+    let client = AnnotateClient::new(
+        &endpoint,
+        Auth::Google(credentials),
+        &RecaptchaConfig::default(),
+    )
+    .unwrap();
+    let name = AssessmentName::parse("projects/p/assessments/a").unwrap();
+    let call = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.annotate(&name, Bytes::new()),
+    )
+    .await
+    .expect("the token attempt ends");
+    assert!(
+        matches!(
+            &call.result,
+            Err(Failure::Halt(h)) if h.scope == HaltScope::Service && h.status.is_none()
+        ),
+        "{:?}",
+        call.result
+    );
+}
