@@ -239,12 +239,10 @@ impl Auth {
 /// help, then the causes (Google's own message reads "... might succeed. but future
 /// attempts may succeed").
 fn token_error(e: &google_cloud_auth::errors::CredentialsError) -> String {
-    let mut causes = Vec::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        causes.push(cause.to_string());
-        source = cause.source();
-    }
+    let causes: Vec<String> = crate::failure::causes(e)
+        .skip(1)
+        .map(ToString::to_string)
+        .collect();
     let what = if e.is_transient() {
         "Google credentials: no token now (a passing failure; the next call tries again)"
     } else {

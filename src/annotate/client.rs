@@ -19,11 +19,13 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::auth::{API_CLIENT, Auth};
-use super::route::Route;
+use super::route::{Route, UnusableProxy};
 use crate::config::RecaptchaConfig;
 use crate::domain::api::AnnotateRequest;
 use crate::domain::assessment::AssessmentName;
-use crate::failure::{Answer, Failure, GoogleError, Halt, RetryCause, classify, parse_retry_after};
+use crate::failure::{
+    Answer, Failure, GoogleError, Halt, RetryCause, causes, classify, parse_retry_after,
+};
 
 /// The most of a response body that is read: Google's error bodies are small, and a wrong
 /// endpoint can answer with anything.
@@ -47,7 +49,7 @@ pub enum ClientError {
     #[error("recaptcha.endpoint: {0}")]
     Endpoint(String),
     #[error("proxy: {0}")]
-    Proxy(String),
+    Proxy(#[from] UnusableProxy),
 }
 
 #[derive(Clone)]
@@ -251,23 +253,22 @@ impl AnnotateClient {
             Ok::<_, Transport>((status, retry_after, bytes))
         }))
         .await;
-        let (status, retry_after, bytes) = match exchange {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(transport)) => {
+        let answered = exchange.unwrap_or_else(|_| {
+            Err(Transport {
+                failure: Failure::retry(
+                    RetryCause::Timeout,
+                    None,
+                    "no answer within recaptcha.request_timeout".to_owned(),
+                ),
+                status: None,
+            })
+        });
+        let (status, retry_after, bytes) = match answered {
+            Ok(answer) => answer,
+            Err(transport) => {
                 return CallResult {
                     status: transport.status,
                     result: Err(transport.failure),
-                    elapsed: started.elapsed(),
-                };
-            }
-            Err(_) => {
-                return CallResult {
-                    result: Err(Failure::retry(
-                        RetryCause::Timeout,
-                        None,
-                        "no answer within recaptcha.request_timeout".to_owned(),
-                    )),
-                    status: None,
                     elapsed: started.elapsed(),
                 };
             }
@@ -318,7 +319,7 @@ async fn read_capped(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::
 /// Whether an HTTP/2 server said it did not take the call: a graceful GOAWAY (`NO_ERROR`,
 /// as Google's front ends send when they recycle a connection) or `REFUSED_STREAM`.
 fn never_taken(err: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+    causes(err).any(|e| {
         e.downcast_ref::<h2::Error>().is_some_and(|h2| {
             h2.is_remote()
                 && match h2.reason() {
@@ -349,18 +350,15 @@ impl Transport {
 impl<E: std::error::Error + 'static> From<&E> for Transport {
     fn from(err: &E) -> Self {
         // The innermost cause, without the URI (it names the assessment).
-        let mut detail = err.to_string();
-        let mut source = err.source();
-        while let Some(inner) = source {
-            detail = inner.to_string();
-            source = inner.source();
-        }
+        let detail = causes(err)
+            .last()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         // A connect timeout is a timeout, as the whole call's is.
-        let timed_out = std::iter::successors(Some(err as &dyn std::error::Error), |e| e.source())
-            .any(|e| {
-                e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            });
+        let timed_out = causes(err).any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        });
         let cause = if timed_out {
             RetryCause::Timeout
         } else {

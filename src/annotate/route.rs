@@ -15,9 +15,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use super::client::ClientError;
-
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A proxy the tunnel cannot use, named by its host and port only (its address may carry
+/// a password).
+#[derive(Debug, thiserror::Error)]
+#[error("the proxy at {0} must be an http:// proxy (the endpoint's TLS runs inside its tunnel)")]
+pub struct UnusableProxy(String);
 
 #[derive(Clone)]
 pub enum Route {
@@ -32,23 +36,20 @@ impl Route {
         endpoint: &Uri,
         proxies: &Matcher,
         tcp: HttpConnector,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Self, UnusableProxy> {
         if endpoint.scheme() != Some(&Scheme::HTTPS) {
             return Ok(Self::Direct(tcp));
         }
         let Some(proxy) = proxies.intercept(endpoint) else {
             return Ok(Self::Direct(tcp));
         };
-        // Only the proxy's host and port: its address may carry a password.
         let address = proxy
             .uri()
             .authority()
             .map(|a| format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)))
             .unwrap_or_default();
         if proxy.uri().scheme() != Some(&Scheme::HTTP) {
-            return Err(ClientError::Proxy(format!(
-                "the proxy at {address} must be an http:// proxy (the endpoint's TLS runs inside its tunnel)"
-            )));
+            return Err(UnusableProxy(address));
         }
         let mut tunnel = Tunnel::new(proxy.uri().clone(), tcp);
         if let Some(auth) = proxy.basic_auth() {
@@ -90,7 +91,7 @@ impl Service<Uri> for Route {
 mod tests {
     use super::*;
 
-    fn route(endpoint: &str, proxies: &Matcher) -> Result<Route, ClientError> {
+    fn route(endpoint: &str, proxies: &Matcher) -> Result<Route, UnusableProxy> {
         Route::for_endpoint(&endpoint.parse().unwrap(), proxies, HttpConnector::new())
     }
 

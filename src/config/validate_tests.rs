@@ -109,7 +109,7 @@ fn defaults_validate() {
 #[test]
 fn bad_values_are_all_reported_with_their_key() {
     let config = Config::from_toml(
-        "[recaptcha]\nendpoint = \"ftp://x\"\nproject = \"a/b\"\n[delivery]\nmax_in_flight = 0\n[admin]\nlisten = \"nope\"",
+        "[recaptcha]\nendpoint = \"ftp://x\"\nproject = \"a/b\"\n[delivery]\nmax_in_flight = 0\nworker_threads = 0\n[admin]\nlisten = \"nope\"",
     )
     .unwrap();
     let err = config.validate().unwrap_err().to_string();
@@ -117,6 +117,7 @@ fn bad_values_are_all_reported_with_their_key() {
         "recaptcha.endpoint",
         "recaptcha.project",
         "delivery.max_in_flight",
+        "delivery.worker_threads",
         "admin.listen",
     ] {
         assert!(err.contains(key), "{key} missing from {err}");

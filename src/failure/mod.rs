@@ -226,6 +226,13 @@ impl Backoff {
     }
 }
 
+/// An error and its causes, outermost first.
+pub fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
