@@ -19,6 +19,7 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::auth::{API_CLIENT, Auth};
+use super::h1::{H1Pool, Lease};
 use super::route::{Route, UnusableProxy};
 use crate::config::RecaptchaConfig;
 use crate::domain::api::AnnotateRequest;
@@ -36,6 +37,14 @@ const MAX_BODY: usize = 64 * 1024;
 /// next puts more streams in each of its writes and wake-ups than spreading calls evenly
 /// (README, Benchmark: about 7% less CPU per event at 1,024 in flight).
 const CALLS_PER_CLIENT: usize = 100;
+
+/// The read buffer of an HTTP/1.1 connection. An answer's head and body are a few hundred
+/// bytes; hyper's default of 8 KB per connection was about a quarter of the memory of each
+/// call in flight over HTTP/1.1 (README, Benchmark). A longer answer is read in more steps.
+const H1_READ_BUFFER: usize = 1024;
+
+/// How long an unused connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One pooled client: HTTP/2 when the server offers it (ALPN, or prior knowledge), else
 /// HTTP/1.1 with a connection per call in flight.
@@ -61,6 +70,9 @@ pub struct AnnotateClient {
     /// Calls in flight on each client: a call goes to the first with fewer than
     /// [`CALLS_PER_CLIENT`], else to the least busy.
     loads: Arc<[AtomicUsize]>,
+    /// A plain `http` endpoint without `http2_prior_knowledge` is spoken to over HTTP/1.1
+    /// through this pool instead of `http` (which is then empty).
+    h1: Option<Arc<H1Pool>>,
     /// The endpoint's scheme and host, parsed once: each call's URI reuses them, so only its
     /// path is new.
     scheme: Scheme,
@@ -95,7 +107,7 @@ impl AnnotateClient {
         else {
             return Err(ClientError::Endpoint("needs a scheme and a host".into()));
         };
-        let route = Route::for_endpoint(&uri, &Matcher::from_env(), {
+        let tcp = {
             let mut tcp = HttpConnector::new();
             tcp.enforce_http(false);
             tcp.set_nodelay(true);
@@ -107,7 +119,28 @@ impl AnnotateClient {
             tcp.set_tcp_user_timeout(Some(Duration::from_secs(30)));
             tcp.set_connect_timeout(Some(config.request_timeout.min(Duration::from_secs(5))));
             tcp
-        })?;
+        };
+        if scheme == Scheme::HTTP && !config.http2_prior_knowledge {
+            let pool = H1Pool::new(
+                tcp,
+                &authority,
+                H1_READ_BUFFER,
+                config.max_idle_connections,
+                IDLE_TIMEOUT,
+            )
+            .map_err(|e| ClientError::Endpoint(e.to_string()))?;
+            return Ok(Self {
+                http: Arc::new([]),
+                loads: Arc::new([]),
+                h1: Some(Arc::new(pool)),
+                scheme,
+                authority,
+                base_path: endpoint.path().trim_end_matches('/').to_owned(),
+                timeout: config.request_timeout,
+                auth,
+            });
+        }
+        let route = Route::for_endpoint(&uri, &Matcher::from_env(), tcp)?;
         // The system's trust store and revocation checks, as reqwest uses them.
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
@@ -128,7 +161,8 @@ impl AnnotateClient {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(config.max_idle_connections)
-            .pool_idle_timeout(Duration::from_secs(60));
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .http1_read_buf_exact_size(H1_READ_BUFFER);
         if config.http2_prior_knowledge && scheme == Scheme::HTTP {
             builder.http2_only(true);
         }
@@ -138,6 +172,7 @@ impl AnnotateClient {
         Ok(Self {
             loads: (0..http.len()).map(|_| AtomicUsize::new(0)).collect(),
             http: http.into(),
+            h1: None,
             scheme,
             authority,
             base_path: endpoint.path().trim_end_matches('/').to_owned(),
@@ -148,18 +183,24 @@ impl AnnotateClient {
 
     /// The URI of the annotate call; `name` is validated, so it is one safe path per segment.
     pub fn url(&self, name: &AssessmentName) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(self.path(name));
+        Uri::from_parts(parts).unwrap_or_default()
+    }
+
+    /// The path of the annotate call, the URI an HTTP/1.1 connection sends.
+    fn path(&self, name: &AssessmentName) -> PathAndQuery {
         let name = name.as_str();
         let mut path = String::with_capacity(self.base_path.len() + name.len() + 13);
         path.push_str(&self.base_path);
         path.push_str("/v1/");
         path.push_str(name);
         path.push_str(":annotate");
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
         // A validated name holds only characters a path may hold.
-        parts.path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(path)).ok();
-        Uri::from_parts(parts).unwrap_or_default()
+        PathAndQuery::from_maybe_shared(Bytes::from(path))
+            .unwrap_or_else(|_| PathAndQuery::from_static("/"))
     }
 
     /// Serializes a body once; retries reuse the bytes.
@@ -210,6 +251,39 @@ impl AnnotateClient {
         request
     }
 
+    /// Sends the call on an HTTP/1.1 connection of its own, or on the pooled client
+    /// [`AnnotateClient::pick`] chooses; the answer's head is back.
+    async fn send(
+        &self,
+        name: &AssessmentName,
+        headers: &http::HeaderMap,
+        body: &Bytes,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Held<'_>), Transport> {
+        if let Some(pool) = &self.h1 {
+            let request = Self::request(Uri::from(self.path(name)), headers, body.clone());
+            let (response, lease) = pool
+                .send(request)
+                .await
+                .map_err(|e| Transport::from_error(&*e))?;
+            return Ok((response, Held::Connection(lease)));
+        }
+        let (client, in_flight) = self.pick();
+        let uri = self.url(name);
+        let request = || Self::request(uri.clone(), headers, body.clone());
+        let response = match client.request(request()).await {
+            Ok(response) => response,
+            // The server closed the connection gracefully or refused the stream before
+            // reading the call: it was not taken, so it goes again at once on another
+            // stream (as reqwest did), not after the event's backoff.
+            Err(e) if never_taken(&e) => client
+                .request(request())
+                .await
+                .map_err(|e| Transport::from(&e))?,
+            Err(e) => return Err(Transport::from(&e)),
+        };
+        Ok((response, Held::Stream { _place: in_flight }))
+    }
+
     /// Sends one annotate call and classifies the answer.
     pub async fn annotate(&self, name: &AssessmentName, body: Bytes) -> CallResult {
         let started = Instant::now();
@@ -223,23 +297,10 @@ impl AnnotateClient {
                 };
             }
         };
-        let (client, _in_flight) = self.pick();
-        let uri = self.url(name);
         // Boxed: the request future is large, and thousands of calls wait in flight; one
         // allocation per call keeps each waiting event task small.
         let exchange = Box::pin(tokio::time::timeout(self.timeout, async {
-            let request = || Self::request(uri.clone(), &headers, body.clone());
-            let response = match client.request(request()).await {
-                Ok(response) => response,
-                // The server closed the connection gracefully or refused the stream before
-                // reading the call: it was not taken, so it goes again at once on another
-                // stream (as reqwest did), not after the event's backoff.
-                Err(e) if never_taken(&e) => client
-                    .request(request())
-                    .await
-                    .map_err(|e| Transport::from(&e))?,
-                Err(e) => return Err(Transport::from(&e)),
-            };
+            let (response, held) = self.send(name, &headers, &body).await?;
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()
@@ -250,6 +311,9 @@ impl AnnotateClient {
             let bytes = read_capped(response.into_body())
                 .await
                 .map_err(|e| Transport::from(&e).after(status))?;
+            if let Held::Connection(lease) = held {
+                lease.release();
+            }
             Ok::<_, Transport>((status, retry_after, bytes))
         }))
         .await;
@@ -289,6 +353,14 @@ impl AnnotateClient {
             elapsed: started.elapsed(),
         }
     }
+}
+
+/// What a call holds until its answer is read.
+enum Held<'a> {
+    /// An HTTP/1.1 connection of its own, given back once the answer is read.
+    Connection(Lease<'a>),
+    /// Its place on one of the pooled clients.
+    Stream { _place: InFlight<'a> },
 }
 
 /// One call counted in flight until dropped (answered, failed or abandoned).
@@ -349,6 +421,12 @@ impl Transport {
 
 impl<E: std::error::Error + 'static> From<&E> for Transport {
     fn from(err: &E) -> Self {
+        Self::from_error(err)
+    }
+}
+
+impl Transport {
+    fn from_error(err: &(dyn std::error::Error + 'static)) -> Self {
         // The innermost cause, without the URI (it names the assessment).
         let detail = causes(err)
             .last()

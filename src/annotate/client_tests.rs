@@ -1,5 +1,5 @@
-//! The annotate client: its URLs, its choice of connection, its retry of a call not taken,
-//! and a missing credential.
+//! The annotate client: its URLs, its choice of connection, its HTTP/1.1 connections, its
+//! retry of a call not taken, and a missing credential.
 
 use super::*;
 use crate::failure::HaltScope;
@@ -31,6 +31,8 @@ fn the_call_url_keeps_the_endpoint_path_and_names_the_assessment() {
 fn calls_fill_one_client_before_the_next_and_then_go_to_the_least_busy() {
     let config = RecaptchaConfig {
         clients: 3,
+        // The pooled clients (HTTP/2 here; an https endpoint's by ALPN).
+        http2_prior_knowledge: true,
         ..RecaptchaConfig::default()
     };
     let endpoint = reqwest::Url::parse("http://127.0.0.1:1").unwrap();
@@ -61,7 +63,6 @@ fn calls_fill_one_client_before_the_next_and_then_go_to_the_least_busy() {
 
 #[tokio::test]
 async fn a_call_the_server_refused_unread_goes_again_at_once() {
-    use std::sync::atomic::AtomicUsize;
     // An HTTP/2 server that refuses its first stream (REFUSED_STREAM: not processed)
     // and answers 200 to every later one.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -101,6 +102,108 @@ async fn a_call_the_server_refused_unread_goes_again_at_once() {
         2,
         "refused once, then answered"
     );
+}
+
+/// An HTTP/1.1 server that answers `200 {}` after `delay`, counts the connections it
+/// accepts and, when `once` is set, closes each connection after its first answer (as a
+/// server whose keep-alive ran out does, without saying so).
+async fn h1_server(
+    delay: Duration,
+    once: bool,
+) -> (reqwest::Url, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint =
+        reqwest::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+    let (connections, answers) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (accepted, answered) = (Arc::clone(&connections), Arc::clone(&answers));
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let answered = Arc::clone(&answered);
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: its head, then `content-length` bytes of body.
+                    let (head, length) = loop {
+                        if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&read[..end]).to_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse().unwrap());
+                            break (end + 4, length);
+                        }
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    while read.len() < head + length {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    read.drain(..head + length);
+                    tokio::time::sleep(delay).await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                    if socket.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    if once {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (endpoint, connections, answers)
+}
+
+#[tokio::test]
+async fn http1_calls_reuse_connections_and_never_open_more_than_are_in_flight() {
+    let (endpoint, connections, answers) = h1_server(Duration::from_millis(50), false).await;
+    let client = AnnotateClient::new(&endpoint, Auth::None, &RecaptchaConfig::default()).unwrap();
+    let name = AssessmentName::parse("projects/p/assessments/a").unwrap();
+    for _ in 0..3 {
+        let calls = (0..40).map(|_| client.annotate(&name, Bytes::from_static(b"{}")));
+        for call in futures::future::join_all(calls).await {
+            assert!(call.result.is_ok(), "{:?}", call.result);
+        }
+    }
+    let opened = connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=40).contains(&opened),
+        "{opened} connections for 40 calls in flight"
+    );
+    // One at a time: each call takes a connection the last one gave back.
+    for _ in 0..5 {
+        let call = client.annotate(&name, Bytes::from_static(b"{}")).await;
+        assert!(call.result.is_ok(), "{:?}", call.result);
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        opened,
+        "no new connection"
+    );
+    assert_eq!(answers.load(Ordering::SeqCst), 125);
+}
+
+#[tokio::test]
+async fn an_http1_connection_the_server_closed_while_idle_is_not_a_failed_call() {
+    let (endpoint, connections, _) = h1_server(Duration::ZERO, true).await;
+    let client = AnnotateClient::new(&endpoint, Auth::None, &RecaptchaConfig::default()).unwrap();
+    let name = AssessmentName::parse("projects/p/assessments/a").unwrap();
+    for _ in 0..5 {
+        let call = client.annotate(&name, Bytes::from_static(b"{}")).await;
+        assert!(call.result.is_ok(), "{:?}", call.result);
+        assert_eq!(call.status, Some(200));
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 5);
 }
 
 #[tokio::test]

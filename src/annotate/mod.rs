@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client;
+mod h1;
 mod route;
 
 pub use client::AnnotateClient;
