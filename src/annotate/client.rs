@@ -38,11 +38,6 @@ const MAX_BODY: usize = 64 * 1024;
 /// (README, Benchmark: about 7% less CPU per event at 1,024 in flight).
 const CALLS_PER_CLIENT: usize = 100;
 
-/// The read buffer of an HTTP/1.1 connection. An answer's head and body are a few hundred
-/// bytes; hyper's default of 8 KB per connection was about a quarter of the memory of each
-/// call in flight over HTTP/1.1 (README, Benchmark). A longer answer is read in more steps.
-const H1_READ_BUFFER: usize = 1024;
-
 /// How long an unused connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -99,6 +94,17 @@ impl AnnotateClient {
         auth: Auth,
         config: &RecaptchaConfig,
     ) -> Result<Self, ClientError> {
+        Self::trusting(endpoint, auth, config, Vec::new())
+    }
+
+    /// A client that trusts `extra_roots` besides the system's trust store (the tests' own
+    /// certificate authority).
+    fn trusting(
+        endpoint: &reqwest::Url,
+        auth: Auth,
+        config: &RecaptchaConfig,
+        extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Result<Self, ClientError> {
         let uri: Uri = endpoint
             .as_str()
             .parse()
@@ -121,11 +127,13 @@ impl AnnotateClient {
             tcp
         };
         if scheme == Scheme::HTTP && !config.http2_prior_knowledge {
+            // As many idle as the pooled clients would keep together.
             let pool = H1Pool::new(
                 tcp,
                 &authority,
-                H1_READ_BUFFER,
-                config.max_idle_connections,
+                config
+                    .max_idle_connections
+                    .saturating_mul(config.clients.max(1)),
                 IDLE_TIMEOUT,
             )
             .map_err(|e| ClientError::Endpoint(e.to_string()))?;
@@ -146,9 +154,9 @@ impl AnnotateClient {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(rustls_platform_verifier::Verifier::new(
-                provider,
-            )?))
+            .with_custom_certificate_verifier(Arc::new(
+                rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider)?,
+            ))
             .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
@@ -161,8 +169,7 @@ impl AnnotateClient {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(config.max_idle_connections)
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .http1_read_buf_exact_size(H1_READ_BUFFER);
+            .pool_idle_timeout(IDLE_TIMEOUT);
         if config.http2_prior_knowledge && scheme == Scheme::HTTP {
             builder.http2_only(true);
         }

@@ -1,7 +1,9 @@
-//! The annotate client: its URLs, its choice of connection, its HTTP/1.1 connections, its
-//! retry of a call not taken, and a missing credential.
+//! The annotate client: its URLs, its choice of connection, TLS and the protocol an https
+//! endpoint offers, its retry of a call not taken, and a missing credential (its HTTP/1.1
+//! connections: `h1_tests.rs`).
 
 use super::*;
+use crate::annotate::test_servers::{Script, tls_server};
 use crate::failure::HaltScope;
 
 #[test]
@@ -104,108 +106,6 @@ async fn a_call_the_server_refused_unread_goes_again_at_once() {
     );
 }
 
-/// An HTTP/1.1 server that answers `200 {}` after `delay`, counts the connections it
-/// accepts and, when `once` is set, closes each connection after its first answer (as a
-/// server whose keep-alive ran out does, without saying so).
-async fn h1_server(
-    delay: Duration,
-    once: bool,
-) -> (reqwest::Url, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint =
-        reqwest::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
-    let (connections, answers) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (accepted, answered) = (Arc::clone(&connections), Arc::clone(&answers));
-    tokio::spawn(async move {
-        loop {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            accepted.fetch_add(1, Ordering::SeqCst);
-            let answered = Arc::clone(&answered);
-            tokio::spawn(async move {
-                let mut read = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    // One request: its head, then `content-length` bytes of body.
-                    let (head, length) = loop {
-                        if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&read[..end]).to_lowercase();
-                            let length: usize = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .map_or(0, |v| v.trim().parse().unwrap());
-                            break (end + 4, length);
-                        }
-                        match socket.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => read.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    while read.len() < head + length {
-                        match socket.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => read.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    read.drain(..head + length);
-                    tokio::time::sleep(delay).await;
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
-                    if socket.write_all(answer).await.is_err() {
-                        return;
-                    }
-                    answered.fetch_add(1, Ordering::SeqCst);
-                    if once {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (endpoint, connections, answers)
-}
-
-#[tokio::test]
-async fn http1_calls_reuse_connections_and_never_open_more_than_are_in_flight() {
-    let (endpoint, connections, answers) = h1_server(Duration::from_millis(50), false).await;
-    let client = AnnotateClient::new(&endpoint, Auth::None, &RecaptchaConfig::default()).unwrap();
-    let name = AssessmentName::parse("projects/p/assessments/a").unwrap();
-    for _ in 0..3 {
-        let calls = (0..40).map(|_| client.annotate(&name, Bytes::from_static(b"{}")));
-        for call in futures::future::join_all(calls).await {
-            assert!(call.result.is_ok(), "{:?}", call.result);
-        }
-    }
-    let opened = connections.load(Ordering::SeqCst);
-    assert!(
-        (1..=40).contains(&opened),
-        "{opened} connections for 40 calls in flight"
-    );
-    // One at a time: each call takes a connection the last one gave back.
-    for _ in 0..5 {
-        let call = client.annotate(&name, Bytes::from_static(b"{}")).await;
-        assert!(call.result.is_ok(), "{:?}", call.result);
-    }
-    assert_eq!(
-        connections.load(Ordering::SeqCst),
-        opened,
-        "no new connection"
-    );
-    assert_eq!(answers.load(Ordering::SeqCst), 125);
-}
-
-#[tokio::test]
-async fn an_http1_connection_the_server_closed_while_idle_is_not_a_failed_call() {
-    let (endpoint, connections, _) = h1_server(Duration::ZERO, true).await;
-    let client = AnnotateClient::new(&endpoint, Auth::None, &RecaptchaConfig::default()).unwrap();
-    let name = AssessmentName::parse("projects/p/assessments/a").unwrap();
-    for _ in 0..5 {
-        let call = client.annotate(&name, Bytes::from_static(b"{}")).await;
-        assert!(call.result.is_ok(), "{:?}", call.result);
-        assert_eq!(call.status, Some(200));
-    }
-    assert_eq!(connections.load(Ordering::SeqCst), 5);
-}
-
 #[tokio::test]
 async fn no_google_credentials_halts_every_call_instead_of_retrying_each_event() {
     // A user's refresh token whose token endpoint cannot be reached (loopback, closed).
@@ -241,4 +141,40 @@ async fn no_google_credentials_halts_every_call_instead_of_retrying_each_event()
         "{:?}",
         call.result
     );
+}
+
+#[tokio::test]
+async fn an_https_endpoint_is_verified_and_spoken_to_in_the_protocol_it_offers() {
+    let name = AssessmentName::parse("projects/p/assessments/a").unwrap();
+    // HTTP/1.1 with a head and a body longer than hyper's first read buffer.
+    let script = Script {
+        pad: 10_000,
+        ..Script::default()
+    };
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let (endpoint, ca, seen) = tls_server(alpn, script).await;
+        // Unknown to the system's trust store: refused, nothing sent.
+        let untrusted =
+            AnnotateClient::new(&endpoint, Auth::None, &RecaptchaConfig::default()).unwrap();
+        let call = untrusted.annotate(&name, Bytes::from_static(b"{}")).await;
+        assert!(
+            matches!(&call.result, Err(Failure::Retry(r)) if r.cause == RetryCause::Connection),
+            "{:?}",
+            call.result
+        );
+        let client =
+            AnnotateClient::trusting(&endpoint, Auth::None, &RecaptchaConfig::default(), vec![ca])
+                .unwrap();
+        for _ in 0..3 {
+            let call = client.annotate(&name, Bytes::from_static(b"{}")).await;
+            assert!(call.result.is_ok(), "{alpn:?}: {:?}", call.result);
+            assert_eq!(call.status, Some(200));
+        }
+        assert_eq!(seen.answers(), 3, "{alpn:?}");
+        assert_eq!(
+            seen.connections(),
+            2,
+            "{alpn:?}: the refused one, then one kept"
+        );
+    }
 }

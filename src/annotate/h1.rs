@@ -1,15 +1,17 @@
 //! HTTP/1.1 connections to a plain `http` endpoint (an egress proxy that speaks HTTP/1.1, the
-//! sandbox): never more than the calls in flight, each reused until it closes or idles out.
+//! sandbox): a call opens one only when none is idle, so no more are open at once than the
+//! most calls in flight, and gives it back once its answer is read; one unused for
+//! [`H1Pool::new`]'s `idle_timeout` is closed.
 //!
 //! hyper's pooled client starts a connect whenever no idle connection is at hand, and keeps
 //! it when another call's connection came back first: at 1,024 calls in flight it held up to
 //! 1,391 sockets, and it boxed about 4 KB of state for every call. An HTTP/1.1 connection
-//! costs about 19 KB in hyper (its request channel, its write and read buffers, its task), so
-//! here a call opens a connection only when none is idle and gives it back once its answer is
-//! read (README, Benchmark).
+//! costs about 28 KB in hyper (its request channel, its write and read buffers, its task),
+//! so the sockets it opens beyond the calls in flight cost memory too (README, Benchmark).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,11 +33,12 @@ pub struct H1Pool {
     target: Uri,
     /// The `Host` header of every call.
     host: HeaderValue,
-    /// The read buffer of each connection (see `H1_READ_BUFFER`).
-    read_buffer: usize,
     idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// Whether the task that closes idle connections runs (started by the first connect:
+    /// the pool is built before the runtime runs).
+    sweeping: AtomicBool,
 }
 
 struct Idle {
@@ -56,6 +59,11 @@ impl Lease<'_> {
             return;
         }
         let mut idle = self.pool.lock();
+        self.pool.close_expired(&mut idle);
+        if idle.len() >= self.pool.max_idle {
+            // Full: those the server closed make room before this one is turned away.
+            idle.retain(|i| !i.sender.is_closed());
+        }
         if idle.len() < self.pool.max_idle {
             idle.push_back(Idle {
                 sender: self.sender,
@@ -69,7 +77,6 @@ impl H1Pool {
     pub fn new(
         tcp: HttpConnector,
         authority: &Authority,
-        read_buffer: usize,
         max_idle: usize,
         idle_timeout: Duration,
     ) -> Result<Self, http::Error> {
@@ -81,10 +88,10 @@ impl H1Pool {
                 .path_and_query("/")
                 .build()?,
             host: HeaderValue::from_str(authority.as_str())?,
-            read_buffer,
             idle: Mutex::default(),
             max_idle,
             idle_timeout,
+            sweeping: AtomicBool::new(false),
         })
     }
 
@@ -92,7 +99,7 @@ impl H1Pool {
     /// a new one when none is idle. A call that an idle connection closed by the server did
     /// not take goes on the next connection.
     pub async fn send(
-        &self,
+        self: &Arc<Self>,
         mut request: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Lease<'_>), BoxError> {
         request.headers_mut().insert(HOST, self.host.clone());
@@ -125,15 +132,20 @@ impl H1Pool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The most recently used open connection; those idle past the timeout are closed.
-    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self.lock();
+    /// Closes the connections idle past the timeout (the oldest are first).
+    fn close_expired(&self, idle: &mut VecDeque<Idle>) {
         while idle
             .front()
             .is_some_and(|oldest| oldest.since.elapsed() >= self.idle_timeout)
         {
             idle.pop_front();
         }
+    }
+
+    /// The most recently used open connection.
+    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.lock();
+        self.close_expired(&mut idle);
         while let Some(Idle { sender, .. }) = idle.pop_back() {
             if !sender.is_closed() {
                 return Some(sender);
@@ -142,12 +154,12 @@ impl H1Pool {
         None
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, BoxError> {
+    async fn connect(self: &Arc<Self>) -> Result<SendRequest<Full<Bytes>>, BoxError> {
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout));
+        }
         let io = self.tcp.clone().call(self.target.clone()).await?;
-        let (sender, connection) = http1::Builder::new()
-            .read_buf_exact_size(Some(self.read_buffer))
-            .handshake(io)
-            .await?;
+        let (sender, connection) = http1::handshake(io).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "annotate connection ended");
@@ -156,3 +168,23 @@ impl H1Pool {
         Ok(sender)
     }
 }
+
+/// Closes idle connections past their timeout, and forgets those the server closed, while
+/// no call comes to do it; ends with the pool.
+async fn sweep(pool: Weak<H1Pool>, idle_timeout: Duration) {
+    let mut tick = tokio::time::interval((idle_timeout / 2).max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let mut idle = pool.lock();
+        pool.close_expired(&mut idle);
+        idle.retain(|i| !i.sender.is_closed());
+    }
+}
+
+#[cfg(test)]
+#[path = "h1_tests.rs"]
+mod tests;

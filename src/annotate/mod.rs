@@ -5,5 +5,7 @@ pub mod auth;
 pub mod client;
 mod h1;
 mod route;
+#[cfg(test)]
+mod test_servers;
 
 pub use client::AnnotateClient;

@@ -189,8 +189,8 @@ pub struct RecaptchaConfig {
     /// Deadline of one annotate call.
     #[serde(with = "env::duration")]
     pub request_timeout: Duration,
-    /// Idle connections kept open to the endpoint: per HTTP client, or in all over HTTP/1.1
-    /// to an `http://` endpoint.
+    /// Idle connections kept open to the endpoint per HTTP client (over HTTP/1.1 to an
+    /// `http://` endpoint, `clients` times this in one pool).
     pub max_idle_connections: usize,
     /// Independent HTTP clients, each filled to 100 calls before the next. With HTTP/2 each keeps one connection whose
     /// concurrent streams the server caps (about 100 at Google), so in-flight calls are

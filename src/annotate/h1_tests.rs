@@ -1,0 +1,120 @@
+//! HTTP/1.1 calls to a plain `http` endpoint, through [`H1Pool`] as the service makes them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::annotate::AnnotateClient;
+use crate::annotate::auth::Auth;
+use crate::annotate::test_servers::{Script, h1_server};
+use crate::config::RecaptchaConfig;
+use crate::domain::assessment::AssessmentName;
+use crate::failure::{Failure, RetryCause};
+
+fn name() -> AssessmentName {
+    AssessmentName::parse("projects/p/assessments/a").unwrap()
+}
+
+fn client(endpoint: &reqwest::Url, config: &RecaptchaConfig) -> AnnotateClient {
+    AnnotateClient::new(endpoint, Auth::None, config).unwrap()
+}
+
+#[tokio::test]
+async fn calls_reuse_connections_and_never_open_more_than_are_in_flight() {
+    let script = Script {
+        delay: Duration::from_millis(50),
+        ..Script::default()
+    };
+    let (endpoint, seen) = h1_server(script, "/proxy/").await;
+    let client = client(&endpoint, &RecaptchaConfig::default());
+    let name = name();
+    for _ in 0..3 {
+        let calls = (0..40).map(|_| client.annotate(&name, Bytes::from_static(b"{}")));
+        for call in futures::future::join_all(calls).await {
+            assert!(call.result.is_ok(), "{:?}", call.result);
+        }
+    }
+    let opened = seen.connections();
+    assert!(
+        (1..=40).contains(&opened),
+        "{opened} connections for 40 calls in flight"
+    );
+    // One at a time: each call takes a connection the last one gave back.
+    for _ in 0..5 {
+        let call = client.annotate(&name, Bytes::from_static(b"{}")).await;
+        assert!(call.result.is_ok(), "{:?}", call.result);
+    }
+    assert_eq!(seen.connections(), opened, "no new connection");
+    assert_eq!(seen.answers(), 125);
+    // Origin form with the endpoint's path, and the endpoint's host.
+    let host = format!("host: {}", endpoint.authority());
+    for head in seen.heads.lock().unwrap().iter() {
+        let mut lines = head.lines();
+        assert_eq!(
+            lines.next(),
+            Some("post /proxy/v1/projects/p/assessments/a:annotate http/1.1")
+        );
+        assert!(lines.any(|l| l == host), "{head}");
+    }
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_while_idle_is_not_a_failed_call() {
+    let script = Script {
+        once: true,
+        ..Script::default()
+    };
+    let (endpoint, seen) = h1_server(script, "/").await;
+    let client = client(&endpoint, &RecaptchaConfig::default());
+    for _ in 0..5 {
+        let call = client.annotate(&name(), Bytes::from_static(b"{}")).await;
+        assert!(call.result.is_ok(), "{:?}", call.result);
+        assert_eq!(call.status, Some(200));
+    }
+    assert_eq!(seen.connections(), 5);
+}
+
+#[tokio::test]
+async fn an_answer_longer_than_hypers_first_read_buffer_is_read_whole_and_its_connection_kept() {
+    // 10 KB in a header and in the body: more than the 8 KB hyper reads first.
+    let script = Script {
+        pad: 10_000,
+        ..Script::default()
+    };
+    let (endpoint, seen) = h1_server(script, "/").await;
+    let client = client(&endpoint, &RecaptchaConfig::default());
+    for _ in 0..3 {
+        let call = client.annotate(&name(), Bytes::from_static(b"{}")).await;
+        assert!(call.result.is_ok(), "{:?}", call.result);
+    }
+    assert_eq!(seen.answers(), 3);
+    // A connection whose answer was not read to its end is closed, not given back.
+    assert_eq!(seen.connections(), 1, "one connection, reused");
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_gives_up_its_connection_and_the_next_call_gets_its_own_answer() {
+    let script = Script {
+        first_delay: Duration::from_millis(800),
+        ..Script::default()
+    };
+    let (endpoint, seen) = h1_server(script, "/").await;
+    let config = RecaptchaConfig {
+        request_timeout: Duration::from_millis(200),
+        ..RecaptchaConfig::default()
+    };
+    let client = client(&endpoint, &config);
+    let late = client.annotate(&name(), Bytes::from_static(b"{}")).await;
+    assert!(
+        matches!(&late.result, Err(Failure::Retry(r)) if r.cause == RetryCause::Timeout),
+        "{:?}",
+        late.result
+    );
+    let next = client.annotate(&name(), Bytes::from_static(b"{}")).await;
+    assert!(next.result.is_ok(), "{:?}", next.result);
+    assert_eq!(
+        seen.connections(),
+        2,
+        "the late call's connection is not reused: its answer would be taken for the next call's"
+    );
+}
