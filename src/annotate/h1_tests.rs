@@ -1,8 +1,14 @@
 //! HTTP/1.1 calls to a plain `http` endpoint, through [`H1Pool`] as the service makes them.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use super::H1Pool;
 
 use crate::annotate::AnnotateClient;
 use crate::annotate::auth::Auth;
@@ -116,5 +122,35 @@ async fn a_call_past_its_deadline_gives_up_its_connection_and_the_next_call_gets
         seen.connections(),
         2,
         "the late call's connection is not reused: its answer would be taken for the next call's"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_the_timeout_is_closed_without_waiting_for_a_call() {
+    let (endpoint, seen) = h1_server(Script::default(), "/").await;
+    let authority = endpoint.authority().parse().unwrap();
+    let pool = Arc::new(
+        H1Pool::new(
+            HttpConnector::new(),
+            &authority,
+            8,
+            Duration::from_millis(100),
+        )
+        .unwrap(),
+    );
+    let request = http::Request::post("/v1/projects/p/assessments/a:annotate")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let (response, lease) = pool.send(request).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    lease.release();
+    assert_eq!(pool.lock().len(), 1, "kept for the next call");
+    // The sweep runs every second at the most often.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(pool.lock().is_empty());
+    assert_eq!(
+        seen.closed.load(Ordering::SeqCst),
+        1,
+        "the server saw it closed"
     );
 }

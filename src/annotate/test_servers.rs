@@ -27,6 +27,8 @@ pub struct Script {
 #[derive(Default)]
 pub struct Seen {
     pub connections: AtomicUsize,
+    /// Connections the client closed (HTTP/1.1 server only).
+    pub closed: AtomicUsize,
     pub answers: AtomicUsize,
     /// The head of every request (its request line and header lines, lower-cased).
     pub heads: Mutex<Vec<String>>,
@@ -54,7 +56,11 @@ pub async fn h1_server(script: Script, path: &str) -> (reqwest::Url, Arc<Seen>) 
         loop {
             let (socket, _) = listener.accept().await.unwrap();
             shared.connections.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve_h1(socket, script, Arc::clone(&shared)));
+            let seen = Arc::clone(&shared);
+            tokio::spawn(async move {
+                serve_h1(socket, script, Arc::clone(&seen)).await;
+                seen.closed.fetch_add(1, Ordering::SeqCst);
+            });
         }
     });
     (endpoint, seen)
