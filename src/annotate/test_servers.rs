@@ -45,12 +45,17 @@ impl Seen {
     }
 }
 
+/// A listener on 127.0.0.1, its endpoint (`scheme`, then `path`) and a fresh record.
+async fn listen(scheme: &str, path: &str) -> (tokio::net::TcpListener, reqwest::Url, Arc<Seen>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let endpoint = reqwest::Url::parse(&format!("{scheme}://{address}{path}")).unwrap();
+    (listener, endpoint, Arc::default())
+}
+
 /// An HTTP/1.1 server on 127.0.0.1; `path` is the endpoint's path (`/` or a base path).
 pub async fn h1_server(script: Script, path: &str) -> (reqwest::Url, Arc<Seen>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint =
-        reqwest::Url::parse(&format!("http://{}{path}", listener.local_addr().unwrap())).unwrap();
-    let seen = Arc::new(Seen::default());
+    let (listener, endpoint, seen) = listen("http", path).await;
     let shared = Arc::clone(&seen);
     tokio::spawn(async move {
         loop {
@@ -147,10 +152,7 @@ pub async fn tls_server(
     .unwrap();
     tls.alpn_protocols = vec![alpn.to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint =
-        reqwest::Url::parse(&format!("https://{}", listener.local_addr().unwrap())).unwrap();
-    let seen = Arc::new(Seen::default());
+    let (listener, endpoint, seen) = listen("https", "").await;
     let shared = Arc::clone(&seen);
     tokio::spawn(async move {
         loop {
