@@ -268,10 +268,7 @@ impl AnnotateClient {
     ) -> Result<(http::Response<hyper::body::Incoming>, Held<'_>), Transport> {
         if let Some(pool) = &self.h1 {
             let request = Self::request(Uri::from(self.path(name)), headers, body.clone());
-            let (response, lease) = pool
-                .send(request)
-                .await
-                .map_err(|e| Transport::from_error(&*e))?;
+            let (response, lease) = pool.send(request).await.map_err(|e| Transport::from(&e))?;
             return Ok((response, Held::Connection(lease)));
         }
         let (client, in_flight) = self.pick();
@@ -428,12 +425,6 @@ impl Transport {
 
 impl<E: std::error::Error + 'static> From<&E> for Transport {
     fn from(err: &E) -> Self {
-        Self::from_error(err)
-    }
-}
-
-impl Transport {
-    fn from_error(err: &(dyn std::error::Error + 'static)) -> Self {
         // The innermost cause, without the URI (it names the assessment).
         let detail = causes(err)
             .last()

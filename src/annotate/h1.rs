@@ -1,7 +1,8 @@
 //! HTTP/1.1 connections to a plain `http` endpoint (an egress proxy that speaks HTTP/1.1, the
 //! sandbox): a call opens one only when none is idle, so no more are open at once than the
 //! most calls in flight, and gives it back once its answer is read; one unused for
-//! [`H1Pool::new`]'s `idle_timeout` is closed.
+//! [`H1Pool::new`]'s `idle_timeout` is closed by the next call or the sweep that runs every
+//! half timeout (60-90 s in the service).
 //!
 //! hyper's pooled client starts a connect whenever no idle connection is at hand, and keeps
 //! it when another call's connection came back first: at 1,024 calls in flight it held up to
@@ -24,17 +25,30 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service as _;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Why a call got no answer's head: each keeps its cause, which says whether it timed out.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("connecting")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("HTTP/1.1 handshake")]
+    Handshake(#[source] hyper::Error),
+    #[error("sending the call")]
+    Send(#[source] hyper::Error),
+}
 
 /// The idle connections of one endpoint, the most recently used on top.
 pub struct H1Pool {
+    /// Opens the TCP connections (keepalive, connect timeout: the client's settings).
     tcp: HttpConnector,
     /// `http://host:port`, where every connection goes.
     target: Uri,
     /// The `Host` header of every call.
     host: HeaderValue,
+    /// Open connections no call holds, the oldest first.
     idle: Mutex<VecDeque<Idle>>,
+    /// The most idle connections kept; one more given back is closed.
     max_idle: usize,
+    /// How long an idle connection is kept.
     idle_timeout: Duration,
     /// Whether the task that closes idle connections runs (started by the first connect:
     /// the pool is built before the runtime runs).
@@ -42,18 +56,23 @@ pub struct H1Pool {
 }
 
 struct Idle {
+    /// The connection.
     sender: SendRequest<Full<Bytes>>,
+    /// When it was given back.
     since: Instant,
 }
 
 /// A connection lent to one call. [`Lease::release`] gives it back once the answer is read;
 /// dropped without it (a timeout, a broken answer) the connection is closed.
 pub struct Lease<'a> {
+    /// Where it goes back to.
     pool: &'a H1Pool,
+    /// The connection.
     sender: SendRequest<Full<Bytes>>,
 }
 
 impl Lease<'_> {
+    /// Gives the connection back, unless the server closed it or the pool is full.
     pub fn release(self) {
         if self.sender.is_closed() {
             return;
@@ -74,6 +93,7 @@ impl Lease<'_> {
 }
 
 impl H1Pool {
+    /// A pool of connections to `authority` over `tcp`; none is opened before a call.
     pub fn new(
         tcp: HttpConnector,
         authority: &Authority,
@@ -101,7 +121,7 @@ impl H1Pool {
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Lease<'_>), BoxError> {
+    ) -> Result<(Response<Incoming>, Lease<'_>), H1Error> {
         request.headers_mut().insert(HOST, self.host.clone());
         loop {
             let (mut sender, reused) = match self.take_idle() {
@@ -111,7 +131,7 @@ impl H1Pool {
             match sender.ready().await {
                 Ok(()) => {}
                 Err(_) if reused => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(H1Error::Send(e)),
             }
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -119,7 +139,7 @@ impl H1Pool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => request = unsent,
-                    _ => return Err(e.into_error().into()),
+                    _ => return Err(H1Error::Send(e.into_error())),
                 },
             }
         }
@@ -154,12 +174,17 @@ impl H1Pool {
         None
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<SendRequest<Full<Bytes>>, BoxError> {
+    async fn connect(self: &Arc<Self>) -> Result<SendRequest<Full<Bytes>>, H1Error> {
         if !self.sweeping.swap(true, Ordering::Relaxed) {
             tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout));
         }
-        let io = self.tcp.clone().call(self.target.clone()).await?;
-        let (sender, connection) = http1::handshake(io).await?;
+        let io = self
+            .tcp
+            .clone()
+            .call(self.target.clone())
+            .await
+            .map_err(|e| H1Error::Connect(e.into()))?;
+        let (sender, connection) = http1::handshake(io).await.map_err(H1Error::Handshake)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "annotate connection ended");

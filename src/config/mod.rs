@@ -194,7 +194,8 @@ pub struct RecaptchaConfig {
     pub max_idle_connections: usize,
     /// Independent HTTP clients, each filled to 100 calls before the next. With HTTP/2 each keeps one connection whose
     /// concurrent streams the server caps (about 100 at Google), so in-flight calls are
-    /// bounded by about `clients` x 100: raise it with `delivery.max_in_flight`.
+    /// bounded by about `clients` x 100: raise it with `delivery.max_in_flight`. Over
+    /// HTTP/1.1 to an `http://` endpoint it only multiplies `max_idle_connections`.
     pub clients: usize,
     /// Speak HTTP/2 without TLS negotiation to a plain `http://` endpoint (the sandbox
     /// supports it). `https://` endpoints negotiate HTTP/2 by ALPN whatever this says.
