@@ -3,24 +3,22 @@
 //! The calls go out through hyper's pooled client directly, not through reqwest: reqwest's
 //! layers (redirects, retries, the URL parsed again per call, a request clone kept for each)
 //! cost about 10 KB per call in flight and a sixth of the service's CPU per event
-//! (README, Benchmark). Proxies from the environment still apply (see [`Route`]).
+//! (README, Benchmark). Proxies from the environment still apply (`route.rs`). The calls go
+//! over hyper-util's pooled clients (`pooled.rs`), or to a plain `http` endpoint over HTTP/1.1
+//! connections of the service's own (`h1.rs`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::auth::{API_CLIENT, Auth};
 use super::h1::{H1Pool, Lease};
-use super::route::{Route, UnusableProxy};
+use super::pooled::{InFlight, Pooled, PooledError};
 use crate::config::RecaptchaConfig;
 use crate::domain::api::AnnotateRequest;
 use crate::domain::assessment::AssessmentName;
@@ -32,42 +30,31 @@ use crate::failure::{
 /// endpoint can answer with anything.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Calls in flight per client before the next client is used. Google's front ends allow
-/// 100 concurrent streams per HTTP/2 connection; filling one connection before opening the
-/// next puts more streams in each of its writes and wake-ups than spreading calls evenly
-/// (README, Benchmark: about 7% less CPU per event at 1,024 in flight).
-const CALLS_PER_CLIENT: usize = 100;
-
 /// How long an unused connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// One pooled client: HTTP/2 when the server offers it (ALPN, or prior knowledge), else
-/// HTTP/1.1 with a connection per call in flight.
-type Http = Client<hyper_rustls::HttpsConnector<Route>, Full<Bytes>>;
 
 /// Why the HTTP clients could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("TLS: {0}")]
-    Tls(#[from] rustls::Error),
     #[error("recaptcha.endpoint: {0}")]
     Endpoint(String),
-    #[error("proxy: {0}")]
-    Proxy(#[from] UnusableProxy),
+    #[error(transparent)]
+    Pooled(#[from] PooledError),
+}
+
+/// How the calls reach the endpoint.
+#[derive(Clone)]
+enum Connections {
+    /// hyper-util's pooled clients: HTTP/2, or `https` by ALPN.
+    Pooled(Arc<Pooled>),
+    /// A plain `http` endpoint without `http2_prior_knowledge`: HTTP/1.1 connections of
+    /// the service's own.
+    H1(Arc<H1Pool>),
 }
 
 #[derive(Clone)]
 pub struct AnnotateClient {
-    /// Independent clients, filled in order (see [`CALLS_PER_CLIENT`]): an HTTP/2 client multiplexes on one connection, and
-    /// servers cap the streams per connection (100-200), so several are needed to keep
-    /// thousands of calls in flight.
-    http: Arc<[Http]>,
-    /// Calls in flight on each client: a call goes to the first with fewer than
-    /// [`CALLS_PER_CLIENT`], else to the least busy.
-    loads: Arc<[AtomicUsize]>,
-    /// A plain `http` endpoint without `http2_prior_knowledge` is spoken to over HTTP/1.1
-    /// through this pool instead of `http` (which is then empty).
-    h1: Option<Arc<H1Pool>>,
+    connections: Connections,
     /// The endpoint's scheme and host, parsed once: each call's URI reuses them, so only its
     /// path is new.
     scheme: Scheme,
@@ -126,7 +113,7 @@ impl AnnotateClient {
             tcp.set_connect_timeout(Some(config.request_timeout.min(Duration::from_secs(5))));
             tcp
         };
-        if scheme == Scheme::HTTP && !config.http2_prior_knowledge {
+        let connections = if scheme == Scheme::HTTP && !config.http2_prior_knowledge {
             // As many idle as the pooled clients would keep together.
             let pool = H1Pool::new(
                 tcp,
@@ -137,55 +124,33 @@ impl AnnotateClient {
                 IDLE_TIMEOUT,
             )
             .map_err(|e| ClientError::Endpoint(e.to_string()))?;
-            return Ok(Self {
-                http: Arc::new([]),
-                loads: Arc::new([]),
-                h1: Some(Arc::new(pool)),
-                scheme,
-                authority,
-                base_path: endpoint.path().trim_end_matches('/').to_owned(),
-                timeout: config.request_timeout,
-                auth,
-            });
-        }
-        let route = Route::for_endpoint(&uri, &Matcher::from_env(), tcp)?;
-        // The system's trust store and revocation checks, as reqwest uses them.
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(
-                rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider)?,
-            ))
-            .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(route);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(config.max_idle_connections)
-            .pool_idle_timeout(IDLE_TIMEOUT);
-        if config.http2_prior_knowledge && scheme == Scheme::HTTP {
-            builder.http2_only(true);
-        }
-        let http: Vec<Http> = (0..config.clients.max(1))
-            .map(|_| builder.build(connector.clone()))
-            .collect();
+            Connections::H1(Arc::new(pool))
+        } else {
+            Connections::Pooled(Arc::new(Pooled::new(
+                &uri,
+                tcp,
+                config,
+                IDLE_TIMEOUT,
+                extra_roots,
+            )?))
+        };
         Ok(Self {
-            loads: (0..http.len()).map(|_| AtomicUsize::new(0)).collect(),
-            http: http.into(),
-            h1: None,
+            connections,
             scheme,
             authority,
             base_path: endpoint.path().trim_end_matches('/').to_owned(),
             timeout: config.request_timeout,
             auth,
         })
+    }
+
+    /// The pooled clients, unless the calls go over the service's own HTTP/1.1 connections.
+    #[cfg(test)]
+    pub(super) fn pooled(&self) -> Option<&Pooled> {
+        match &self.connections {
+            Connections::Pooled(pooled) => Some(pooled),
+            Connections::H1(_) => None,
+        }
     }
 
     /// The URI of the annotate call; `name` is validated, so it is one safe path per segment.
@@ -216,26 +181,6 @@ impl AnnotateClient {
         Bytes::from(serde_json::to_vec(request).unwrap_or_else(|_| b"{}".to_vec()))
     }
 
-    /// The client for the next call, counted in flight on it until the guard drops.
-    fn pick(&self) -> (&Http, InFlight<'_>) {
-        // A place under the cap is claimed in one step, so two calls never both take the
-        // last one.
-        let under_cap = self.loads.iter().position(|load| {
-            load.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
-                (l < CALLS_PER_CLIENT).then_some(l + 1)
-            })
-            .is_ok()
-        });
-        let chosen = under_cap.unwrap_or_else(|| {
-            let least = (0..self.loads.len())
-                .min_by_key(|&i| self.loads[i].load(Ordering::Relaxed))
-                .unwrap_or(0);
-            self.loads[least].fetch_add(1, Ordering::Relaxed);
-            least
-        });
-        (&self.http[chosen], InFlight(&self.loads[chosen]))
-    }
-
     /// One annotate request: the body is shared bytes and the header values are shared, so
     /// a second copy for a retry allocates only its map.
     fn request(uri: Uri, auth: &http::HeaderMap, body: Bytes) -> http::Request<Full<Bytes>> {
@@ -258,34 +203,30 @@ impl AnnotateClient {
         request
     }
 
-    /// Sends the call on an HTTP/1.1 connection of its own, or on the pooled client
-    /// [`AnnotateClient::pick`] chooses; the answer's head is back.
+    /// Sends the call on an HTTP/1.1 connection of its own, or on a pooled client; the
+    /// answer's head is back.
     async fn send(
         &self,
         name: &AssessmentName,
         headers: &http::HeaderMap,
         body: &Bytes,
     ) -> Result<(http::Response<hyper::body::Incoming>, Held<'_>), Transport> {
-        if let Some(pool) = &self.h1 {
-            let request = Self::request(Uri::from(self.path(name)), headers, body.clone());
-            let (response, lease) = pool.send(request).await.map_err(|e| Transport::from(&e))?;
-            return Ok((response, Held::Connection(lease)));
+        match &self.connections {
+            Connections::H1(pool) => {
+                let request = Self::request(Uri::from(self.path(name)), headers, body.clone());
+                let (response, lease) =
+                    pool.send(request).await.map_err(|e| Transport::from(&e))?;
+                Ok((response, Held::Connection(lease)))
+            }
+            Connections::Pooled(pooled) => {
+                let uri = self.url(name);
+                let (response, place) = pooled
+                    .send(|| Self::request(uri.clone(), headers, body.clone()))
+                    .await
+                    .map_err(|e| Transport::from(&e))?;
+                Ok((response, Held::Stream { _place: place }))
+            }
         }
-        let (client, in_flight) = self.pick();
-        let uri = self.url(name);
-        let request = || Self::request(uri.clone(), headers, body.clone());
-        let response = match client.request(request()).await {
-            Ok(response) => response,
-            // The server closed the connection gracefully or refused the stream before
-            // reading the call: it was not taken, so it goes again at once on another
-            // stream (as reqwest did), not after the event's backoff.
-            Err(e) if never_taken(&e) => client
-                .request(request())
-                .await
-                .map_err(|e| Transport::from(&e))?,
-            Err(e) => return Err(Transport::from(&e)),
-        };
-        Ok((response, Held::Stream { _place: in_flight }))
     }
 
     /// Sends one annotate call and classifies the answer.
@@ -367,15 +308,6 @@ enum Held<'a> {
     Stream { _place: InFlight<'a> },
 }
 
-/// One call counted in flight until dropped (answered, failed or abandoned).
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// The body, or its first [`MAX_BODY`] bytes.
 async fn read_capped(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::Error> {
     let mut read = Vec::new();
@@ -390,21 +322,6 @@ async fn read_capped(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::
         }
     }
     Ok(read)
-}
-
-/// Whether an HTTP/2 server said it did not take the call: a graceful GOAWAY (`NO_ERROR`,
-/// as Google's front ends send when they recycle a connection) or `REFUSED_STREAM`.
-fn never_taken(err: &(dyn std::error::Error + 'static)) -> bool {
-    causes(err).any(|e| {
-        e.downcast_ref::<h2::Error>().is_some_and(|h2| {
-            h2.is_remote()
-                && match h2.reason() {
-                    Some(h2::Reason::NO_ERROR) => h2.is_go_away(),
-                    Some(h2::Reason::REFUSED_STREAM) => true,
-                    _ => false,
-                }
-        })
-    })
 }
 
 /// A call that got no (whole) answer: a connection error, retried.

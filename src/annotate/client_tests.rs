@@ -1,6 +1,8 @@
-//! The annotate client: its URLs, its choice of connection, TLS and the protocol an https
-//! endpoint offers, its retry of a call not taken, and a missing credential (its HTTP/1.1
-//! connections: `h1_tests.rs`).
+//! The annotate client: its URLs, TLS and the protocol an https endpoint offers, its retry
+//! of a call not taken, and a missing credential (its HTTP/1.1 connections: `h1_tests.rs`;
+//! the choice among pooled clients: `pooled.rs`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
 use crate::annotate::test_servers::{Script, tls_server};
@@ -27,40 +29,6 @@ fn the_call_url_keeps_the_endpoint_path_and_names_the_assessment() {
         .unwrap();
         assert_eq!(client.url(&name).to_string(), url);
     }
-}
-
-#[test]
-fn calls_fill_one_client_before_the_next_and_then_go_to_the_least_busy() {
-    let config = RecaptchaConfig {
-        clients: 3,
-        // The pooled clients (HTTP/2 here; an https endpoint's by ALPN).
-        http2_prior_knowledge: true,
-        ..RecaptchaConfig::default()
-    };
-    let endpoint = reqwest::Url::parse("http://127.0.0.1:1").unwrap();
-    let client = AnnotateClient::new(&endpoint, Auth::None, &config).unwrap();
-    let index = |c: &Http| client.http.iter().position(|h| std::ptr::eq(h, c)).unwrap();
-    let mut held: Vec<_> = (0..CALLS_PER_CLIENT).map(|_| client.pick()).collect();
-    assert!(held.iter().all(|(c, _)| index(c) == 0));
-    held.push(client.pick());
-    assert_eq!(index(held.last().unwrap().0), 1, "the first client is full");
-    // Calls on the first client end: it takes the next call again.
-    held.truncate(10);
-    assert_eq!(index(client.pick().0), 0);
-    // Every client full: the least busy one.
-    let more: Vec<_> = (0..3 * CALLS_PER_CLIENT).map(|_| client.pick()).collect();
-    let loads: Vec<usize> = client
-        .loads
-        .iter()
-        .map(|l| l.load(Ordering::Relaxed))
-        .collect();
-    assert_eq!(loads.iter().sum::<usize>(), 10 + 3 * CALLS_PER_CLIENT);
-    assert!(
-        loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 1,
-        "{loads:?}"
-    );
-    drop((held, more));
-    assert!(client.loads.iter().all(|l| l.load(Ordering::Relaxed) == 0));
 }
 
 #[tokio::test]

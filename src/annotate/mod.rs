@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod client;
 mod h1;
+mod pooled;
 mod route;
 #[cfg(test)]
 mod test_servers;
