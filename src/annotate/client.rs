@@ -5,7 +5,7 @@
 //! cost about 10 KB per call in flight and a sixth of the service's CPU per event
 //! (README, Benchmark). Proxies from the environment still apply (`route.rs`). The calls go
 //! over hyper-util's pooled clients (`pooled.rs`), or to a plain `http` endpoint over HTTP/1.1
-//! connections of the service's own (`h1.rs`).
+//! connections of the service's own (`h1.rs`, `wire.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +17,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::auth::{API_CLIENT, Auth};
-use super::h1::{H1Pool, Lease};
-use super::pooled::{InFlight, Pooled, PooledError};
+use super::h1::{H1Pool, H1Settings};
+use super::pooled::{Pooled, PooledError};
 use crate::config::RecaptchaConfig;
 use crate::domain::api::AnnotateRequest;
 use crate::domain::assessment::AssessmentName;
@@ -114,16 +114,17 @@ impl AnnotateClient {
             tcp
         };
         let connections = if scheme == Scheme::HTTP && !config.http2_prior_knowledge {
-            // As many idle as the pooled clients would keep together.
-            let pool = H1Pool::new(
-                tcp,
-                &authority,
-                config
+            let settings = H1Settings {
+                fixed: &fixed_headers(),
+                // As many idle as the pooled clients would keep together.
+                max_idle: config
                     .max_idle_connections
                     .saturating_mul(config.clients.max(1)),
-                IDLE_TIMEOUT,
-            )
-            .map_err(|e| ClientError::Endpoint(e.to_string()))?;
+                idle_timeout: IDLE_TIMEOUT,
+                max_body: MAX_BODY,
+            };
+            let pool = H1Pool::new(tcp, &authority, &settings)
+                .map_err(|e| ClientError::Endpoint(e.to_string()))?;
             Connections::H1(Arc::new(pool))
         } else {
             Connections::Pooled(Arc::new(Pooled::new(
@@ -191,40 +192,49 @@ impl AnnotateClient {
         for (name, value) in auth {
             fields.append(name.clone(), value.clone());
         }
-        fields.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        fields.insert(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("recaptcha-annotator/", env!("CARGO_PKG_VERSION"))),
-        );
-        fields.insert(
-            HeaderName::from_static("x-goog-api-client"),
-            HeaderValue::from_static(API_CLIENT),
-        );
+        for (name, value) in fixed_headers() {
+            fields.insert(name, value);
+        }
         request
     }
 
-    /// Sends the call on an HTTP/1.1 connection of its own, or on a pooled client; the
-    /// answer's head is back.
-    async fn send(
+    /// Sends the call on an HTTP/1.1 connection of its own, or on a pooled client, and
+    /// reads the answer: its status, `Retry-After` and (capped) body.
+    async fn exchange(
         &self,
         name: &AssessmentName,
         headers: &http::HeaderMap,
         body: &Bytes,
-    ) -> Result<(http::Response<hyper::body::Incoming>, Held<'_>), Transport> {
+    ) -> Result<(u16, Option<Duration>, Vec<u8>), Transport> {
         match &self.connections {
             Connections::H1(pool) => {
-                let request = Self::request(Uri::from(self.path(name)), headers, body.clone());
-                let (response, lease) =
-                    pool.send(request).await.map_err(|e| Transport::from(&e))?;
-                Ok((response, Held::Connection(lease)))
+                let reply = pool
+                    .call(&self.path(name), headers, body)
+                    .await
+                    .map_err(|failed| Transport {
+                        status: failed.status,
+                        ..Transport::from(&failed.error)
+                    })?;
+                Ok((reply.status, reply.retry_after, reply.body))
             }
             Connections::Pooled(pooled) => {
                 let uri = self.url(name);
-                let (response, place) = pooled
+                // The place on its client is held until the answer is read.
+                let (response, _place) = pooled
                     .send(|| Self::request(uri.clone(), headers, body.clone()))
                     .await
                     .map_err(|e| Transport::from(&e))?;
-                Ok((response, Held::Stream { _place: place }))
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
+                // Read the body (capped) so the connection returns to the pool.
+                let bytes = read_capped(response.into_body())
+                    .await
+                    .map_err(|e| Transport::from(&e).after(status))?;
+                Ok((status, retry_after, bytes))
             }
         }
     }
@@ -244,23 +254,10 @@ impl AnnotateClient {
         };
         // Boxed: the request future is large, and thousands of calls wait in flight; one
         // allocation per call keeps each waiting event task small.
-        let exchange = Box::pin(tokio::time::timeout(self.timeout, async {
-            let (response, held) = self.send(name, &headers, &body).await?;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            // Read the body (capped) so the connection returns to the pool.
-            let bytes = read_capped(response.into_body())
-                .await
-                .map_err(|e| Transport::from(&e).after(status))?;
-            if let Held::Connection(lease) = held {
-                lease.release();
-            }
-            Ok::<_, Transport>((status, retry_after, bytes))
-        }))
+        let exchange = Box::pin(tokio::time::timeout(
+            self.timeout,
+            self.exchange(name, &headers, &body),
+        ))
         .await;
         let answered = exchange.unwrap_or_else(|_| {
             Err(Transport {
@@ -300,12 +297,19 @@ impl AnnotateClient {
     }
 }
 
-/// What a call holds until its answer is read.
-enum Held<'a> {
-    /// An HTTP/1.1 connection of its own, given back once the answer is read.
-    Connection(Lease<'a>),
-    /// Its place on one of the pooled clients.
-    Stream { _place: InFlight<'a> },
+/// The header fields every call carries besides its credentials.
+fn fixed_headers() -> [(HeaderName, HeaderValue); 3] {
+    [
+        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        (
+            USER_AGENT,
+            HeaderValue::from_static(concat!("recaptcha-annotator/", env!("CARGO_PKG_VERSION"))),
+        ),
+        (
+            HeaderName::from_static("x-goog-api-client"),
+            HeaderValue::from_static(API_CLIENT),
+        ),
+    ]
 }
 
 /// The body, or its first [`MAX_BODY`] bytes.

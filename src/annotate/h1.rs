@@ -4,37 +4,24 @@
 //! [`H1Pool::new`]'s `idle_timeout` is closed by the next call or the sweep that runs every
 //! half timeout (60-90 s in the service).
 //!
-//! hyper's pooled client starts a connect whenever no idle connection is at hand, and keeps
-//! it when another call's connection came back first: at 1,024 calls in flight it held up to
-//! 1,391 sockets, and it boxed about 4 KB of state for every call. An HTTP/1.1 connection
-//! costs about 28 KB in hyper (its request channel, its write and read buffers, its task),
-//! so the sockets it opens beyond the calls in flight cost memory too (README, Benchmark).
+//! A connection is the socket alone, and the call that holds it reads its answer itself
+//! (`wire.rs`): no task, channel or buffer stays with it. hyper's HTTP/1.1 connection costs
+//! about 28 KB whether a call waits on it or not, and its pooled client opened up to 1,391
+//! sockets at 1,024 calls in flight and boxed about 4 KB of state for every call (README,
+//! Benchmark).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::header::HOST;
-use http::uri::{Authority, Uri};
-use http::{HeaderValue, Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::net::TcpStream;
 use tower_service::Service as _;
 
-/// Why a call got no answer's head: each keeps its cause, which says whether it timed out.
-#[derive(Debug, thiserror::Error)]
-pub enum H1Error {
-    #[error("connecting")]
-    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("HTTP/1.1 handshake")]
-    Handshake(#[source] hyper::Error),
-    #[error("sending the call")]
-    Send(#[source] hyper::Error),
-}
+use super::wire::{self, Failed, H1Error, Reply};
 
 /// The idle connections of one endpoint, the most recently used on top.
 pub struct H1Pool {
@@ -42,14 +29,16 @@ pub struct H1Pool {
     tcp: HttpConnector,
     /// `http://host:port`, where every connection goes.
     target: Uri,
-    /// The `Host` header of every call.
-    host: HeaderValue,
+    /// The header lines every call carries before its own: `host`, then the fixed ones.
+    fixed: Vec<u8>,
     /// Open connections no call holds, the oldest first.
     idle: Mutex<VecDeque<Idle>>,
     /// The most idle connections kept; one more given back is closed.
     max_idle: usize,
     /// How long an idle connection is kept.
     idle_timeout: Duration,
+    /// The most of an answer's body kept.
+    max_body: usize,
     /// Whether the task that closes idle connections runs (started by the first connect:
     /// the pool is built before the runtime runs).
     sweeping: AtomicBool,
@@ -57,39 +46,21 @@ pub struct H1Pool {
 
 struct Idle {
     /// The connection.
-    sender: SendRequest<Full<Bytes>>,
+    stream: TcpStream,
     /// When it was given back.
     since: Instant,
 }
 
-/// A connection lent to one call. [`Lease::release`] gives it back once the answer is read;
-/// dropped without it (a timeout, a broken answer) the connection is closed.
-pub struct Lease<'a> {
-    /// Where it goes back to.
-    pool: &'a H1Pool,
-    /// The connection.
-    sender: SendRequest<Full<Bytes>>,
-}
-
-impl Lease<'_> {
-    /// Gives the connection back, unless the server closed it or the pool is full.
-    pub fn release(self) {
-        if self.sender.is_closed() {
-            return;
-        }
-        let mut idle = self.pool.lock();
-        self.pool.close_expired(&mut idle);
-        if idle.len() >= self.pool.max_idle {
-            // Full: those the server closed make room before this one is turned away.
-            idle.retain(|i| !i.sender.is_closed());
-        }
-        if idle.len() < self.pool.max_idle {
-            idle.push_back(Idle {
-                sender: self.sender,
-                since: Instant::now(),
-            });
-        }
-    }
+/// How a pool is sized and what its calls carry.
+pub struct H1Settings<'a> {
+    /// The header fields every call carries (besides `host` and `content-length`).
+    pub fixed: &'a [(HeaderName, HeaderValue)],
+    /// The most idle connections kept.
+    pub max_idle: usize,
+    /// How long an idle connection is kept.
+    pub idle_timeout: Duration,
+    /// The most of an answer's body kept.
+    pub max_body: usize,
 }
 
 impl H1Pool {
@@ -97,9 +68,15 @@ impl H1Pool {
     pub fn new(
         tcp: HttpConnector,
         authority: &Authority,
-        max_idle: usize,
-        idle_timeout: Duration,
+        settings: &H1Settings<'_>,
     ) -> Result<Self, http::Error> {
+        let mut fixed = format!("host: {}\r\n", authority.as_str()).into_bytes();
+        for (name, value) in settings.fixed {
+            fixed.extend_from_slice(name.as_str().as_bytes());
+            fixed.extend_from_slice(b": ");
+            fixed.extend_from_slice(value.as_bytes());
+            fixed.extend_from_slice(b"\r\n");
+        }
         Ok(Self {
             tcp,
             target: Uri::builder()
@@ -107,40 +84,44 @@ impl H1Pool {
                 .authority(authority.clone())
                 .path_and_query("/")
                 .build()?,
-            host: HeaderValue::from_str(authority.as_str())?,
+            fixed,
             idle: Mutex::default(),
-            max_idle,
-            idle_timeout,
+            max_idle: settings.max_idle,
+            idle_timeout: settings.idle_timeout,
+            max_body: settings.max_body,
             sweeping: AtomicBool::new(false),
         })
     }
 
-    /// Sends `request` (its URI in origin form, the path only) on an idle connection, or on
-    /// a new one when none is idle. A call that an idle connection closed by the server did
-    /// not take goes on the next connection.
-    pub async fn send(
+    /// `POST`s `body` to `path` (origin form) with `headers` on an idle connection, or on a
+    /// new one when none is idle, and reads the answer; the connection goes back to the pool
+    /// when it can carry the next call. A call an idle connection could not send (the server
+    /// had closed it) goes on the next connection; one that may have reached the server is
+    /// not sent again.
+    pub async fn call(
         self: &Arc<Self>,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Lease<'_>), H1Error> {
-        request.headers_mut().insert(HOST, self.host.clone());
+        path: &PathAndQuery,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Reply, Failed> {
         loop {
-            let (mut sender, reused) = match self.take_idle() {
-                Some(sender) => (sender, true),
+            let (mut stream, reused) = match self.take_idle() {
+                Some(stream) => (stream, true),
                 None => (self.connect().await?, false),
             };
-            match sender.ready().await {
-                Ok(()) => {}
-                Err(_) if reused => continue,
-                Err(e) => return Err(H1Error::Send(e)),
-            }
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    return Ok((response, Lease { pool: self, sender }));
+            let request = wire::encode(path.as_str(), &self.fixed, headers, body);
+            match wire::exchange(&mut stream, request, self.max_body).await {
+                Ok(reply) => {
+                    if reply.reusable {
+                        self.give_back(stream);
+                    }
+                    return Ok(reply);
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(H1Error::Send(e.into_error())),
-                },
+                Err(Failed {
+                    error: H1Error::Send(_),
+                    ..
+                }) if reused => {}
+                Err(failed) => return Err(failed),
             }
         }
     }
@@ -163,18 +144,34 @@ impl H1Pool {
     }
 
     /// The most recently used open connection.
-    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+    fn take_idle(&self) -> Option<TcpStream> {
         let mut idle = self.lock();
         self.close_expired(&mut idle);
-        while let Some(Idle { sender, .. }) = idle.pop_back() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(Idle { stream, .. }) = idle.pop_back() {
+            if is_open(&stream) {
+                return Some(stream);
             }
         }
         None
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<SendRequest<Full<Bytes>>, H1Error> {
+    /// Keeps `stream` for the next call, unless the pool is full.
+    fn give_back(&self, stream: TcpStream) {
+        let mut idle = self.lock();
+        self.close_expired(&mut idle);
+        if idle.len() >= self.max_idle {
+            // Full: those the server closed make room before this one is turned away.
+            idle.retain(|i| is_open(&i.stream));
+        }
+        if idle.len() < self.max_idle {
+            idle.push_back(Idle {
+                stream,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<TcpStream, H1Error> {
         if !self.sweeping.swap(true, Ordering::Relaxed) {
             tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout));
         }
@@ -184,18 +181,19 @@ impl H1Pool {
             .call(self.target.clone())
             .await
             .map_err(|e| H1Error::Connect(e.into()))?;
-        let (sender, connection) = http1::handshake(io).await.map_err(H1Error::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "annotate connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(io.into_inner())
     }
 }
 
-/// Closes idle connections past their timeout, and forgets those the server closed, while
-/// no call comes to do it; ends with the pool.
+/// Whether an idle connection is still open: the server has neither closed it nor sent
+/// anything (an idle connection has nothing to read).
+fn is_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Closes idle connections past their timeout, and those the server closed, while no call
+/// comes to do it; ends with the pool.
 async fn sweep(pool: Weak<H1Pool>, idle_timeout: Duration) {
     let mut tick = tokio::time::interval((idle_timeout / 2).max(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -206,7 +204,7 @@ async fn sweep(pool: Weak<H1Pool>, idle_timeout: Duration) {
         };
         let mut idle = pool.lock();
         pool.close_expired(&mut idle);
-        idle.retain(|i| !i.sender.is_closed());
+        idle.retain(|i| is_open(&i.stream));
     }
 }
 

@@ -8,5 +8,6 @@ mod pooled;
 mod route;
 #[cfg(test)]
 mod test_servers;
+mod wire;
 
 pub use client::AnnotateClient;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-/// How the HTTP/1.1 server answers: always 200 with a JSON body.
+/// How the HTTP/1.1 server answers: 200 with a JSON body, or the bytes of `answer`.
 #[derive(Clone, Copy, Default)]
 pub struct Script {
     /// Before every answer.
@@ -21,6 +21,10 @@ pub struct Script {
     pub once: bool,
     /// Bytes of padding in a header and in the body of every answer.
     pub pad: usize,
+    /// Every answer, as it goes on the wire, instead of the 200.
+    pub answer: Option<&'static [u8]>,
+    /// Send each answer a few bytes at a time, so the client reads it in pieces.
+    pub trickle: bool,
 }
 
 /// What a server saw.
@@ -108,13 +112,30 @@ async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(
             tokio::time::sleep(script.first_delay).await;
         }
         tokio::time::sleep(script.delay).await;
-        let body = format!("{{\"pad\":\"{pad}\"}}");
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\nx-pad: {pad}\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
+        let answer = script.answer.map_or_else(
+            || {
+                let body = format!("{{\"pad\":\"{pad}\"}}");
+                format!(
+                    "HTTP/1.1 200 OK\r\nx-pad: {pad}\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes()
+            },
+            <[u8]>::to_vec,
         );
-        if socket.write_all(answer.as_bytes()).await.is_err() {
-            return;
+        let pieces = if script.trickle {
+            5
+        } else {
+            answer.len().max(1)
+        };
+        for piece in answer.chunks(pieces) {
+            if socket.write_all(piece).await.is_err() {
+                return;
+            }
+            if script.trickle {
+                socket.flush().await.ok();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
         seen.answers.fetch_add(1, Ordering::SeqCst);
         if script.once {
