@@ -155,20 +155,20 @@ impl H1Pool {
         None
     }
 
-    /// Keeps `stream` for the next call, unless the pool is full.
+    /// Keeps `stream` for the next call; a full pool closes its oldest for it.
     fn give_back(&self, stream: TcpStream) {
+        if self.max_idle == 0 {
+            return;
+        }
         let mut idle = self.lock();
         self.close_expired(&mut idle);
         if idle.len() >= self.max_idle {
-            // Full: those the server closed make room before this one is turned away.
-            idle.retain(|i| is_open(&i.stream));
+            idle.pop_front();
         }
-        if idle.len() < self.max_idle {
-            idle.push_back(Idle {
-                stream,
-                since: Instant::now(),
-            });
-        }
+        idle.push_back(Idle {
+            stream,
+            since: Instant::now(),
+        });
     }
 
     async fn connect(self: &Arc<Self>) -> Result<TcpStream, H1Error> {
@@ -186,10 +186,14 @@ impl H1Pool {
 }
 
 /// Whether an idle connection is still open: the server has neither closed it nor sent
-/// anything (an idle connection has nothing to read).
+/// anything (an idle connection has nothing to read). Asks the kernel: the runtime's
+/// readiness may not have seen the server's close yet.
 fn is_open(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+    matches!(
+        socket2::SockRef::from(stream).peek(&mut probe),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
 }
 
 /// Closes idle connections past their timeout, and those the server closed, while no call

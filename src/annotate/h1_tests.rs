@@ -105,7 +105,7 @@ async fn a_call_past_its_deadline_gives_up_its_connection_and_the_next_call_gets
     };
     let (endpoint, seen) = h1_server(script, "/").await;
     let config = RecaptchaConfig {
-        request_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(3),
         ..RecaptchaConfig::default()
     };
     let client = client(&endpoint, &config);
@@ -152,4 +152,33 @@ async fn a_connection_idle_past_the_timeout_is_closed_without_waiting_for_a_call
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(pool.lock().is_empty());
+}
+
+#[tokio::test]
+async fn a_call_carries_its_credentials_and_every_fixed_header_field() {
+    let (endpoint, seen) = h1_server(Script::default(), "/").await;
+    let auth = Auth::ApiKey(http::HeaderValue::from_static("the-key"));
+    let client = AnnotateClient::new(&endpoint, auth, &RecaptchaConfig::default()).unwrap();
+    let call = client
+        .annotate(&name(), Bytes::from_static(b"{\"a\":1}"))
+        .await;
+    assert!(call.result.is_ok(), "{:?}", call.result);
+    let heads = seen.heads.lock().unwrap();
+    let lines: Vec<&str> = heads[0].lines().collect();
+    for field in [
+        "x-goog-api-key: the-key",
+        "content-type: application/json",
+        concat!(
+            "user-agent: recaptcha-annotator/",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "content-length: 7",
+    ] {
+        assert!(lines.contains(&field), "{field:?} in {lines:?}");
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("x-goog-api-client: ")),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 7, "the request line and six fields: {lines:?}");
 }

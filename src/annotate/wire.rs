@@ -189,7 +189,7 @@ async fn read_chunked(
     loop {
         let used = chunks.step(&buf, &mut body)?;
         buf.drain(..used);
-        if chunks == Chunks::Done {
+        if chunks == Chunks::Done && body.len() <= max_body {
             return Ok((body, buf.is_empty()));
         }
         if body.len() >= max_body {
@@ -245,6 +245,10 @@ impl Chunks {
         loop {
             let rest = &buf[used..];
             match *self {
+                // httparse takes a line without digits for a size of 0: the last chunk.
+                Self::Size if rest.first().is_some_and(|b| !b.is_ascii_hexdigit()) => {
+                    return Err(H1Error::Malformed("invalid chunk size".into()));
+                }
                 Self::Size => match httparse::parse_chunk_size(rest) {
                     Ok(httparse::Status::Complete((read, 0))) => {
                         used += read;

@@ -235,4 +235,11 @@ fn a_chunked_body_is_read_across_any_split() {
         chunks.step(b"2\r\nabX", &mut Vec::new()).is_err(),
         "no CRLF after the data"
     );
+    for line in ["\r\n", ";ext\r\n", "x\r\n"] {
+        let mut chunks = Chunks::Size;
+        assert!(
+            chunks.step(line.as_bytes(), &mut Vec::new()).is_err(),
+            "{line:?}"
+        );
+    }
 }
