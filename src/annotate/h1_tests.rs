@@ -182,3 +182,53 @@ async fn a_call_carries_its_credentials_and_every_fixed_header_field() {
     );
     assert_eq!(lines.len(), 7, "the request line and six fields: {lines:?}");
 }
+
+#[tokio::test]
+async fn a_connection_the_server_closed_is_found_closed_before_the_runtime_has_seen_it() {
+    use std::io::{Read as _, Write as _};
+    // A server on its own thread that answers once, then closes when told.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    let (close, told) = std::sync::mpsc::channel::<()>();
+    let (closed, done) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut read = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !read.ends_with(b"{}") {
+            let n = socket.read(&mut chunk).unwrap();
+            assert!(n > 0, "the request was cut short");
+            read.extend_from_slice(&chunk[..n]);
+        }
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            .unwrap();
+        told.recv().unwrap();
+        drop(socket);
+        closed.send(()).unwrap();
+    });
+    let settings = H1Settings {
+        fixed: &[],
+        max_idle: 8,
+        idle_timeout: Duration::from_secs(60),
+        max_body: 1024,
+    };
+    let pool = Arc::new(H1Pool::new(HttpConnector::new(), &authority, &settings).unwrap());
+    let path = "/v1/projects/p/assessments/a:annotate".parse().unwrap();
+    let reply = pool
+        .call(&path, &http::HeaderMap::new(), b"{}")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    // A probe that finds it open (the sweep's) leaves the runtime believing nothing is to
+    // be read until its I/O driver runs again.
+    assert!(pool.lock().iter().all(|idle| super::is_open(&idle.stream)));
+    close.send(()).unwrap();
+    // Blocking, so the runtime's I/O driver does not run meanwhile.
+    done.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        pool.take_idle().is_none(),
+        "the closed connection would be taken and the call sent on it would fail"
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client;
+mod framing;
 mod h1;
 mod pooled;
 mod route;

@@ -1,8 +1,6 @@
 //! One HTTP/1.1 exchange on a connection: the call written as bytes, the answer read back.
 //!
-//! The answer's head is parsed by `httparse` (hyper's own parser); this file frames the
-//! body (RFC 9112, section 6): no body for 1xx, 204 and 304, chunked, a `content-length`,
-//! or everything until the server closes. It reads into a buffer taken only once the
+//! What the answer's bytes say is read in `framing.rs`; this file reads them. It reads into a buffer taken only once the
 //! answer's first bytes are there, so a call waiting for its answer holds no buffer: hyper
 //! keeps a request channel and an 8 KB write and read buffer on each connection, about
 //! 28 KB, whether a call is waiting on it or not (README, Benchmark).
@@ -14,12 +12,10 @@ use http::HeaderMap;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
-use crate::failure::parse_retry_after;
+use super::framing::{Chunks, Framing, Malformed, parse_head};
 
 /// The longest answer head read: a proxy's or Google's heads are well under it.
 pub const MAX_HEAD: usize = 64 * 1024;
-/// The most header fields in a head.
-const MAX_FIELDS: usize = 128;
 /// The longest chunk-size line or trailer section of a chunked body.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// What a read asks for at the least.
@@ -36,8 +32,8 @@ pub enum H1Error {
     Read(#[source] io::Error),
     #[error("the connection closed before the answer was whole")]
     Closed,
-    #[error("malformed answer: {0}")]
-    Malformed(String),
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
     #[error("the answer's head is longer than {MAX_HEAD} bytes")]
     HeadTooLarge,
 }
@@ -104,7 +100,7 @@ pub async fn exchange(
     drop(request);
     let mut buf = Vec::new();
     let head = loop {
-        if let Some(head) = parse_head(&buf)? {
+        if let Some(head) = parse_head(&buf).map_err(H1Error::from)? {
             if (100..200).contains(&head.status) {
                 // An interim answer (100 Continue, 103 Early Hints): the real one follows.
                 buf.drain(..head.len);
@@ -198,7 +194,7 @@ async fn read_chunked(
         }
         if used == 0 {
             if buf.len() >= MAX_CHUNK_LINE && matches!(chunks, Chunks::Size | Chunks::Trailers) {
-                return Err(H1Error::Malformed("chunk line too long".into()));
+                return Err(Malformed("chunk line too long".into()).into());
             }
             if read_more(stream, &mut buf).await? == 0 {
                 return Err(H1Error::Closed);
@@ -221,187 +217,6 @@ async fn read_until_close(
     }
     buf.truncate(max_body);
     Ok(buf)
-}
-
-/// Where a chunked body's reading stands.
-#[derive(Debug, PartialEq, Eq)]
-enum Chunks {
-    /// At a chunk-size line.
-    Size,
-    /// Inside a chunk, this many bytes left.
-    Data(u64),
-    /// At the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk, at the trailer section.
-    Trailers,
-    Done,
-}
-
-impl Chunks {
-    /// Reads what it can of `buf`, its data into `body`; returns how many bytes it used
-    /// (0 when it needs more).
-    fn step(&mut self, buf: &[u8], body: &mut Vec<u8>) -> Result<usize, H1Error> {
-        let mut used = 0;
-        loop {
-            let rest = &buf[used..];
-            match *self {
-                // httparse takes a line without digits for a size of 0: the last chunk.
-                Self::Size if rest.first().is_some_and(|b| !b.is_ascii_hexdigit()) => {
-                    return Err(H1Error::Malformed("invalid chunk size".into()));
-                }
-                Self::Size => match httparse::parse_chunk_size(rest) {
-                    Ok(httparse::Status::Complete((read, 0))) => {
-                        used += read;
-                        *self = Self::Trailers;
-                    }
-                    Ok(httparse::Status::Complete((read, size))) => {
-                        used += read;
-                        *self = Self::Data(size);
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(used),
-                    Err(_) => return Err(H1Error::Malformed("invalid chunk size".into())),
-                },
-                Self::Data(left) => {
-                    if rest.is_empty() {
-                        return Ok(used);
-                    }
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(rest.len());
-                    body.extend_from_slice(&rest[..take]);
-                    used += take;
-                    *self = match left - take as u64 {
-                        0 => Self::DataEnd,
-                        left => Self::Data(left),
-                    };
-                }
-                Self::DataEnd => match rest {
-                    [b'\r', b'\n', ..] => {
-                        used += 2;
-                        *self = Self::Size;
-                    }
-                    [] | [b'\r'] => return Ok(used),
-                    _ => return Err(H1Error::Malformed("no CRLF after a chunk".into())),
-                },
-                Self::Trailers => {
-                    // Trailer fields are read past, not kept.
-                    if rest.starts_with(b"\r\n") {
-                        used += 2;
-                        *self = Self::Done;
-                    } else if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-                        used += end + 4;
-                        *self = Self::Done;
-                    } else {
-                        return Ok(used);
-                    }
-                }
-                Self::Done => return Ok(used),
-            }
-        }
-    }
-}
-
-/// What an answer's head says.
-#[derive(Debug)]
-struct Head {
-    /// Its length in bytes.
-    len: usize,
-    status: u16,
-    retry_after: Option<Duration>,
-    framing: Framing,
-    /// HTTP/1.1 without `connection: close`, and a body whose end is known.
-    keep_alive: bool,
-}
-
-/// How an answer's body ends (RFC 9112, section 6.3).
-#[derive(Debug, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
-/// The head at the start of `buf`, or `None` while it is not whole.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, H1Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut response = httparse::Response::new(&mut fields);
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(H1Error::Malformed(e.to_string())),
-    };
-    let status = response.code.unwrap_or_default();
-    if status == 101 {
-        return Err(H1Error::Malformed("switching protocols".into()));
-    }
-    let mut keep_alive = response.version == Some(1);
-    let mut length = None;
-    let mut encoded = None;
-    let mut retry_after = None;
-    for field in response.headers.iter() {
-        let name = field.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let value = parse_length(field.value)?;
-            if length.is_some_and(|known| known != value) {
-                return Err(H1Error::Malformed("differing content-length".into()));
-            }
-            length = Some(value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // Chunked only when it is the last coding.
-            encoded = Some(last_token(field.value).eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case("connection") {
-            if tokens(field.value).any(|t| t.eq_ignore_ascii_case(b"close")) {
-                keep_alive = false;
-            }
-        } else if name.eq_ignore_ascii_case("retry-after") {
-            retry_after = std::str::from_utf8(field.value)
-                .ok()
-                .and_then(parse_retry_after);
-        }
-    }
-    let framing = match (status, encoded, length) {
-        (100..=199 | 204 | 304, _, _) => Framing::Empty,
-        (_, Some(true), _) => Framing::Chunked,
-        (_, Some(false), _) | (_, None, None) => Framing::UntilClose,
-        (_, None, Some(length)) => Framing::Length(length),
-    };
-    if framing == Framing::UntilClose || (encoded.is_some() && length.is_some()) {
-        // Both a coding and a length: a sign of request smuggling; the connection ends.
-        keep_alive = false;
-    }
-    Ok(Some(Head {
-        len,
-        status,
-        retry_after,
-        framing,
-        keep_alive,
-    }))
-}
-
-/// A `content-length` value: digits, or a list of equal ones.
-fn parse_length(value: &[u8]) -> Result<u64, H1Error> {
-    let invalid = || H1Error::Malformed("invalid content-length".into());
-    let mut length = None;
-    for token in value.split(|&b| b == b',') {
-        let token = token.trim_ascii();
-        if token.is_empty() || token.len() > 18 || !token.iter().all(u8::is_ascii_digit) {
-            return Err(invalid());
-        }
-        let value = token.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-        if length.is_some_and(|known| known != value) {
-            return Err(invalid());
-        }
-        length = Some(value);
-    }
-    length.ok_or_else(invalid)
-}
-
-/// The comma-separated tokens of a field value.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
-}
-
-fn last_token(value: &[u8]) -> &[u8] {
-    tokens(value).last().unwrap_or_default()
 }
 
 #[cfg(test)]
