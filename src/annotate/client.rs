@@ -1,11 +1,12 @@
-//! `POST {endpoint}/v1/{name}:annotate` over HTTPS with pooled connections.
+//! `POST {endpoint}/v1/{name}:annotate` with pooled connections: over HTTPS (HTTP/2 or
+//! HTTP/1.1 as the server offers), HTTP/2 by prior knowledge, or plain HTTP/1.1.
 //!
-//! The calls go out through hyper's pooled client directly, not through reqwest: reqwest's
-//! layers (redirects, retries, the URL parsed again per call, a request clone kept for each)
-//! cost about 10 KB per call in flight and a sixth of the service's CPU per event
-//! (README, Benchmark). Proxies from the environment still apply (`route.rs`). The calls go
-//! over hyper-util's pooled clients (`pooled.rs`), or to a plain `http` endpoint over HTTP/1.1
-//! connections of the service's own (`h1.rs`, `wire.rs`).
+//! The calls go out without reqwest: its layers (redirects, retries, the URL parsed again
+//! per call, a request clone kept for each) cost about 10 KB per call in flight and a sixth
+//! of the service's CPU per event (README, Benchmark). Proxies from the environment still
+//! apply (`route.rs`). The calls go over hyper-util's pooled clients (`pooled.rs`), or to a
+//! plain `http` endpoint over HTTP/1.1 connections of the service's own (`h1.rs`,
+//! `exchange.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -26,6 +26,7 @@ pub enum Chunks {
     DataEnd,
     /// After the last chunk, at the trailer section.
     Trailers,
+    /// Past the end of the body.
     Done,
 }
 
@@ -74,15 +75,16 @@ impl Chunks {
                     _ => return Err(Malformed("no CRLF after a chunk".into())),
                 },
                 Self::Trailers => {
-                    // Trailer fields are read past, not kept.
-                    if rest.starts_with(b"\r\n") {
-                        used += 2;
-                        *self = Self::Done;
-                    } else if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-                        used += end + 4;
-                        *self = Self::Done;
-                    } else {
-                        return Ok(used);
+                    // Trailer fields are read past, not kept; each must be one, so the
+                    // head of a next answer is not taken for them.
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+                    match httparse::parse_headers(rest, &mut fields) {
+                        Ok(httparse::Status::Complete((read, _))) => {
+                            used += read;
+                            *self = Self::Done;
+                        }
+                        Ok(httparse::Status::Partial) => return Ok(used),
+                        Err(_) => return Err(Malformed("invalid trailer".into())),
                     }
                 }
                 Self::Done => return Ok(used),
@@ -96,8 +98,11 @@ impl Chunks {
 pub struct Head {
     /// Its length in bytes.
     pub len: usize,
+    /// Its status code.
     pub status: u16,
+    /// Its `Retry-After`, when it has a valid one.
     pub retry_after: Option<Duration>,
+    /// How its body ends.
     pub framing: Framing,
     /// HTTP/1.1 without `connection: close`, and a body whose end is known.
     pub keep_alive: bool,
@@ -106,9 +111,13 @@ pub struct Head {
 /// How an answer's body ends (RFC 9112, section 6.3).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Framing {
+    /// No body: 1xx, 204, 304.
     Empty,
+    /// A `content-length` of this many bytes.
     Length(u64),
+    /// `transfer-encoding` ending in `chunked`.
     Chunked,
+    /// Everything until the server closes the connection.
     UntilClose,
 }
 

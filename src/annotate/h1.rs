@@ -5,7 +5,7 @@
 //! half timeout (60-90 s in the service).
 //!
 //! A connection is the socket alone, and the call that holds it reads its answer itself
-//! (`wire.rs`): no task, channel or buffer stays with it. hyper's HTTP/1.1 connection costs
+//! (`exchange.rs`): no task, channel or buffer stays with it. hyper's HTTP/1.1 connection costs
 //! about 28 KB whether a call waits on it or not, and its pooled client opened up to 1,391
 //! sockets at 1,024 calls in flight and boxed about 4 KB of state for every call (README,
 //! Benchmark).
@@ -21,7 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpStream;
 use tower_service::Service as _;
 
-use super::wire::{self, Failed, H1Error, Reply};
+use super::exchange::{self, Failed, H1Error, Reply};
 
 /// The idle connections of one endpoint, the most recently used on top.
 pub struct H1Pool {
@@ -44,6 +44,7 @@ pub struct H1Pool {
     sweeping: AtomicBool,
 }
 
+/// A connection no call holds.
 struct Idle {
     /// The connection.
     stream: TcpStream,
@@ -109,8 +110,8 @@ impl H1Pool {
                 Some(stream) => (stream, true),
                 None => (self.connect().await?, false),
             };
-            let request = wire::encode(path.as_str(), &self.fixed, headers, body);
-            match wire::exchange(&mut stream, request, self.max_body).await {
+            let request = exchange::encode(path.as_str(), &self.fixed, headers, body);
+            match exchange::exchange(&mut stream, request, self.max_body).await {
                 Ok(reply) => {
                     if reply.reusable {
                         self.give_back(stream);

@@ -3,12 +3,12 @@
 
 pub mod auth;
 pub mod client;
+mod exchange;
 mod framing;
 mod h1;
 mod pooled;
 mod route;
 #[cfg(test)]
 mod test_servers;
-mod wire;
 
 pub use client::AnnotateClient;

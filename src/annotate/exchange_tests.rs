@@ -76,9 +76,10 @@ async fn well_formed_answers_are_read_whole_and_their_connection_reused_when_it_
             }
             assert_eq!(opened, connections, "{shown:?}, trickled: {trickle}");
         }
-    } // More bytes than the answer, read with it: not the start of another answer. (Bytes
-    // that come later are found when the connection is taken again, or taken for an answer
-    // and refused as malformed: a retry.)
+    }
+    // More bytes than the answer, read with it: not the start of another answer. (Bytes
+    // that come later are found when the connection is taken again, or, coming after that,
+    // read as the next answer and refused as malformed: a retry.)
     let (calls, opened) = two_calls(
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}junk",
         false,

@@ -1,9 +1,10 @@
 //! One HTTP/1.1 exchange on a connection: the call written as bytes, the answer read back.
 //!
-//! What the answer's bytes say is read in `framing.rs`; this file reads them. It reads into a buffer taken only once the
-//! answer's first bytes are there, so a call waiting for its answer holds no buffer: hyper
-//! keeps a request channel and an 8 KB write and read buffer on each connection, about
-//! 28 KB, whether a call is waiting on it or not (README, Benchmark).
+//! What the answer's bytes say is worked out in `framing.rs`; this file reads them, into a
+//! buffer taken only once the answer's first bytes are there, so a call waiting for its
+//! answer holds no buffer: hyper keeps a request channel and an 8 KB write and read buffer
+//! on each connection, about 28 KB, whether a call is waiting on it or not (README,
+//! Benchmark).
 
 use std::io;
 use std::time::Duration;
@@ -20,6 +21,8 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// What a read asks for at the least.
 const READ_SIZE: usize = 2 * 1024;
+/// The most interim answers (1xx) taken before the real one.
+const MAX_INTERIM: usize = 8;
 
 /// Why a call got no whole answer: each keeps its cause, which says whether it timed out.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,7 @@ pub enum H1Error {
 /// A whole answer.
 #[derive(Debug)]
 pub struct Reply {
+    /// Its status code.
     pub status: u16,
     /// Its `Retry-After`, when it has a valid one.
     pub retry_after: Option<Duration>,
@@ -54,7 +58,9 @@ pub struct Reply {
 /// An exchange that failed, with the answer's status when its head had come.
 #[derive(Debug)]
 pub struct Failed {
+    /// The answer's status, when its head had come.
     pub status: Option<u16>,
+    /// What went wrong.
     pub error: H1Error,
 }
 
@@ -99,10 +105,16 @@ pub async fn exchange(
     // A call waiting for its answer holds nothing of it.
     drop(request);
     let mut buf = Vec::new();
+    let mut interim = 0;
     let head = loop {
         if let Some(head) = parse_head(&buf).map_err(H1Error::from)? {
             if (100..200).contains(&head.status) {
                 // An interim answer (100 Continue, 103 Early Hints): the real one follows.
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    let many = format!("more than {MAX_INTERIM} interim answers");
+                    return Err(H1Error::from(Malformed(many)).into());
+                }
                 buf.drain(..head.len);
                 continue;
             }
@@ -168,7 +180,8 @@ async fn read_length(
             return Err(H1Error::Closed);
         }
     }
-    let whole = buf.len() as u64 == length;
+    // A body past the cap is never read to its end: its connection is not reused.
+    let whole = length <= kept as u64 && buf.len() as u64 == length;
     buf.truncate(kept);
     Ok((buf, whole))
 }
@@ -220,5 +233,5 @@ async fn read_until_close(
 }
 
 #[cfg(test)]
-#[path = "wire_tests.rs"]
+#[path = "exchange_tests.rs"]
 mod tests;
