@@ -124,17 +124,18 @@ async fn a_call_past_its_deadline_gives_up_its_connection_and_the_next_call_gets
     );
 }
 
-#[tokio::test]
-async fn a_connection_idle_past_the_timeout_is_closed_without_waiting_for_a_call() {
-    let (endpoint, seen) = h1_server(Script::default(), "/").await;
-    let authority = endpoint.authority().parse().unwrap();
+/// A pool to `authority` that made one call and kept its connection.
+async fn pool_after_one_call(
+    authority: &http::uri::Authority,
+    idle_timeout: Duration,
+) -> Arc<H1Pool> {
     let settings = H1Settings {
         fixed: &[],
         max_idle: 8,
-        idle_timeout: Duration::from_millis(100),
+        idle_timeout,
         max_body: 1024,
     };
-    let pool = Arc::new(H1Pool::new(HttpConnector::new(), &authority, &settings).unwrap());
+    let pool = Arc::new(H1Pool::new(HttpConnector::new(), authority, &settings).unwrap());
     let path = "/v1/projects/p/assessments/a:annotate".parse().unwrap();
     let reply = pool
         .call(&path, &http::HeaderMap::new(), b"{}")
@@ -142,6 +143,14 @@ async fn a_connection_idle_past_the_timeout_is_closed_without_waiting_for_a_call
         .unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(pool.lock().len(), 1, "kept for the next call");
+    pool
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_the_timeout_is_closed_without_waiting_for_a_call() {
+    let (endpoint, seen) = h1_server(Script::default(), "/").await;
+    let authority = endpoint.authority().parse().unwrap();
+    let pool = pool_after_one_call(&authority, Duration::from_millis(100)).await;
     // The sweep runs every second at the most often; the server sees the close.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while seen.closed.load(Ordering::SeqCst) == 0 {
@@ -207,20 +216,7 @@ async fn a_connection_the_server_closed_is_found_closed_before_the_runtime_has_s
         drop(socket);
         closed.send(()).unwrap();
     });
-    let settings = H1Settings {
-        fixed: &[],
-        max_idle: 8,
-        idle_timeout: Duration::from_secs(60),
-        max_body: 1024,
-    };
-    let pool = Arc::new(H1Pool::new(HttpConnector::new(), &authority, &settings).unwrap());
-    let path = "/v1/projects/p/assessments/a:annotate".parse().unwrap();
-    let reply = pool
-        .call(&path, &http::HeaderMap::new(), b"{}")
-        .await
-        .unwrap();
-    assert_eq!(reply.status, 200);
-    assert_eq!(pool.lock().len(), 1, "kept for the next call");
+    let pool = pool_after_one_call(&authority, Duration::from_secs(60)).await;
     // A probe that finds it open (the sweep's) leaves the runtime believing nothing is to
     // be read until its I/O driver runs again.
     assert!(pool.lock().iter().all(|idle| super::is_open(&idle.stream)));
