@@ -82,17 +82,22 @@ pub fn encode(path: &str, fixed: &[u8], headers: &HeaderMap, body: &[u8]) -> Vec
     out.extend_from_slice(b" HTTP/1.1\r\n");
     out.extend_from_slice(fixed);
     for (name, value) in headers {
-        // A header name is a token and a value holds no CR or LF: each is one line.
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(&mut out, name, value);
     }
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(body.len().to_string().as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
     out
+}
+
+/// Appends the header line `name: value`. A header name is a token and a value holds no CR
+/// or LF, so it is one line.
+pub fn push_field(out: &mut Vec<u8>, name: &http::HeaderName, value: &http::HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes `request` and reads its answer; `max_body` bytes of the body are kept.

@@ -33,7 +33,7 @@ pub struct H1Pool {
     fixed: Vec<u8>,
     /// Open connections no call holds, the oldest first.
     idle: Mutex<VecDeque<Idle>>,
-    /// The most idle connections kept; one more given back is closed.
+    /// The most idle connections kept; a full pool closes its oldest for one given back.
     max_idle: usize,
     /// How long an idle connection is kept.
     idle_timeout: Duration,
@@ -73,10 +73,7 @@ impl H1Pool {
     ) -> Result<Self, http::Error> {
         let mut fixed = format!("host: {}\r\n", authority.as_str()).into_bytes();
         for (name, value) in settings.fixed {
-            fixed.extend_from_slice(name.as_str().as_bytes());
-            fixed.extend_from_slice(b": ");
-            fixed.extend_from_slice(value.as_bytes());
-            fixed.extend_from_slice(b"\r\n");
+            exchange::push_field(&mut fixed, name, value);
         }
         Ok(Self {
             tcp,
