@@ -112,7 +112,13 @@ pub async fn exchange(
     let mut buf = Vec::new();
     let mut interim = 0;
     let head = loop {
-        if let Some(head) = parse_head(&buf).map_err(H1Error::from)? {
+        // Nothing to parse before the first read.
+        let parsed = if buf.is_empty() {
+            None
+        } else {
+            parse_head(&buf).map_err(H1Error::from)?
+        };
+        if let Some(head) = parsed {
             if (100..200).contains(&head.status) {
                 // An interim answer (100 Continue, 103 Early Hints): the real one follows.
                 interim += 1;
