@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks what cannot run here (no Docker engine): Prometheus rules and config with promtool
-# (installed from Debian's packages when missing), docker-compose.yml and the dashboard as
-# YAML/JSON with the services and files they refer to.
+# (installed from Debian's packages when missing), docker-compose.yml, the dashboard, the
+# Grafana provisioning files and the sample events as YAML/JSON, with the services and
+# files they refer to.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -22,15 +23,38 @@ except ImportError:
     sys.exit(0)
 compose = yaml.safe_load(open("docker-compose.yml"))
 services = compose["services"]
-for name in ["kafka", "redis", "sandbox", "annotator", "prometheus", "topics"]:
+named_volumes = compose.get("volumes") or {}
+for name in ["kafka", "redis", "sandbox", "annotator", "prometheus", "topics", "producer", "grafana"]:
     assert name in services, f"service {name} missing"
 for name, svc in services.items():
     for dep in (svc.get("depends_on") or {}):
         assert dep in services, f"{name} depends on unknown {dep}"
     for vol in svc.get("volumes", []):
         src = vol.split(":")[0]
+        if not src.startswith((".", "/")):
+            assert src in named_volumes, f"{name}: volume {src} is not declared"
+            continue
         assert os.path.exists(src), f"{name}: {src} missing"
 assert services["kafka"]["image"].startswith("apache/kafka:")
+assert services["grafana"]["image"].startswith("grafana/grafana:")
 json.load(open("deploy/grafana-dashboard.json"))
-print("docker-compose.yml and dashboard: ok")
+# Grafana provisioning: valid YAML, the data source is the compose Prometheus, and the
+# dashboard provider reads the folder the dashboard is mounted in.
+datasources = yaml.safe_load(open("deploy/grafana/provisioning/datasources/prometheus.yml"))
+prometheus = [d for d in datasources["datasources"] if d["type"] == "prometheus"]
+assert len(prometheus) == 1 and prometheus[0]["url"] == "http://prometheus:9090", prometheus
+assert prometheus[0].get("uid"), "the provisioned data source has no fixed uid"
+providers = yaml.safe_load(open("deploy/grafana/provisioning/dashboards/dashboards.yml"))
+paths = [p["options"]["path"] for p in providers["providers"]]
+mounted = [v.split(":")[1] for v in services["grafana"].get("volumes", [])]
+assert any(m.startswith(p.rstrip("/") + "/") for p in paths for m in mounted
+           if m.endswith(".json")), f"no dashboard mounted under {paths}"
+# The producer's samples: one JSON object per line.
+for path in sorted(os.listdir("deploy/sample-events")):
+    if path.endswith(".jsonl"):
+        with open(os.path.join("deploy/sample-events", path)) as lines:
+            for n, line in enumerate(lines, 1):
+                if line.strip():
+                    assert isinstance(json.loads(line), dict), f"{path}:{n}: not an object"
+print("docker-compose.yml, dashboard, Grafana provisioning and sample events: ok")
 PY

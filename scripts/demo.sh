@@ -5,6 +5,6 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/build-deps.sh
-scripts/tansu.sh "${TANSU_PORT:-9092}"
-export ANNOTATOR__KAFKA__BROKERS=${ANNOTATOR__KAFKA__BROKERS:-127.0.0.1:${TANSU_PORT:-9092}}
+scripts/kafka.sh "${KAFKA_PORT:-9092}"
+export ANNOTATOR__KAFKA__BROKERS=${ANNOTATOR__KAFKA__BROKERS:-127.0.0.1:${KAFKA_PORT:-9092}}
 cargo run --locked --quiet -- demo "$@"

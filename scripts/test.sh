@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite on a clean machine: starts what the tests need (the Tansu broker,
-# Redis if none answers), then fmt, clippy and every test against the real components.
+# The whole test suite on a clean machine: starts what the tests need (Apache Kafka on
+# loopback, Redis if none answers), then fmt, clippy and every test against the real
+# components.
 #
 #   scripts/test.sh          the suite CI runs (fuzzing bounded to about a minute)
 #   scripts/test.sh --long   the same, with the fuzzers run 25 times longer (about 20 minutes)
@@ -14,11 +15,11 @@ if [ "${1:-}" = "--long" ]; then
   export PROPTEST_CASES=500000
 fi
 
-port=${TANSU_PORT:-9092}
+port=${KAFKA_PORT:-9092}
 export ANNOTATOR_TEST_BROKERS=${ANNOTATOR_TEST_BROKERS:-127.0.0.1:$port}
 export ANNOTATOR_TEST_REDIS=${ANNOTATOR_TEST_REDIS:-redis://127.0.0.1:6379}
 scripts/build-deps.sh
-scripts/tansu.sh "$port"
+scripts/kafka.sh "$port"
 scripts/redis.sh
 scripts/security-tools.sh
 scripts/samples-deps.sh

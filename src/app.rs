@@ -164,7 +164,7 @@ fn pipeline(config: &Config, validated: &Validated, parts: Parts) -> anyhow::Res
     } = parts;
     let d = &config.delivery;
     // One voice for librdkafka across the service's clients.
-    let log = kafka::LogContext::new(&config.kafka.brokers);
+    let log = kafka::LogContext::with_health(&config.kafka.brokers, Arc::clone(&health));
     let book = Arc::new(OffsetBook::default());
     let catch_up = Arc::new(CatchUp::default());
     let watermarks = Arc::new(
@@ -239,8 +239,8 @@ fn pipeline(config: &Config, validated: &Validated, parts: Parts) -> anyhow::Res
         gate,
         metrics.clone(),
     );
-    let dead_letters =
-        DeadLetterWriter::new(&config.kafka, &log).context("creating the dead-letter producer")?;
+    let dead_letters = DeadLetterWriter::new(&config.kafka, &log, Arc::clone(&health))
+        .context("creating the dead-letter producer")?;
     let runner = Runner {
         store,
         joiner,

@@ -8,8 +8,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
+use std::sync::Arc;
+
 use crate::config::KafkaConfig;
 use crate::failure::{DeadLetter, Failure, RetryCause};
+use crate::health::Health;
 use crate::kafka::{self, REPLAY_COUNT};
 
 /// Where a message came from.
@@ -33,15 +36,22 @@ pub struct DeadLetterWriter {
     topic: String,
     /// The largest record the producer sends (`message.max.bytes`).
     max_bytes: usize,
+    /// Readiness: says why dead letters cannot be written while the broker refuses them.
+    health: Arc<Health>,
 }
 
 impl DeadLetterWriter {
     /// A writer to the configured dead-letter topic.
-    pub fn new(config: &KafkaConfig, log: &kafka::LogContext) -> Result<Self, KafkaError> {
+    pub fn new(
+        config: &KafkaConfig,
+        log: &kafka::LogContext,
+        health: Arc<Health>,
+    ) -> Result<Self, KafkaError> {
         Ok(Self {
             producer: kafka::dead_letter_producer(config, log)?,
             topic: config.topics.dead_letter.clone(),
             max_bytes: kafka::max_message_bytes(config),
+            health,
         })
     }
 
@@ -64,15 +74,49 @@ impl DeadLetterWriter {
                     keep /= 2;
                 }
                 Err(e) => {
+                    // The event keeps its partition's commit point and is tried again; a
+                    // refusal that only an operator can lift is also said on `/readyz`.
+                    if let Some(why) = self.refusal(&e) {
+                        self.health.set_dead_letters_refused(Some(why));
+                    }
                     return Err(Failure::retry(
                         RetryCause::DeadLetterWrite,
                         None,
-                        e.to_string(),
+                        format!("dead-letter topic {}: {e}", self.topic),
                     ));
                 }
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.health.set_dead_letters_refused(None);
+                    return Ok(());
+                }
             }
         }
+    }
+
+    /// Why the broker refuses every dead letter, with what to do, for an error that lasts
+    /// until an operator acts (an ACL, a missing topic); `None` for a passing fault.
+    fn refusal(&self, e: &KafkaError) -> Option<String> {
+        let topic = &self.topic;
+        let KafkaError::MessageProduction(code) = e else {
+            return None;
+        };
+        Some(match code {
+            RDKafkaErrorCode::TopicAuthorizationFailed => format!(
+                "the broker refuses writes to the dead-letter topic {topic} (TOPIC_AUTHORIZATION_FAILED): grant the service's principal WRITE and DESCRIBE on it"
+            ),
+            RDKafkaErrorCode::ClusterAuthorizationFailed => format!(
+                "the broker refuses the idempotent producer of the dead-letter topic {topic} (CLUSTER_AUTHORIZATION_FAILED): grant the service's principal WRITE on the topic (or IDEMPOTENT_WRITE on the cluster)"
+            ),
+            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+                format!(
+                    "the dead-letter topic {topic} does not exist: create it (recaptcha-annotator create-topics) or fix kafka.topics.dead_letter"
+                )
+            }
+            RDKafkaErrorCode::PolicyViolation | RDKafkaErrorCode::InvalidRecord => format!(
+                "the broker refuses records for the dead-letter topic {topic} ({code}): check its configuration (a compacted topic needs a key)"
+            ),
+            _ => return None,
+        })
     }
 
     /// Sends the record with the first `keep` bytes of the value.

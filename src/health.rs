@@ -1,7 +1,7 @@
 //! Readiness: what `/readyz` answers, made of the facts the parts report.
 //!
-//! Not ready: no assignment, the cache unreachable, or every call halted (credentials,
-//! endpoint). Ready but worth saying, listed in the body while the rest flows: projects
+//! Not ready: no assignment, every Kafka broker unreachable, the cache unreachable, or every
+//! call halted (credentials, endpoint). Ready but worth saying, listed in the body while the rest flows: projects
 //! halted by 403, and partitions stalled by an event that crashed.
 
 use std::collections::BTreeSet;
@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Health {
     assigned: AtomicBool,
     cache_down: AtomicBool,
+    /// What librdkafka said when every broker went down, while none answers.
+    brokers_down: Mutex<Option<String>>,
+    /// Why the broker refuses every dead letter, while it does.
+    dead_letters_refused: Mutex<Option<String>>,
     /// Why every call is halted, while it is.
     halted: Mutex<Option<String>>,
     /// Partitions (`topic/partition`) whose commit point an event that crashed holds.
@@ -47,6 +51,17 @@ impl Health {
 
     pub fn set_cache_down(&self, yes: bool) {
         self.cache_down.store(yes, Ordering::Relaxed);
+    }
+
+    /// Every broker unreachable, with librdkafka's reason; `None` once one answers again.
+    pub fn set_brokers_down(&self, why: Option<String>) {
+        *lock(&self.brokers_down) = why;
+    }
+
+    /// The broker refuses dead letters until an operator acts, and why; `None` once one is
+    /// written.
+    pub fn set_dead_letters_refused(&self, why: Option<String>) {
+        *lock(&self.dead_letters_refused) = why;
     }
 
     /// Every call halted, and why; `None` when calls go out again.
@@ -92,8 +107,16 @@ impl Health {
         if !self.assigned.load(Ordering::Relaxed) {
             reasons.push("not a member of the consumer group with an assignment".to_owned());
         }
+        if let Some(why) = lock(&self.brokers_down).as_ref() {
+            reasons.push(format!("Kafka brokers unreachable: {why}"));
+        }
         if self.cache_down.load(Ordering::Relaxed) {
             reasons.push("cache unreachable".to_owned());
+        }
+        if let Some(why) = lock(&self.dead_letters_refused).as_ref() {
+            reasons.push(format!(
+                "dead letters cannot be written (events to dead-letter hold their partitions): {why}"
+            ));
         }
         if let Some(why) = lock(&self.halted).as_ref() {
             reasons.push(format!("halted: {why}"));

@@ -113,7 +113,18 @@ async fn same_assessment_annotations_keep_offset_order_under_random_latency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_joining_and_leaving_lose_nothing() {
-    let env = TestEnv::with_partitions("group", 6).await;
+    joining_and_leaving(false).await;
+}
+
+/// The same churn with KIP-848's consumer protocol: the broker assigns, incrementally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_joining_and_leaving_lose_nothing_with_the_consumer_protocol() {
+    joining_and_leaving(true).await;
+}
+
+async fn joining_and_leaving(consumer_protocol: bool) {
+    let mut env = TestEnv::with_partitions("group", 6).await;
+    env.consumer_protocol = consumer_protocol;
     env.script(vec![], Some(answer(200, 2)));
     let total = 3000;
     let events = unique_events("g", total);
@@ -132,9 +143,8 @@ async fn instances_joining_and_leaving_lose_nothing() {
     let (c, c_port) = start(&env);
     let (second, third) = rest.split_at(total / 3);
     env.produce_bulk(second.to_vec()).await;
-    // Membership changes one at a time, each once the group has settled: Tansu was seen to
-    // stall a cooperative rebalance for good when a member left while another rebalance
-    // (a join's second round) was still going on.
+    // Membership changes one at a time, each once the group has settled, so each change is
+    // one rebalance to check.
     wait_ready(c_port, Duration::from_secs(60)).await;
     wait_group_settled(&[a_port, b_port, c_port], Duration::from_secs(60)).await;
     a.stop().await; // one leaves mid-stream
@@ -151,7 +161,18 @@ async fn instances_joining_and_leaving_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_commits_so_a_restart_sends_nothing_twice() {
-    let env = TestEnv::with_partitions("sigterm", 3).await;
+    sigterm_drains(false).await;
+}
+
+/// The same revoke-drain with KIP-848's consumer protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_commits_with_the_consumer_protocol() {
+    sigterm_drains(true).await;
+}
+
+async fn sigterm_drains(consumer_protocol: bool) {
+    let mut env = TestEnv::with_partitions("sigterm", 3).await;
+    env.consumer_protocol = consumer_protocol;
     env.script(vec![], Some(answer(200, 20)));
     let total = 6000;
     env.produce_bulk(unique_events("t", total)).await;
@@ -399,6 +420,10 @@ async fn oversized_events_are_dead_lettered_and_cut_to_fit_the_topic() {
         r#"{{"event_id":"huge","outcome":"chargeback","pad":"{}"}}"#,
         "y".repeat(1_200_000)
     );
+    // The source topic takes it (Kafka's default max.message.bytes is about 1 MB); the
+    // dead-letter topic keeps the default.
+    env.set_topic_config("fraud-signals", "max.message.bytes", "2000000")
+        .await;
     let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("message.max.bytes", "2000000")
@@ -503,4 +528,53 @@ async fn a_stalled_endpoint_never_lets_rate_tokens_pile_up_into_a_burst() {
         "{busiest} calls in one second, above rate + burst"
     );
     assert_eq!(env.sandbox.accepted_count(), 1200);
+}
+
+/// A record dead-lettered once and delivered again (its commit lost to a rebalance, a
+/// coordinator's failover, or here an offset moved back) is not written to the dead-letter
+/// topic twice: a replay of the topic would otherwise send its events twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_delivered_again_is_not_written_twice() {
+    let env = TestEnv::with_partitions("dl-once", 1).await;
+    env.produce("fraud-signals", Some("bad"), Some("not json"))
+        .await;
+    env.produce_bulk(unique_events("ok", 1)).await;
+    let config = || {
+        recaptcha_annotator::config::Config::from_toml(
+            &env.config_toml(&env.redis_toml(&redis_url())),
+        )
+        .unwrap()
+    };
+    let service = env.start(config());
+    env.wait_all_committed(Duration::from_secs(30)).await;
+    service.stop().await;
+    assert_eq!(env.dead_letters(1, Duration::from_secs(5)).len(), 1);
+
+    // The group's commit goes back to the start: both records come again.
+    {
+        use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &env.brokers)
+            .set("group.id", &env.config_base.group)
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&env.topic("fraud-signals"), 0, rdkafka::Offset::Offset(0))
+            .unwrap();
+        tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)).unwrap();
+    }
+    let service = env.start(config());
+    env.wait_all_committed(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    service.stop().await;
+    assert_eq!(
+        env.dead_letters(1, Duration::from_secs(5)).len(),
+        1,
+        "the dead letter was written again"
+    );
+    assert_eq!(
+        env.sandbox.accepted_count(),
+        1,
+        "the annotation was sent again"
+    );
 }

@@ -42,14 +42,21 @@ fn alerts_and_dashboard_use_exported_metrics() {
 fn compose_runs_the_whole_stack() {
     let compose = include_str!("../docker-compose.yml");
     for needle in [
-        "image: apache/kafka:",
+        "image: apache/kafka:4.",
         "KAFKA_PROCESS_ROLES: broker,controller",
+        "PLAINTEXT_HOST://localhost:29092",
+        "\"29092:29092\"",
         "image: redis:",
         "image: prom/prometheus:",
         "\"sandbox\", \"--listen\"",
         "ANNOTATOR__KAFKA__BROKERS: kafka:9092",
         "ANNOTATOR__CACHE__BACKEND: redis",
         "./deploy/alerts.yml:/etc/prometheus/alerts.yml",
+        "recaptcha-annotator publish --config /etc/recaptcha-annotator/local.toml",
+        "./deploy/sample-events:/samples:ro",
+        "image: grafana/grafana:",
+        "./deploy/grafana-dashboard.json:/etc/grafana/dashboards/",
+        "http://localhost:3000",
     ] {
         assert!(
             compose.contains(needle),

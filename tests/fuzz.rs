@@ -171,7 +171,7 @@ fn check_plan(plan: Result<Plan, recaptcha_annotator::failure::DeadLetter>) {
         Ok(Plan::Annotate { body, .. }) => {
             serde_json::from_slice::<serde_json::Value>(&body).unwrap();
         }
-        Ok(Plan::Skip) | Err(_) => {}
+        Ok(Plan::Skip | Plan::Forget { .. }) | Err(_) => {}
     }
 }
 

@@ -7,7 +7,7 @@
 //      factors (topic `logins`), and weeks later a chargeback (topic `fraud-signals`).
 // The service joins the outcome to the assessment through the key and annotates it.
 //
-// Run against the local stack (scripts/tansu.sh, `recaptcha-annotator sandbox`):
+// Run against the local stack (scripts/kafka.sh, `recaptcha-annotator sandbox`):
 //   node producer.js --brokers 127.0.0.1:9092 --endpoint http://127.0.0.1:8085 \
 //       --project 123456789 --api-key local-key
 // The contract is docs/EVENTS.md; `recaptcha-annotator validate` checks what this wrote.
@@ -27,8 +27,8 @@ const { values: args } = parseArgs({
     'logins-topic': { type: 'string', default: 'logins' },
     'fraud-signals-topic': { type: 'string', default: 'fraud-signals' },
     count: { type: 'string', default: '3' },
-    // Tansu 0.6 (the local broker) answers kafkajs's InitProducerId v1 with an error:
-    // against it, run without idempotence. Apache Kafka takes it.
+    // Idempotence is on by default (Apache Kafka takes kafkajs's InitProducerId); this
+    // turns it off for a broker that refuses it.
     'no-idempotence': { type: 'boolean', default: false },
   },
 });

@@ -7,7 +7,7 @@ What a site does around reCAPTCHA Enterprise:
      factors (topic `logins`), and weeks later a chargeback (topic `fraud-signals`).
 The service joins the outcome to the assessment through the key and annotates it.
 
-Run against the local stack (scripts/tansu.sh, `recaptcha-annotator sandbox`):
+Run against the local stack (scripts/kafka.sh, `recaptcha-annotator sandbox`):
   python producer.py --brokers 127.0.0.1:9092 --endpoint http://127.0.0.1:8085 \
       --project 123456789 --api-key local-key
 The contract is docs/EVENTS.md; `recaptcha-annotator validate` checks what this wrote.

@@ -1,7 +1,8 @@
 //! How many members the consumer group has: what the fallback share divides the budget by.
 //! Read from the broker's group metadata (librdkafka's `ListGroups` + `DescribeGroups`);
-//! where the broker does not answer them (Tansu lists no groups), estimated from the share of
-//! the consumed partitions this instance owns.
+//! where the broker does not answer them (a principal without DESCRIBE on the group, a
+//! broker that lists no groups), estimated from the share of the consumed partitions this
+//! instance owns.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

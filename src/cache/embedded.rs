@@ -256,6 +256,17 @@ impl Cache for EmbeddedCache {
         .await
     }
 
+    /// An entry that has already expired: reads miss it, and it goes through the writer's
+    /// queue, so it stays in order with the puts before and after it.
+    async fn remove(&self, key: &CorrelationKey) -> Result<(), CacheError> {
+        self.write(
+            Kind::Mapping,
+            key.as_str().to_owned(),
+            0_u64.to_be_bytes().to_vec(),
+        )
+        .await
+    }
+
     async fn is_done(&self, event_id: &str, record: &str) -> Result<bool, CacheError> {
         let stored = self.read(Kind::Done, event_id.to_owned()).await?;
         Ok(stored.is_some_and(|v| v.get(8..) == Some(record.as_bytes())))

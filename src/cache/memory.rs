@@ -89,6 +89,11 @@ impl Cache for MemoryCache {
         Ok(())
     }
 
+    async fn remove(&self, key: &CorrelationKey) -> Result<(), CacheError> {
+        lock(&self.mappings)?.entries.remove(key.as_str());
+        Ok(())
+    }
+
     async fn is_done(&self, event_id: &str, record: &str) -> Result<bool, CacheError> {
         Ok(lock(&self.done)?
             .get(&hash(event_id))

@@ -44,6 +44,8 @@ pub trait Cache: Send + Sync + 'static {
         assessment: &AssessmentName,
         ttl: Duration,
     ) -> Result<(), CacheError>;
+    /// Forgets the mapping of `key` (a tombstone on a compacted `assessments` topic).
+    async fn remove(&self, key: &CorrelationKey) -> Result<(), CacheError>;
     /// Whether `event_id` was annotated already from the same Kafka record `record`
     /// (duplicate suppression after redelivery). Another record with the same id (a new
     /// run of a producer, a re-created topic) is not a redelivery and is sent.

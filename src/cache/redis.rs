@@ -89,6 +89,12 @@ impl Cache for RedisCache {
         Ok(())
     }
 
+    async fn remove(&self, key: &CorrelationKey) -> Result<(), CacheError> {
+        let mut conn = self.conn.clone();
+        let _: u64 = conn.del(self.key(key)).await.map_err(|e| redis_error(&e))?;
+        Ok(())
+    }
+
     async fn is_done(&self, event_id: &str, record: &str) -> Result<bool, CacheError> {
         let mut conn = self.conn.clone();
         // Anything but this record under the id (another value, another type) is not a

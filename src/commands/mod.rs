@@ -31,7 +31,7 @@ pub async fn create_topics(config: &Config, partitions: i32) -> anyhow::Result<(
     .await?;
     if let Err(e) = reached {
         anyhow::bail!(
-            "the broker {} does not answer within {} s ({e}); start it (scripts/tansu.sh for a local one) or fix kafka.brokers",
+            "the broker {} does not answer within {} s ({e}); start it (scripts/kafka.sh for a local one) or fix kafka.brokers",
             config.kafka.brokers,
             kafka::QUERY_TIMEOUT.as_secs()
         );

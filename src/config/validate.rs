@@ -85,6 +85,15 @@ impl Config {
             !self.kafka.group_id.trim().is_empty(),
             "kafka.group_id: must not be empty",
         );
+        if crate::kafka::consumer_protocol(&self.kafka) {
+            for key in crate::kafka::CLASSIC_GROUP_PROPERTIES {
+                if self.kafka.properties.contains_key(key) {
+                    errors.push(format!(
+                        "kafka.properties.\"{key}\": not a client setting with \"group.protocol\" = \"consumer\" (KIP-848): the broker's group.consumer.* settings (or the group's own config) decide it; remove it"
+                    ));
+                }
+            }
+        }
         let t = &self.kafka.topics;
         let named = [
             ("assessments", &t.assessments),
@@ -204,6 +213,16 @@ impl Config {
         }
 
         let mut warnings = Vec::new();
+        if self
+            .kafka
+            .properties
+            .get("isolation.level")
+            .is_some_and(|v| v.eq_ignore_ascii_case("read_uncommitted"))
+        {
+            warnings.push(
+                "kafka.properties.\"isolation.level\" = \"read_uncommitted\": events of transactions that are later aborted will be annotated; leave it at librdkafka's read_committed".into(),
+            );
+        }
         let d = &self.delivery;
         require(
             &mut errors,

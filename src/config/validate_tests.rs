@@ -182,3 +182,39 @@ fn a_bad_secret_value_is_not_quoted_back() {
     assert!(err.contains("kafka.properties"), "{err}");
     assert!(!err.contains("123456") && !err.contains("987654"), "{err}");
 }
+
+#[test]
+fn the_consumer_protocol_refuses_the_classic_client_settings() {
+    let config = Config::from_toml(
+        "[kafka.properties]\n\"group.protocol\" = \"consumer\"\n\"session.timeout.ms\" = \"6000\"\n\"partition.assignment.strategy\" = \"range\"",
+    )
+    .unwrap();
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("kafka.properties.\"session.timeout.ms\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("kafka.properties.\"partition.assignment.strategy\""),
+        "{err}"
+    );
+    assert!(err.contains("group.consumer."), "{err}");
+    let ok = Config::from_toml("[kafka.properties]\n\"group.protocol\" = \"consumer\"").unwrap();
+    assert!(ok.validate().is_ok());
+}
+
+#[test]
+fn reading_uncommitted_transactions_is_warned_about() {
+    let config =
+        Config::from_toml("[kafka.properties]\n\"isolation.level\" = \"read_uncommitted\"")
+            .unwrap();
+    let validated = config.validate().unwrap();
+    assert!(
+        validated
+            .warnings
+            .iter()
+            .any(|w| w.contains("isolation.level") && w.contains("aborted")),
+        "{:?}",
+        validated.warnings
+    );
+}

@@ -20,6 +20,8 @@ pub struct KafkaLog {
     down: std::sync::atomic::AtomicBool,
     /// What librdkafka last said about a failed connection, with a hint where one helps.
     last_failure: std::sync::Mutex<Option<String>>,
+    /// The service's readiness, told when every broker is down and when one answers again.
+    health: Option<std::sync::Arc<crate::health::Health>>,
 }
 
 struct BrokerState {
@@ -39,6 +41,15 @@ impl KafkaLog {
             }),
             down: std::sync::atomic::AtomicBool::new(false),
             last_failure: std::sync::Mutex::new(None),
+            health: None,
+        }
+    }
+
+    /// The service's log: `/readyz` also says when every broker is down.
+    pub fn with_health(brokers: &str, health: std::sync::Arc<crate::health::Health>) -> Self {
+        Self {
+            health: Some(health),
+            ..Self::new(brokers)
         }
     }
 
@@ -92,6 +103,9 @@ impl KafkaLog {
         let mut state = self.state();
         if let Some(since) = state.since.take() {
             self.down.store(false, std::sync::atomic::Ordering::Release);
+            if let Some(health) = &self.health {
+                health.set_brokers_down(None);
+            }
             tracing::info!(brokers = %self.brokers, down_s = since.elapsed().as_secs(), "Kafka broker reachable again");
         }
     }
@@ -107,9 +121,16 @@ impl KafkaLog {
             _ if matches!(error, KafkaError::PartitionEOF(_)) => {
                 tracing::debug!(%reason, "end of partition");
             }
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                self.unreachable(reason);
+                // One broker of several down is routine (its partitions move); all of them is
+                // an instance that cannot work, which readiness says.
+                if let Some(health) = &self.health {
+                    health.set_brokers_down(Some(with_hint(reason)));
+                }
+            }
             Some(
                 RDKafkaErrorCode::BrokerTransportFailure
-                | RDKafkaErrorCode::AllBrokersDown
                 | RDKafkaErrorCode::Resolve
                 | RDKafkaErrorCode::BrokerNotAvailable,
             ) => self.unreachable(reason),
@@ -175,6 +196,11 @@ pub struct LogContext(pub std::sync::Arc<KafkaLog>);
 impl LogContext {
     pub fn new(brokers: &str) -> Self {
         Self(std::sync::Arc::new(KafkaLog::new(brokers)))
+    }
+
+    /// The service's context: `/readyz` says when every broker is down.
+    pub fn with_health(brokers: &str, health: std::sync::Arc<crate::health::Health>) -> Self {
+        Self(std::sync::Arc::new(KafkaLog::with_health(brokers, health)))
     }
 }
 

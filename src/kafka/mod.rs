@@ -83,17 +83,36 @@ fn plain(brokers: &str) -> ClientConfig {
     client
 }
 
+/// The client-side group settings of the classic protocol, which the consumer protocol of
+/// KIP-848 moves to the broker (`group.consumer.*`): librdkafka refuses them with it.
+pub const CLASSIC_GROUP_PROPERTIES: [&str; 3] = [
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
+];
+
+/// Whether `kafka.properties."group.protocol"` asks for KIP-848's consumer protocol.
+pub fn consumer_protocol(config: &KafkaConfig) -> bool {
+    config
+        .properties
+        .get("group.protocol")
+        .is_some_and(|p| p.eq_ignore_ascii_case("consumer"))
+}
+
 /// The service's group consumer config: passthrough properties first, then the keys that
 /// define offset semantics, which cannot be overridden.
 pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
     let mut cc = ClientConfig::new();
     // Defaults the deployment may override: start new groups at the beginning, rebalance
-    // incrementally, and bound librdkafka's prefetch queue (64 MiB per partition by default),
-    // which would otherwise dominate memory with a backlog.
+    // incrementally (the consumer protocol always does, the broker assigning), and bound
+    // librdkafka's prefetch queue (64 MiB per partition by default), which would otherwise
+    // dominate memory with a backlog.
     cc.set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("queued.min.messages", "20000")
         .set("queued.max.messages.kbytes", "8192");
+    if !consumer_protocol(config) {
+        cc.set("partition.assignment.strategy", "cooperative-sticky");
+    }
     for (key, value) in &config.properties {
         if RESERVED_PROPERTIES.contains(&key.as_str()) {
             tracing::warn!(key = %key, "kafka.properties cannot override this key; ignored");
@@ -147,13 +166,15 @@ pub fn max_message_bytes(config: &KafkaConfig) -> usize {
         .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
 }
 
-/// The dead-letter producer: waits for every in-sync replica.
+/// The dead-letter producer: waits for every in-sync replica, idempotent (a retry after a
+/// lost acknowledgement, a leader's failover, never writes a dead letter twice).
 pub fn dead_letter_producer(
     config: &KafkaConfig,
     log: &LogContext,
 ) -> Result<FutureProducer<LogContext>, KafkaError> {
     client(config)
         .set("acks", "all")
+        .set("enable.idempotence", "true")
         .set("message.timeout.ms", "30000")
         .set("linger.ms", "5")
         .set("message.max.bytes", max_message_bytes(config).to_string())
@@ -193,8 +214,9 @@ pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> a
     create_topics_with(&plain(brokers), topics, partitions).await
 }
 
-/// Creates `topics` with `partitions` partitions through `client` (TLS, SASL ...); existing
-/// topics are left as they are.
+/// Creates `topics` with `partitions` partitions through `client` (TLS, SASL ...), each
+/// replicated as the broker's `default.replication.factor` says; existing topics are left as
+/// they are.
 pub async fn create_topics_with(
     client: &ClientConfig,
     topics: &[&str],
@@ -204,7 +226,9 @@ pub async fn create_topics_with(
         client.create().context("creating the Kafka admin client")?;
     let new: Vec<_> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        // -1: the broker's default (KIP-464), so a cluster's topics are replicated as its
+        // operators chose, and a single local broker's are not.
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(-1)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin
@@ -220,8 +244,8 @@ pub async fn create_topics_with(
     Ok(())
 }
 
-/// A producer that sends one record per batch (so Tansu's watermarks stay exact) and waits
-/// for every acknowledgement.
+/// A producer that sends one record per batch and waits for every acknowledgement (tests and
+/// the demo, where each record's offset is wanted).
 pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
     plain(brokers)
         .set("acks", "all")
@@ -351,6 +375,21 @@ mod tests {
         assert_eq!(connection.len(), 4, "{connection:?}");
         let client = metadata_client(&config.kafka);
         assert!(client.is_ok(), "{:?}", client.err());
+    }
+
+    #[test]
+    fn the_consumer_protocol_leaves_the_assignment_to_the_broker() {
+        let classic = Config::from_toml("").unwrap();
+        assert_eq!(
+            consumer_config(&classic.kafka).get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        let kip848 =
+            Config::from_toml("[kafka.properties]\n\"group.protocol\" = \"consumer\"").unwrap();
+        let cc = consumer_config(&kip848.kafka);
+        assert_eq!(cc.get("partition.assignment.strategy"), None);
+        assert_eq!(cc.get("group.protocol"), Some("consumer"));
+        assert!(cc.create::<BaseConsumer>().is_ok());
     }
 
     #[test]

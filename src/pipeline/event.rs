@@ -137,6 +137,16 @@ impl Runner {
                 tracing::info!(assessment = %name, key_len = key.as_str().len(), "dry run: would store the mapping");
                 Ok("dry_run")
             }
+            Ok(Plan::Forget { key }) if self.dry_run => {
+                tracing::info!(
+                    key_len = key.as_str().len(),
+                    "dry run: would forget the mapping"
+                );
+                Ok("dry_run")
+            }
+            Ok(Plan::Forget { key }) => Box::pin(self.until_done(|| self.store.remove(&key)))
+                .await
+                .map(|()| "forgotten"),
             Ok(Plan::Store { key, name }) => {
                 Box::pin(self.until_done(|| self.store.put(&key, &name)))
                     .await
@@ -280,23 +290,39 @@ impl Runner {
         }
     }
 
-    /// Writes a dead letter, retrying until the broker acknowledges it.
+    /// Writes a dead letter, retrying until the broker acknowledges it. A record already
+    /// dead-lettered (its commit was lost to a rebalance or a coordinator's failover, and it
+    /// came again) is not written twice, so a replay cannot annotate it twice either.
     async fn write_dead_letter(&self, msg: &Message, letter: &DeadLetter) {
         if self.dry_run {
             tracing::info!(reason = letter.reason.as_str(), detail = %letter.detail, "dry run: would dead-letter the event");
             return;
         }
+        let record = msg.identity();
+        let id = format!("{DEAD_LETTERED}{record}");
+        // Every step below only ever asks for a retry.
+        if matches!(
+            self.until_done(|| self.store.is_done(&id, &record)).await,
+            Ok(true)
+        ) {
+            tracing::debug!("already dead-lettered; not written again");
+            return;
+        }
         let source = msg.source();
-        // The writer only ever asks for a retry.
         if self
             .until_done(|| self.dead_letters.write(&source, letter))
             .await
             .is_ok()
         {
             self.metrics.dead_lettered(letter);
+            let _ = self.until_done(|| self.store.remember(&id, &record)).await;
         }
     }
 }
+
+/// Prefix of the done-store ids of dead-lettered records (`<prefix><topic>/<partition>/
+/// <offset>/<timestamp>`), apart from the `event_id`s of annotated events.
+const DEAD_LETTERED: &str = "dead-lettered/";
 
 /// Largest payload whose `event_id` is looked for after a decode failure.
 const PEEK_AT_MOST: usize = 64 * 1024;

@@ -50,6 +50,9 @@ impl Cache for FlakyCache {
     ) -> Result<(), CacheError> {
         self.inner.put(key, name, ttl).await
     }
+    async fn remove(&self, key: &CorrelationKey) -> Result<(), CacheError> {
+        self.inner.remove(key).await
+    }
     async fn is_done(&self, event_id: &str, record: &str) -> Result<bool, CacheError> {
         self.inner.is_done(event_id, record).await
     }
@@ -131,6 +134,7 @@ impl Harness {
             dead_letters: DeadLetterWriter::new(
                 &KafkaConfig::default(),
                 &crate::kafka::LogContext::new("127.0.0.1:9092"),
+                Arc::clone(&health),
             )
             .unwrap(),
             book: Arc::clone(&book),

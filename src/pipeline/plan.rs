@@ -26,8 +26,11 @@ pub enum Target {
 /// What one message asks for.
 #[derive(Debug)]
 pub enum Plan {
-    /// A tombstone (no value): nothing to do.
+    /// A tombstone on `assessments` without a usable key: nothing to do.
     Skip,
+    /// A tombstone on `assessments`: forget the mapping of its Kafka key (docs/EVENTS.md,
+    /// section 2).
+    Forget { key: CorrelationKey },
     /// An assessment event: remember `key -> name`.
     Store {
         key: CorrelationKey,
@@ -48,7 +51,9 @@ impl Plan {
             Self::Skip => None,
             // Writes for one key keep their order; they never wait behind the joins that
             // need them.
-            Self::Store { key, .. } => Some(format!("store\u{0}{}", key.as_str())),
+            Self::Store { key, .. } | Self::Forget { key } => {
+                Some(format!("store\u{0}{}", key.as_str()))
+            }
             Self::Annotate {
                 target: Target::Join(key),
                 ..
@@ -116,7 +121,19 @@ impl Planner {
     /// The plan for `msg`, or why it is set aside.
     pub fn plan(&self, msg: &Message) -> Result<Plan, DeadLetter> {
         let Some(payload) = msg.payload.as_deref() else {
-            return Ok(Plan::Skip);
+            return match msg.kind {
+                // A compacted `assessments` topic deletes a key with a tombstone: its
+                // mapping goes too, in order with the writes of the same key.
+                TopicKind::Assessments => Ok(msg
+                    .kafka_key()
+                    .and_then(|k| CorrelationKey::parse(k).ok())
+                    .map_or(Plan::Skip, |key| Plan::Forget { key })),
+                // An outcome without a value says nothing: set aside where it can be seen.
+                TopicKind::Outcome(_) => Err(DeadLetter::new(
+                    DeadLetterReason::Decode,
+                    "the record has no value (a tombstone): an outcome event is a JSON object",
+                )),
+            };
         };
         let size = payload.len() + msg.key.as_ref().map_or(0, Vec::len);
         if size > self.max_event_bytes {

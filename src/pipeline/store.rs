@@ -58,6 +58,11 @@ impl Store {
         self.answered(self.cache.put(key, name, self.ttl).await)
     }
 
+    /// Forgets the mapping of `key`.
+    pub async fn remove(&self, key: &CorrelationKey) -> Result<(), Failure> {
+        self.answered(self.cache.remove(key).await)
+    }
+
     /// The mapping of `key`.
     pub async fn get(&self, key: &CorrelationKey) -> Result<Lookup, Failure> {
         self.answered(self.cache.get(key).await)

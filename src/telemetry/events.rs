@@ -48,6 +48,7 @@ impl Metrics {
                 }
             }
             RetryCause::DeadLetterWrite => {
+                self.retries.with_label_values(&[cause.as_str()]).inc();
                 tracing::warn!(error = %detail, delay_ms, "dead-letter write failed; retrying");
             }
             _ => {

@@ -314,7 +314,7 @@ impl Metrics {
     /// The `topic` label sets of the consumed topics, at zero from start: `topic` is always
     /// the Kafka topic name, on every family.
     pub fn show_topics(&self, assessments: &str, outcomes: &[&str]) {
-        for result in ["cached", "dead_lettered", "skipped", "dry_run"] {
+        for result in ["cached", "forgotten", "dead_lettered", "skipped", "dry_run"] {
             self.events.with_label_values(&[assessments, result]);
         }
         self.end_to_end.with_label_values(&[assessments]);

@@ -16,11 +16,17 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub struct TestEnv {
     pub prefix: String,
+    /// The bootstrap list of the broker this test runs on (the shared one unless
+    /// [`TestEnv::on`] named one of the test's own).
+    pub brokers: String,
     pub config_base: ConfigBase,
     pub sandbox: Sandbox,
     pub endpoint: String,
     pub admin_port: u16,
     pub partitions: i32,
+    /// The group joins with KIP-848's consumer protocol (`group.protocol = consumer`)
+    /// instead of the classic one.
+    pub consumer_protocol: bool,
     /// (topic, partition) -> one past the highest offset this test produced.
     pub(super) produced: std::sync::Mutex<Offsets>,
 }
@@ -54,6 +60,11 @@ impl TestEnv {
     }
 
     pub async fn with_partitions(name: &str, partitions: i32) -> Self {
+        Self::on(&brokers(), name, partitions).await
+    }
+
+    /// A test's world on the broker `brokers` (a [`super::KafkaCluster`] of its own).
+    pub async fn on(brokers: &str, name: &str, partitions: i32) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -76,7 +87,7 @@ impl TestEnv {
         ]
         .map(|t| format!("{prefix}{t}"));
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        kafka::create_topics(&brokers(), &refs, partitions)
+        kafka::create_topics(brokers, &refs, partitions)
             .await
             .expect("create topics");
         let sandbox = Sandbox::new(Some(API_KEY.into()), 1_000_000);
@@ -92,10 +103,12 @@ impl TestEnv {
                 group: format!("{prefix}group"),
             },
             prefix,
+            brokers: brokers.to_owned(),
             sandbox,
             endpoint,
             admin_port: free_port(),
             partitions,
+            consumer_protocol: false,
             produced: std::sync::Mutex::default(),
         }
     }
@@ -128,8 +141,8 @@ dead_letter = "{d}"
 [kafka.properties]
 "session.timeout.ms" = "3000"
 "heartbeat.interval.ms" = "300"
-# The rebalance timeout: seen with Tansu under load, a join can wait that long for a
-# member that already left; the default (300 s) would outlast every test.
+# The rebalance timeout: under load a join can wait that long for a member that already
+# left; the default (300 s) would outlast every test.
 "max.poll.interval.ms" = "15000"
 [recaptcha]
 endpoint = "{endpoint}"
@@ -151,12 +164,28 @@ halt_retry = "500ms"
 join_grace = "5s"
 join_retry = "100ms"
 "#,
-            brokers = brokers(),
+            brokers = self.brokers,
             group = self.config_base.group,
             endpoint = self.endpoint,
             port = self.admin_port,
         );
         let mut merged: toml::Table = base.parse().expect("the base config is TOML");
+        if self.consumer_protocol {
+            // The broker owns the session and the assignment (broker.properties sets its
+            // group.consumer.* settings short for tests).
+            let properties = merged["kafka"]["properties"].as_table().unwrap().clone();
+            let mut properties: toml::Table = properties
+                .into_iter()
+                .filter(|(k, _)| {
+                    !recaptcha_annotator::kafka::CLASSIC_GROUP_PROPERTIES.contains(&k.as_str())
+                })
+                .collect();
+            properties.insert("group.protocol".into(), "consumer".into());
+            merged["kafka"]
+                .as_table_mut()
+                .unwrap()
+                .insert("properties".into(), properties.into());
+        }
         let over: toml::Table = extra.parse().expect("extra config is TOML");
         merge(&mut merged, over);
         merged.to_string()

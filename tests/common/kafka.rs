@@ -9,7 +9,7 @@ use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use recaptcha_annotator::kafka;
 
-use super::{Offsets, TestEnv, brokers};
+use super::{Offsets, TestEnv};
 
 impl TestEnv {
     /// Produces one record with `producer` (one built for the test's own needs).
@@ -27,8 +27,26 @@ impl TestEnv {
         self.produced(&topic, at);
     }
 
+    /// Sets one config of a test topic (`AlterConfigs`: its other settings go back to the
+    /// broker's defaults).
+    pub async fn set_topic_config(&self, topic_short: &str, key: &str, value: &str) {
+        use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &self.brokers)
+                .create()
+                .unwrap();
+        let topic = self.topic(topic_short);
+        let change = AlterConfig::new(ResourceSpecifier::Topic(&topic)).set(key, value);
+        let results = admin
+            .alter_configs(&[change], &AdminOptions::new())
+            .await
+            .unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+
     pub async fn produce(&self, topic_short: &str, key: Option<&str>, value: Option<&str>) {
-        let producer = kafka::producer(&brokers()).unwrap();
+        let producer = kafka::producer(&self.brokers).unwrap();
         let topic = self.topic(topic_short);
         let at = kafka::produce(&producer, &topic, key, value.map(str::as_bytes))
             .await
@@ -36,8 +54,8 @@ impl TestEnv {
         self.produced(&topic, at);
     }
 
-    /// Records a produced offset: the end offsets the tests wait for come from here, since
-    /// Tansu's watermarks can read low.
+    /// Records a produced offset: the end offsets the tests wait for are at least these (a
+    /// watermark read before the produce's acknowledgement reaches the reader is low).
     pub(super) fn produced(&self, topic: &str, (partition, offset): (i32, i64)) {
         let mut ends = self.produced.lock().unwrap();
         let end = ends.entry((topic.to_owned(), partition)).or_insert(0);
@@ -45,7 +63,7 @@ impl TestEnv {
     }
 
     pub async fn produce_many(&self, records: &[(String, Option<String>, Option<String>)]) {
-        let producer = kafka::producer(&brokers()).unwrap();
+        let producer = kafka::producer(&self.brokers).unwrap();
         for (topic, key, value) in records {
             let topic = self.topic(topic);
             let at = kafka::produce(
@@ -66,7 +84,7 @@ impl TestEnv {
     }
 
     pub(super) fn try_offsets(&self) -> anyhow::Result<(Offsets, Offsets)> {
-        let reader = kafka::offset_reader(&brokers(), &self.config_base.group)?;
+        let reader = kafka::offset_reader(&self.brokers, &self.config_base.group)?;
         let topics: Vec<&str> = self.config_base.topics[..4]
             .iter()
             .map(String::as_str)
@@ -130,10 +148,21 @@ impl TestEnv {
         expect: usize,
         within: Duration,
     ) -> Vec<DeadLetterRecord> {
+        self.read_partitions(topic, self.partitions, expect, within)
+    }
+
+    /// Every record of partitions `0..partitions` of `topic` (see [`TestEnv::read_topic`]).
+    pub fn read_partitions(
+        &self,
+        topic: &str,
+        partitions: i32,
+        expect: usize,
+        within: Duration,
+    ) -> Vec<DeadLetterRecord> {
         let consumer: BaseConsumer =
-            kafka::topic_reader(&brokers(), &format!("{}reader", self.prefix)).unwrap();
+            kafka::topic_reader(&self.brokers, &format!("{}reader", self.prefix)).unwrap();
         let mut tpl = TopicPartitionList::new();
-        for p in 0..self.partitions {
+        for p in 0..partitions {
             tpl.add_partition_offset(topic, p, Offset::Beginning)
                 .unwrap();
         }
@@ -141,7 +170,7 @@ impl TestEnv {
         let started = Instant::now();
         let mut out = Vec::new();
         let mut at_end = BTreeSet::new();
-        while (out.len() < expect || at_end.len() < self.partitions as usize)
+        while (out.len() < expect || at_end.len() < partitions as usize)
             && started.elapsed() < within.max(Duration::from_secs(5))
         {
             match consumer.poll(Duration::from_millis(200)) {
@@ -170,7 +199,7 @@ impl TestEnv {
         }
         assert_eq!(
             at_end.len(),
-            self.partitions as usize,
+            partitions as usize,
             "{topic} not read to its end"
         );
         out
@@ -178,7 +207,7 @@ impl TestEnv {
 
     /// Produces many records fast: pipelined, still one record per batch.
     pub async fn produce_bulk(&self, records: Vec<(String, Option<String>, String)>) {
-        let producer = kafka::producer(&brokers()).unwrap();
+        let producer = kafka::producer(&self.brokers).unwrap();
         for chunk in records.chunks(2000) {
             let sends = chunk.iter().map(|(topic, key, value)| {
                 let topic = self.topic(topic);

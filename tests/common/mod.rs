@@ -2,6 +2,7 @@
 //! endpoint, against the real broker (`ANNOTATOR_TEST_BROKERS`, default 127.0.0.1:9092;
 //! `.ci/run` starts one) and the real Redis (`ANNOTATOR_TEST_REDIS`).
 //!
+//! - [`broker`]: Apache Kafka clusters of a test's own (restarts, security, failover);
 //! - [`env`]: the test's world and the one config builder;
 //! - [`kafka`]: producing, offsets, dead letters;
 //! - [`process`]: the binary as a process;
@@ -11,6 +12,7 @@
 //! - [`metrics`]: reading `/metrics`.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
+mod broker;
 mod env;
 mod google;
 mod kafka;
@@ -21,6 +23,7 @@ mod tls;
 
 use std::collections::BTreeMap;
 
+pub use self::broker::*;
 pub use self::env::*;
 pub use self::google::*;
 pub use self::kafka::*;

@@ -56,6 +56,11 @@ pub struct Logged {
 }
 
 impl Logged {
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Waits until the output contains `text`; false after `within`.
     pub async fn wait_for(&self, text: &str, within: Duration) -> bool {
         let started = Instant::now();

@@ -80,3 +80,50 @@ pub fn make_ca(dir: &Path, name: &str, server: bool) -> PathBuf {
     }
     dir.join(format!("{ca}.pem"))
 }
+
+/// A client certificate (`<cn>.pem`, `<cn>.key`) for `CN=<cn>`, signed by the CA `make_ca`
+/// made under `ca_name` (mutual TLS).
+pub fn make_client_cert(dir: &Path, ca_name: &str, cn: &str) -> (PathBuf, PathBuf) {
+    let ca = format!("{ca_name}-ca");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{cn}.key"),
+            "-out",
+            &format!("{cn}.csr"),
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{cn}.ext")),
+        "extendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{cn}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &format!("{cn}.ext"),
+            "-out",
+            &format!("{cn}.pem"),
+        ],
+    );
+    (dir.join(format!("{cn}.pem")), dir.join(format!("{cn}.key")))
+}

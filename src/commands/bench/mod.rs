@@ -118,8 +118,7 @@ pub async fn run_once(args: &BenchArgs) -> anyhow::Result<Figures> {
         args.events,
         if args.join { " and their mappings" } else { "" }
     );
-    // Batched, as real producers do (the bench reads committed offsets and the sandbox's
-    // count, not watermarks, so Tansu's per-batch watermark quirk does not matter here).
+    // Batched, as real producers do.
     let producer = kafka::batched_producer(&args.brokers)?;
     // With --join the mappings go first, so every outcome joins from the cache.
     let phases: &[bool] = if args.join { &[true, false] } else { &[false] };

@@ -93,13 +93,13 @@ impl Contract {
 
     /// `Ok` when the service would take the record (annotate it, store it or wait for its
     /// key), else the dead-letter reason and why.
-    pub fn check(&self, key: Option<&[u8]>, value: &[u8]) -> Result<(), (String, String)> {
+    pub fn check(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), (String, String)> {
         let msg = Message {
             tp: TopicPartition::new(&self.topic, 0),
             kind: self.kind,
             offset: 0,
             key: key.map(<[u8]>::to_vec),
-            payload: Some(value.to_vec()),
+            payload: value.map(<[u8]>::to_vec),
             timestamp_ms: None,
             replay_count: None,
         };

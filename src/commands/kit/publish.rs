@@ -95,7 +95,7 @@ pub async fn publish(
     let mut failure = None;
     for record in &records {
         let checked = match &record.value {
-            Ok(value) => contract.check(None, value).map(|()| value),
+            Ok(value) => contract.check(None, Some(value)).map(|()| value),
             Err(e) => Err(("decode".to_owned(), e.clone())),
         };
         match checked {

@@ -1,0 +1,402 @@
+//! What only Apache Kafka shows: a broker that restarts under load (SIGTERM and SIGKILL) on
+//! its log directory, every compression codec, transactions, a compacted `assessments`
+//! topic cleaned by the broker's log cleaner, and `validate`'s counts after batched produce.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use serde_json::json;
+
+/// A producer as a producer team writes one: batching, idempotent, and patient enough to
+/// outlast a broker restart.
+fn team_producer(brokers: &str, extra: &[(&str, &str)]) -> FutureProducer {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("message.timeout.ms", "180000");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    config.create().unwrap()
+}
+
+async fn send(producer: &FutureProducer, topic: &str, key: &str, value: Option<&str>) {
+    let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic).key(key);
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    producer
+        .send(record, Duration::from_secs(180))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+/// The broker goes away under load and comes back on the same log directory: nothing is
+/// lost, repeated calls stay within the calls in flight, the service never exits, `/readyz`
+/// says the brokers are unreachable meanwhile, and lag and commits resume.
+async fn broker_restart_under_load(signal_name: &str) {
+    let mut cluster = KafkaCluster::start(&BrokerSpec {
+        nodes: 1,
+        ..BrokerSpec::default()
+    });
+    let env = TestEnv::on(&cluster.bootstrap(), &format!("restart-{signal_name}"), 2).await;
+    // Calls take 200 ms, so many are in flight when the broker goes.
+    env.script(vec![], Some(answer(200, 200)));
+    let max_in_flight = 32;
+    let file = env.config_file(&format!(
+        "[delivery]\nmax_in_flight = {max_in_flight}\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        env.admin_port
+    ));
+    let mut service = spawn_logged(file.path(), "warn");
+
+    let total = 600;
+    let producer = team_producer(&env.brokers, &[]);
+    let topic = env.topic("fraud-signals");
+    let produced = Arc::new(AtomicBool::new(false));
+    let events = unique_events(&format!("r{signal_name}"), total);
+    let feeding = {
+        let producer = producer.clone();
+        let produced = Arc::clone(&produced);
+        tokio::spawn(async move {
+            // About 60 events a second for 10 s: the stream flows through the restart.
+            for (_, key, value) in events {
+                let producer = producer.clone();
+                let topic = topic.clone();
+                tokio::spawn(async move {
+                    send(&producer, &topic, key.as_deref().unwrap(), Some(&value)).await;
+                });
+                tokio::time::sleep(Duration::from_millis(16)).await;
+            }
+            producer.flush(Duration::from_secs(180)).unwrap();
+            produced.store(true, Ordering::Release);
+        })
+    };
+    env.wait_accepted(100, Duration::from_secs(120)).await;
+    let started = Instant::now();
+    let mark = |what: &str| eprintln!("{signal_name}: {what} at {:?}", started.elapsed());
+
+    tokio::task::block_in_place(|| cluster.stop_node(0, signal_name));
+    mark("broker stopped");
+    env.wait_not_ready("Kafka brokers unreachable", Duration::from_secs(30))
+        .await;
+    assert!(
+        service.running(),
+        "the service exited when the broker went away"
+    );
+    mark("not ready");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| cluster.restart_node(0, 1));
+    mark("broker answers again");
+
+    feeding.await.unwrap();
+    assert!(produced.load(Ordering::Acquire));
+    mark("everything produced");
+    env.wait_all_committed(Duration::from_secs(180)).await;
+    mark("everything committed");
+    env.wait_ready(Duration::from_secs(60)).await;
+    // Lag falls to zero once commits resume.
+    let started = Instant::now();
+    loop {
+        let (_, text) = env.http_get("/metrics").await;
+        if metric_sum(&text, "annotator_consumer_lag") == 0.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "lag never fell to zero"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(service.running(), "the service exited");
+    let log = service.stop("TERM");
+    let recorded = env.sandbox.recorded();
+    let names: BTreeSet<_> = recorded.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(names.len(), total, "every event annotated: {log}");
+    let repeated = recorded.len() - total;
+    eprintln!("broker {signal_name}: {repeated} repeated calls");
+    assert!(
+        repeated <= max_in_flight,
+        "{repeated} repeated calls, more than the {max_in_flight} in flight"
+    );
+    assert!(
+        env.dead_letters(0, Duration::from_secs(5)).is_empty(),
+        "nothing dead-lettered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_with_sigterm_under_load_loses_nothing() {
+    broker_restart_under_load("TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_with_sigkill_under_load_loses_nothing() {
+    broker_restart_under_load("KILL").await;
+}
+
+/// Producers pick their codec: gzip, snappy, lz4 and zstd (the one Kafka recommends) are
+/// all read and annotated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_compressed_with_every_codec_are_annotated() {
+    let env = TestEnv::new("codecs").await;
+    let codecs = ["gzip", "snappy", "lz4", "zstd"];
+    for codec in codecs {
+        let producer = team_producer(&env.brokers, &[("compression.type", codec)]);
+        for (_, key, value) in unique_events(codec, 20) {
+            send(
+                &producer,
+                &env.topic("fraud-signals"),
+                key.as_deref().unwrap(),
+                Some(&value),
+            )
+            .await;
+        }
+    }
+    let service = env.start(env.config());
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    service.stop().await;
+    let names: BTreeSet<_> = env.sandbox.recorded().into_iter().map(|r| r.name).collect();
+    for codec in codecs {
+        let annotated = names
+            .iter()
+            .filter(|n| n.contains(&format!("/assessments/{codec}")))
+            .count();
+        assert_eq!(annotated, 20, "{codec}: {annotated} of 20 annotated");
+    }
+}
+
+/// Only what a transaction commits is annotated: librdkafka reads `read_committed` by
+/// default, and the commit point moves past the transaction markers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_an_aborted_transaction_are_never_annotated() {
+    let env = TestEnv::new("txn").await;
+    let producer = team_producer(
+        &env.brokers,
+        &[
+            ("transactional.id", &format!("{}txn", env.prefix)),
+            ("message.timeout.ms", "60000"),
+        ],
+    );
+    let topic = env.topic("fraud-signals");
+    tokio::task::block_in_place(|| producer.init_transactions(Duration::from_secs(30))).unwrap();
+    for (tag, commit) in [("aborted", false), ("committed", true)] {
+        producer.begin_transaction().unwrap();
+        for (_, key, value) in unique_events(tag, 5) {
+            send(&producer, &topic, key.as_deref().unwrap(), Some(&value)).await;
+        }
+        tokio::task::block_in_place(|| {
+            if commit {
+                producer.commit_transaction(Duration::from_secs(30))
+            } else {
+                producer.abort_transaction(Duration::from_secs(30))
+            }
+        })
+        .unwrap();
+    }
+    let service = env.start(env.config());
+    // Committed to the high watermark: past the last commit marker, which no message
+    // carries.
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    service.stop().await;
+    let names: BTreeSet<_> = env.sandbox.recorded().into_iter().map(|r| r.name).collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(
+        names.iter().all(|n| n.contains("/assessments/committed")),
+        "{names:?}"
+    );
+}
+
+/// A compacted `assessments` topic, after the broker's log cleaner ran: the embedded
+/// store's catch-up reads what is left (the newest mapping of each key), a tombstone
+/// forgets its key, and a record without a value on an outcome topic is dead-lettered
+/// `decode`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_assessments_topic_is_caught_up_and_its_tombstones_forget() {
+    let env = TestEnv::new("compacted").await;
+    let topic = env.topic("compacted-assessments");
+    let admin_config = {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &env.brokers);
+        c
+    };
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        admin_config.create().unwrap();
+    let new = rdkafka::admin::NewTopic::new(&topic, 1, rdkafka::admin::TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("segment.ms", "100")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("delete.retention.ms", "100")
+        .set("min.compaction.lag.ms", "0");
+    let created = admin
+        .create_topics(&[new], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let name = |id: &str| format!("projects/{PROJECT}/assessments/{id}");
+    let mapping = |id: &str| json!({"assessment": name(id)}).to_string();
+    let producer = kafka_producer(&env.brokers);
+    // Old mappings, replaced and deleted; then records that roll the segment so the
+    // cleaner can take the first.
+    send(&producer, &topic, "k1", Some(&mapping("old1"))).await;
+    send(&producer, &topic, "k2", Some(&mapping("only2"))).await;
+    send(&producer, &topic, "k3", Some(&mapping("gone3"))).await;
+    send(&producer, &topic, "k1", Some(&mapping("new1"))).await;
+    send(&producer, &topic, "k3", None).await;
+    let started = Instant::now();
+    let mut filler = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        filler += 1;
+        send(
+            &producer,
+            &topic,
+            &format!("f{filler}"),
+            Some(&mapping(&format!("f{filler}"))),
+        )
+        .await;
+        let (low, high, keys) = tokio::task::block_in_place(|| read_keys(&env, &topic));
+        // Cleaned: k1's old record and k3's records are gone (the tombstone too, past
+        // delete.retention.ms), so fewer records than offsets remain.
+        if !keys.contains(&"k3".to_owned()) && keys.iter().filter(|k| *k == "k1").count() == 1 {
+            eprintln!(
+                "cleaned after {:?}: offsets {low}..{high}, {} records",
+                started.elapsed(),
+                keys.len()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the log cleaner never ran: {keys:?}"
+        );
+    }
+
+    // A fresh instance with an embedded store catches up from the cleaned log.
+    let dir = tempfile::tempdir().unwrap();
+    let config = recaptcha_annotator::config::Config::from_toml(&env.config_toml(&format!(
+        "[kafka.topics]\nassessments = \"{topic}\"\n[cache]\nbackend = \"embedded\"\npath = \"{}\"\n[delivery]\njoin_grace = \"2s\"\n",
+        dir.path().join("store.redb").display()
+    )))
+    .unwrap();
+    let outcome = |id: &str, key: &str| {
+        json!({"event_id": id, "outcome": "chargeback", "key": key}).to_string()
+    };
+    for (id, key) in [("o1", "k1"), ("o2", "k2"), ("o3", "k3")] {
+        env.produce("fraud-signals", Some(key), Some(&outcome(id, key)))
+            .await;
+    }
+    env.produce("fraud-signals", Some("nothing"), None).await;
+    let service = env.start(config);
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    let names: BTreeSet<_> = env.sandbox.recorded().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, BTreeSet::from([name("new1"), name("only2")]));
+
+    // A tombstone on the running instance forgets k2: a later outcome for it is unjoined.
+    send(&producer, &topic, "k2", None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.produce("fraud-signals", Some("k2"), Some(&outcome("o2b", "k2")))
+        .await;
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    service.stop().await;
+    assert_eq!(env.sandbox.recorded().len(), 2, "nothing more annotated");
+    let letters = env.dead_letters(3, Duration::from_secs(10));
+    let mut reasons: Vec<_> = letters
+        .iter()
+        .map(|l| l.headers["annotator.error"].clone())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["decode", "unjoined", "unjoined"], "{letters:?}");
+    let tombstone = letters
+        .iter()
+        .find(|l| l.headers["annotator.error"] == "decode")
+        .unwrap();
+    assert!(
+        tombstone.headers["annotator.detail"].contains("no value"),
+        "{tombstone:?}"
+    );
+}
+
+/// A plain producer of single records (the mappings of the compaction test).
+fn kafka_producer(brokers: &str) -> FutureProducer {
+    team_producer(brokers, &[("linger.ms", "0")])
+}
+
+/// The low and high offsets of partition 0 of `topic`, and the keys of the records still
+/// in it.
+fn read_keys(env: &TestEnv, topic: &str) -> (i64, i64, Vec<String>) {
+    use rdkafka::consumer::Consumer as _;
+    let reader =
+        recaptcha_annotator::kafka::offset_reader(&env.brokers, &format!("{}keys", env.prefix))
+            .unwrap();
+    let (low, high) = reader
+        .fetch_watermarks(topic, 0, Duration::from_secs(5))
+        .unwrap();
+    drop(reader);
+    let records = env.read_partitions(topic, 1, 0, Duration::from_secs(5));
+    (
+        low,
+        high,
+        records.into_iter().filter_map(|r| r.key).collect(),
+    )
+}
+
+/// `validate --topic` counts every record of a topic written in batches (and through a
+/// transaction, whose commit marker ends the partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_counts_exactly_after_batched_and_transactional_produce() {
+    let env = TestEnv::new("validate-batched").await;
+    let batched = team_producer(&env.brokers, &[("linger.ms", "50")]);
+    let topic = env.topic("fraud-signals");
+    let sends = unique_events("b", 120).into_iter().map(|(_, key, value)| {
+        let batched = batched.clone();
+        let topic = topic.clone();
+        async move { send(&batched, &topic, key.as_deref().unwrap(), Some(&value)).await }
+    });
+    futures::future::join_all(sends).await;
+    let txn = team_producer(
+        &env.brokers,
+        &[
+            ("transactional.id", &format!("{}vtxn", env.prefix)),
+            ("message.timeout.ms", "60000"),
+        ],
+    );
+    tokio::task::block_in_place(|| txn.init_transactions(Duration::from_secs(30))).unwrap();
+    txn.begin_transaction().unwrap();
+    for (_, key, value) in unique_events("t", 7) {
+        send(&txn, &topic, key.as_deref().unwrap(), Some(&value)).await;
+    }
+    tokio::task::block_in_place(|| txn.commit_transaction(Duration::from_secs(30))).unwrap();
+    let file = env.config_file("");
+    let started = Instant::now();
+    let (ok, out) = tokio::task::block_in_place(|| {
+        run_binary(
+            &[
+                "validate",
+                "--config",
+                file.path().to_str().unwrap(),
+                "--topic",
+                "fraud-signals",
+            ],
+            &[],
+        )
+    });
+    assert!(ok, "{out}");
+    assert!(out.contains("127 checked: 127 ok, 0 failed"), "{out}");
+    // It stops at the end of each partition, not after a quiet spell.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}
