@@ -1,14 +1,13 @@
 //! Dead-letter records (SPEC section 4): the original key and value, the reason in headers.
 //! The reasons themselves are a failure class ([`crate::failure::DeadLetterReason`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-
-use std::sync::Arc;
 
 use crate::config::KafkaConfig;
 use crate::failure::{DeadLetter, Failure, RetryCause};

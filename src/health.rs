@@ -1,8 +1,9 @@
 //! Readiness: what `/readyz` answers, made of the facts the parts report.
 //!
-//! Not ready: no assignment, every Kafka broker unreachable, the cache unreachable, or every
-//! call halted (credentials, endpoint). Ready but worth saying, listed in the body while the rest flows: projects
-//! halted by 403, and partitions stalled by an event that crashed.
+//! Not ready: no assignment, every Kafka broker unreachable, the cache unreachable, the
+//! dead-letter topic refusing writes, or every call halted (credentials, endpoint). Ready but
+//! worth saying, listed in the body while the rest flows: projects halted by 403, and
+//! partitions stalled by an event that crashed.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;

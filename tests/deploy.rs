@@ -73,3 +73,24 @@ fn compose_runs_the_whole_stack() {
         "multi-stage build"
     );
 }
+
+/// The compose stack's one-shot producer publishes these: each line passes `validate`
+/// against the topic it is published to, with the image's config.
+#[test]
+fn the_compose_sample_events_are_valid_for_their_topics() {
+    for topic in ["fraud-signals", "logins"] {
+        let file = format!(
+            "{}/deploy/sample-events/{topic}.jsonl",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recaptcha-annotator"))
+            .args(["validate", "--config"])
+            .arg(format!("{}/config/local.toml", env!("CARGO_MANIFEST_DIR")))
+            .args(["--topic", topic, "--file", &file])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{topic}: {text}");
+        assert!(text.contains(", 0 failed"), "{topic}: {text}");
+    }
+}
