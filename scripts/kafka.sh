@@ -55,8 +55,9 @@ fetch() {
   echo "fetching Apache Kafka's broker jars through Maven into .tools/kafka/lib" >&2
   rm -rf "$lib"
   mkdir -p "$lib"
-  mvn -q -B -Dstyle.color=never -f "$root/scripts/kafka/pom.xml" dependency:copy-dependencies \
-    -DoutputDirectory="$lib" -DincludeScope=runtime >&2
+  mvn -q -B -f "$root/scripts/kafka/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$lib" -DincludeScope=runtime >"$home/maven.log" 2>&1 \
+    || { cat "$home/maven.log" >&2; exit 1; }
   touch "$lib/.complete"
 }
 
