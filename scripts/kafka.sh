@@ -125,18 +125,23 @@ wait_for() {
   exit 1
 }
 
-stop_port() {
-  local pidfile="$home/kafka-$1.pid"
-  [ -f "$pidfile" ] || return 0
-  local pid
-  pid=$(cat "$pidfile")
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 300); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-  fi
-  rm -f "$pidfile"
+# stop_ports PORT...: TERM to every node at once (a node of a cluster whose voters are gone
+# cannot finish a controlled shutdown), up to 30 s for them to exit, then KILL.
+stop_ports() {
+  local pids=() p pid
+  for p in "$@"; do
+    [ -f "$home/kafka-$p.pid" ] || continue
+    pid=$(cat "$home/kafka-$p.pid")
+    kill "$pid" 2>/dev/null && pids+=("$pid")
+    rm -f "$home/kafka-$p.pid"
+  done
+  for _ in $(seq 1 300); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive -eq 0 ] && return 0
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
 
 mkdir -p "$home"
@@ -145,7 +150,7 @@ case "$mode" in
     fetch
     ;;
   stop)
-    for p in "$port" $((port + 1)) $((port + 2)); do stop_port "$p"; done
+    stop_ports "$port" $((port + 1)) $((port + 2))
     ;;
   single)
     if answers "$port" >/dev/null; then

@@ -5,14 +5,17 @@
 #
 #   scripts/test.sh          the suite CI runs (fuzzing bounded to about a minute)
 #   scripts/test.sh --long   the same, with the fuzzers run 25 times longer (about 20 minutes)
+#                            and the three-broker failover tests (tests/cluster.rs)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 # Cases per fuzz property (tests/fuzz.rs, the config's environment layer).
 export PROPTEST_CASES=${PROPTEST_CASES:-20000}
+long=false
 if [ "${1:-}" = "--long" ]; then
   export PROPTEST_CASES=500000
+  long=true
 fi
 
 port=${KAFKA_PORT:-9092}
@@ -32,3 +35,6 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo fetch --locked
 cargo deny --offline check licenses bans sources
 cargo test --all-targets --locked
+if $long; then
+  cargo test --locked --test cluster -- --ignored
+fi

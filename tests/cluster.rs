@@ -2,6 +2,9 @@
 //! `min.insync.replicas` 2: the leader of the consumed partitions dies mid-stream, and in
 //! another run the group coordinator does. Nothing is lost, repeated calls stay within the
 //! calls in flight, and dead letters are still written (`acks=all`, idempotent).
+//!
+//! Three brokers take a minute of CI's two cores: these run with `scripts/test.sh --long`
+//! (`cargo test --test cluster -- --ignored`).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -143,11 +146,13 @@ async fn failover(victim: Victim) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "three brokers: scripts/test.sh --long"]
 async fn the_leader_of_the_consumed_partitions_dies_mid_stream_and_nothing_is_lost() {
     failover(Victim::Leader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "three brokers: scripts/test.sh --long"]
 async fn the_group_coordinator_dies_mid_stream_and_nothing_is_lost() {
     failover(Victim::Coordinator).await;
 }

@@ -24,7 +24,8 @@ use crate::config::RecaptchaConfig;
 use crate::domain::api::AnnotateRequest;
 use crate::domain::assessment::AssessmentName;
 use crate::failure::{
-    Answer, Failure, GoogleError, Halt, RetryCause, causes, classify, parse_retry_after,
+    Answer, Failure, GoogleError, Halt, RetryCause, causes, classify, is_json_object,
+    parse_retry_after,
 };
 
 /// The most of a response body that is read: Google's error bodies are small, and a wrong
@@ -280,15 +281,16 @@ impl AnnotateClient {
                 };
             }
         };
-        let error = if (200..300).contains(&status) {
-            None
-        } else {
-            GoogleError::parse(&bytes)
-        };
+        let success = (200..300).contains(&status);
         let answer = Answer {
             status,
             retry_after,
-            error,
+            error: if success {
+                None
+            } else {
+                GoogleError::parse(&bytes)
+            },
+            json_object: success && is_json_object(&bytes),
         };
         CallResult {
             result: classify(&answer),

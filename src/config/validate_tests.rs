@@ -218,3 +218,20 @@ fn reading_uncommitted_transactions_is_warned_about() {
         validated.warnings
     );
 }
+
+#[test]
+fn absurd_durations_and_counts_are_refused_not_panicked_on() {
+    let config = Config::from_toml(
+        "[delivery]\nrebalance_timeout = \"1000000000d\"\nhalt_retry = \"999999999d\"\nmax_in_flight = 3000000000\nmax_pending = 3000000000\n[admin]\nlag_interval = \"100000d\"",
+    )
+    .unwrap();
+    let err = config.validate().unwrap_err().to_string();
+    for key in [
+        "delivery.rebalance_timeout: at most 3650d",
+        "delivery.halt_retry: at most 3650d",
+        "delivery.max_in_flight: at most",
+        "admin.lag_interval: at most 3650d",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}

@@ -79,6 +79,14 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
     /// Google's error body, when the answer carried one.
     pub error: Option<GoogleError>,
+    /// For a 2xx: whether the body is a JSON object, as Google's `{}` is. An HTML page from
+    /// a catch-all server or a captive portal is not.
+    pub json_object: bool,
+}
+
+/// Whether `body` is one JSON object (what Google's annotate answers on success: `{}`).
+pub fn is_json_object(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body).is_ok()
 }
 
 /// Classifies an answer of the annotate endpoint (SPEC 3, `reference/annotate-api.md`).
@@ -90,7 +98,14 @@ pub fn classify(answer: &Answer) -> Result<(), Failure> {
     let after = answer.retry_after.max(google.and_then(|e| e.retry_delay));
     let retry = |cause| Err(Failure::retry(cause, after, format!("HTTP {status}")));
     match status {
-        200..=299 => Ok(()),
+        200..=299 if answer.json_object => Ok(()),
+        // Taken as accepted, the event would be committed as annotated.
+        200..=299 => Err(Halt::service(
+            Some(status),
+            format!(
+                "HTTP {status} with a body that is not a JSON object (Google answers {{}}): something else answers for recaptcha.endpoint (a catch-all server, a proxy, a captive portal)"
+            ),
+        )),
         300..=399 => Err(Halt::service(
             Some(status),
             format!("HTTP {status}: the endpoint redirects; recaptcha.endpoint is wrong"),
@@ -117,11 +132,25 @@ pub fn classify(answer: &Answer) -> Result<(), Failure> {
         409 => retry(RetryCause::Aborted),
         429 => retry(RetryCause::RateLimited),
         500..=599 => retry(RetryCause::ServerError),
-        _ => Err(Failure::DeadLetter(DeadLetter {
+        // Only Google's own 400 and 404 are about the event.
+        400 | 404 if google.is_some() => Err(Failure::DeadLetter(DeadLetter {
             reason: DeadLetterReason::Rejected,
             detail: detail(),
             status: Some(status),
         })),
+        // 405, 407, 413, 421, 431, a load balancer's 400 ...: the call did not reach
+        // Google's annotate, whatever the event.
+        _ => Err(Halt::service(
+            Some(status),
+            format!(
+                "HTTP {status}{}: not Google's answer about the event; recaptcha.endpoint is wrong or something between refuses the call (a proxy's 407, a load balancer)",
+                if google.is_some() {
+                    ""
+                } else {
+                    " without Google's error body"
+                }
+            ),
+        )),
     }
 }
 
@@ -148,6 +177,7 @@ mod tests {
             status,
             retry_after: None,
             error,
+            json_object: true,
         }
     }
 
@@ -157,7 +187,7 @@ mod tests {
         assert_eq!(c(200, None), Ok(()));
         for status in [400, 404] {
             assert!(matches!(
-                c(status, None),
+                c(status, Some("INVALID_ARGUMENT")),
                 Err(Failure::DeadLetter(DeadLetter {
                     reason: DeadLetterReason::Rejected,
                     status: Some(s),
@@ -220,6 +250,34 @@ mod tests {
     }
 
     #[test]
+    fn answers_that_are_not_googles_halt_naming_the_endpoint() {
+        // A 4xx without Google's error body, or one Google never gives about an event.
+        for status in [400, 405, 407, 410, 413, 421, 431] {
+            let halt = classify(&answer(status, None));
+            assert!(
+                matches!(&halt, Err(Failure::Halt(h)) if h.scope == HaltScope::Service
+                    && h.detail.contains("recaptcha.endpoint")),
+                "{status}: {halt:?}"
+            );
+        }
+        // A 2xx whose body is an HTML page is not an annotation.
+        let html = Answer {
+            json_object: is_json_object(b"<html><body>Welcome</body></html>"),
+            ..answer(200, None)
+        };
+        assert!(matches!(
+            classify(&html),
+            Err(Failure::Halt(h)) if h.detail.contains("recaptcha.endpoint")
+        ));
+        for body in [&b"{}"[..], b"{}\n", b" { } "] {
+            assert!(is_json_object(body), "{body:?}");
+        }
+        for body in [&b""[..], b"[]", b"null", b"\"ok\"", b"<html>"] {
+            assert!(!is_json_object(body), "{body:?}");
+        }
+    }
+
+    #[test]
     fn retry_info_is_honoured_like_retry_after() {
         let body = br#"{"error":{"code":429,"message":"Quota exceeded.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"RATE_LIMIT_EXCEEDED"},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"7.5s"}]}}"#;
         let error = GoogleError::parse(body).unwrap();
@@ -229,6 +287,7 @@ mod tests {
             status: 429,
             retry_after,
             error: Some(error.clone()),
+            json_object: false,
         };
         for (retry_after, expected) in [
             (None, 7500),

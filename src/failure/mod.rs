@@ -9,7 +9,7 @@
 
 mod google;
 
-pub use self::google::{Answer, GoogleError, classify, parse_retry_after};
+pub use self::google::{Answer, GoogleError, classify, is_json_object, parse_retry_after};
 
 use std::time::Duration;
 

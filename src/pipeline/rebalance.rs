@@ -202,7 +202,13 @@ fn catch_up_range(
             return (0, 0);
         }
     };
-    let start = committed.unwrap_or(if starts_at_end { high } else { low });
+    let start = match committed {
+        Some(c) if c >= low => c,
+        // None, or below the log start (retention or a deletion removed the records): the
+        // consumer starts where `auto.offset.reset` puts it, so that is what is read.
+        _ if starts_at_end => high,
+        _ => low,
+    };
     (start, high)
 }
 
