@@ -144,6 +144,17 @@ stop_ports() {
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
 
+# Leaves a broker already answering on PORT as it is (exits), else fetches the jars and
+# sets cluster_id to a fresh id (used only by a node whose log directory is not formatted).
+prepare() {
+  if answers "$port" >/dev/null; then
+    echo "a Kafka broker already answers on 127.0.0.1:$port" >&2
+    exit 0
+  fi
+  fetch
+  cluster_id=$(java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+}
+
 mkdir -p "$home"
 case "$mode" in
   fetch)
@@ -153,23 +164,13 @@ case "$mode" in
     stop_ports "$port" $((port + 1)) $((port + 2))
     ;;
   single)
-    if answers "$port" >/dev/null; then
-      echo "a Kafka broker already answers on 127.0.0.1:$port" >&2
-      exit 0
-    fi
-    fetch
-    cluster_id=$(java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+    prepare
     start_node 1 "$port" $((port + 1000)) "1@127.0.0.1:$((port + 1000))" 1 "$cluster_id"
     wait_for "$port" 1
     echo "Apache Kafka on 127.0.0.1:$port (pid $(cat "$home/kafka-$port.pid"), log .tools/kafka/kafka-$port.log, data .tools/kafka/data-$port); stop it with: kill $(cat "$home/kafka-$port.pid")   (or scripts/kafka.sh --stop $port)" >&2
     ;;
   cluster)
-    if answers "$port" >/dev/null; then
-      echo "a Kafka broker already answers on 127.0.0.1:$port" >&2
-      exit 0
-    fi
-    fetch
-    cluster_id=$(java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+    prepare
     voters="1@127.0.0.1:$((port + 1000)),2@127.0.0.1:$((port + 1001)),3@127.0.0.1:$((port + 1002))"
     for i in 0 1 2; do
       start_node $((i + 1)) $((port + i)) $((port + 1000 + i)) "$voters" 3 "$cluster_id"

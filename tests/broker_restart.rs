@@ -40,19 +40,12 @@ async fn send(producer: &FutureProducer, topic: &str, key: &str, value: &str) {
 /// lost, repeated calls stay within the calls in flight, the service never exits, `/readyz`
 /// says the brokers are unreachable meanwhile, and lag and commits resume.
 async fn broker_restart_under_load(signal_name: &str) {
-    let mut cluster = KafkaCluster::start(&BrokerSpec {
-        nodes: 1,
-        ..BrokerSpec::default()
-    });
+    let mut cluster = tokio::task::block_in_place(|| KafkaCluster::plain(1));
     let env = TestEnv::on(&cluster.bootstrap(), &format!("restart-{signal_name}"), 2).await;
     // Calls take 200 ms, so many are in flight when the broker goes.
     env.script(vec![], Some(answer(200, 200)));
     let max_in_flight = 32;
-    let file = env.config_file(&format!(
-        "[delivery]\nmax_in_flight = {max_in_flight}\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
-        env.admin_port
-    ));
-    let mut service = spawn_logged(file.path(), "warn");
+    let (_file, mut service) = env.spawn_logged_service(max_in_flight);
 
     let total = 600;
     let producer = team_producer(&env.brokers);

@@ -246,6 +246,9 @@ async fn redis_stopped_mid_run_each_instance_spends_its_share() {
     let first = env.start(first);
     let second = env.start(instance(&env, &extra));
     env.wait_accepted(1500, Duration::from_secs(60)).await;
+    // The instance whose metrics are read holds partitions (a member that joined first can
+    // hold them all until the second's rebalance completes), so it calls during the outage.
+    env.wait_ready(Duration::from_secs(60)).await;
     redis.stop();
     let stopped = recaptcha_annotator_now_ms();
     tokio::time::sleep(Duration::from_secs(8)).await;

@@ -59,20 +59,11 @@ fn coordinator(cluster: &KafkaCluster, group: &str) -> i32 {
 }
 
 async fn failover(victim: Victim) {
-    let mut cluster = tokio::task::block_in_place(|| {
-        KafkaCluster::start(&BrokerSpec {
-            nodes: 3,
-            ..BrokerSpec::default()
-        })
-    });
+    let mut cluster = tokio::task::block_in_place(|| KafkaCluster::plain(3));
     let env = TestEnv::on(&cluster.bootstrap(), &format!("{victim:?}"), 2).await;
     env.script(vec![], Some(answer(200, 50)));
     let max_in_flight = 64;
-    let file = env.config_file(&format!(
-        "[delivery]\nmax_in_flight = {max_in_flight}\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
-        env.admin_port
-    ));
-    let mut service = spawn_logged(file.path(), "warn");
+    let (_file, mut service) = env.spawn_logged_service(max_in_flight);
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &env.brokers)
         .set("enable.idempotence", "true")

@@ -97,6 +97,14 @@ fn cluster_id() -> String {
 }
 
 impl KafkaCluster {
+    /// `nodes` plain nodes (1 or 3), started.
+    pub fn plain(nodes: usize) -> Self {
+        Self::start(&BrokerSpec {
+            nodes,
+            ..BrokerSpec::default()
+        })
+    }
+
     /// Formats every node's storage and starts them; returns once each lists every node in
     /// its metadata.
     pub fn start(spec: &BrokerSpec) -> Self {

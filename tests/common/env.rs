@@ -209,6 +209,21 @@ join_retry = "100ms"
         file
     }
 
+    /// The binary on this test's config with `delivery.max_in_flight`, its admin on
+    /// [`TestEnv::admin_port`] (so `/readyz` and `/metrics` reach it), logging warnings.
+    /// The config file lives as long as the process needs it.
+    pub fn spawn_logged_service(
+        &self,
+        max_in_flight: usize,
+    ) -> (tempfile::NamedTempFile, super::Logged) {
+        let file = self.config_file(&format!(
+            "[delivery]\nmax_in_flight = {max_in_flight}\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+            self.admin_port
+        ));
+        let service = super::spawn_logged(file.path(), "warn");
+        (file, service)
+    }
+
     pub fn start(&self, config: Config) -> Running {
         let stop = CancellationToken::new();
         let handle = tokio::spawn(app::run(config, stop.clone()));

@@ -37,45 +37,12 @@ pub fn make_ca(dir: &Path, name: &str, server: bool) -> PathBuf {
         ],
     );
     if server {
-        openssl(
+        sign(
             dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-            ],
-        );
-        std::fs::write(
-            dir.join("server.ext"),
+            &ca,
+            "/CN=127.0.0.1",
+            "server",
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                &format!("{ca}.pem"),
-                "-CAkey",
-                &format!("{ca}.key"),
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-extfile",
-                "server.ext",
-                "-out",
-                "server.pem",
-            ],
         );
     }
     dir.join(format!("{ca}.pem"))
@@ -84,34 +51,39 @@ pub fn make_ca(dir: &Path, name: &str, server: bool) -> PathBuf {
 /// A client certificate (`<cn>.pem`, `<cn>.key`) for `CN=<cn>`, signed by the CA `make_ca`
 /// made under `ca_name` (mutual TLS).
 pub fn make_client_cert(dir: &Path, ca_name: &str, cn: &str) -> (PathBuf, PathBuf) {
-    let ca = format!("{ca_name}-ca");
+    sign(
+        dir,
+        &format!("{ca_name}-ca"),
+        &format!("/CN={cn}"),
+        cn,
+        "extendedKeyUsage=clientAuth\n",
+    );
+    (dir.join(format!("{cn}.pem")), dir.join(format!("{cn}.key")))
+}
+
+/// A key (`<name>.key`) and a certificate (`<name>.pem`) for `subject` with the X.509
+/// extensions `ext`, signed by the CA `<ca>.pem`/`<ca>.key`.
+fn sign(dir: &Path, ca: &str, subject: &str, name: &str, ext: &str) {
+    let (key, csr, extfile, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.ext"),
+        format!("{name}.pem"),
+    );
     openssl(
         dir,
         &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            &format!("{cn}.key"),
-            "-out",
-            &format!("{cn}.csr"),
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &key, "-out", &csr,
         ],
     );
-    std::fs::write(
-        dir.join(format!("{cn}.ext")),
-        "extendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join(&extfile), ext).unwrap();
     openssl(
         dir,
         &[
             "x509",
             "-req",
             "-in",
-            &format!("{cn}.csr"),
+            &csr,
             "-CA",
             &format!("{ca}.pem"),
             "-CAkey",
@@ -120,10 +92,9 @@ pub fn make_client_cert(dir: &Path, ca_name: &str, cn: &str) -> (PathBuf, PathBu
             "-days",
             "1",
             "-extfile",
-            &format!("{cn}.ext"),
+            &extfile,
             "-out",
-            &format!("{cn}.pem"),
+            &pem,
         ],
     );
-    (dir.join(format!("{cn}.pem")), dir.join(format!("{cn}.key")))
 }
