@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -107,15 +106,8 @@ async fn broker_restart_under_load(signal_name: &str) {
     }
     assert!(service.running(), "the service exited");
     let log = service.stop("TERM");
-    let recorded = env.sandbox.recorded();
-    let names: BTreeSet<_> = recorded.iter().map(|r| r.name.clone()).collect();
-    assert_eq!(names.len(), total, "every event annotated: {log}");
-    let repeated = recorded.len() - total;
+    let repeated = env.assert_all_annotated(total, max_in_flight, &log);
     eprintln!("broker {signal_name}: {repeated} repeated calls");
-    assert!(
-        repeated <= max_in_flight,
-        "{repeated} repeated calls, more than the {max_in_flight} in flight"
-    );
     assert!(
         env.dead_letters(0, Duration::from_secs(5)).is_empty(),
         "nothing dead-lettered"

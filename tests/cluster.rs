@@ -115,13 +115,8 @@ async fn failover(victim: Victim) {
     env.wait_all_committed(Duration::from_secs(180)).await;
     assert!(service.running(), "the service exited");
     let log = service.stop("TERM");
-
-    let recorded = env.sandbox.recorded();
-    let names: BTreeSet<_> = recorded.iter().map(|r| r.name.clone()).collect();
-    assert_eq!(names.len(), total, "every event annotated: {log}");
-    let repeated = recorded.len() - total;
+    let repeated = env.assert_all_annotated(total, max_in_flight, &log);
     eprintln!("{victim:?}: {repeated} repeated calls");
-    assert!(repeated <= max_in_flight, "{repeated} repeated calls");
     let letters = env.dead_letters(2, Duration::from_secs(30));
     let keys: BTreeSet<_> = letters.iter().filter_map(|l| l.key.clone()).collect();
     assert_eq!(

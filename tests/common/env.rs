@@ -224,6 +224,21 @@ join_retry = "100ms"
         (file, service)
     }
 
+    /// Every one of `total` distinct events was annotated, and the calls repeated past one
+    /// per event stay within `max_in_flight` (only calls in flight when something failed may
+    /// repeat); `log` is shown if not. Returns how many were repeated.
+    pub fn assert_all_annotated(&self, total: usize, max_in_flight: usize, log: &str) -> usize {
+        let recorded = self.sandbox.recorded();
+        let names: std::collections::BTreeSet<_> = recorded.iter().map(|r| &r.name).collect();
+        assert_eq!(names.len(), total, "every event annotated: {log}");
+        let repeated = recorded.len() - total;
+        assert!(
+            repeated <= max_in_flight,
+            "{repeated} repeated calls, more than the {max_in_flight} in flight"
+        );
+        repeated
+    }
+
     pub fn start(&self, config: Config) -> Running {
         let stop = CancellationToken::new();
         let handle = tokio::spawn(app::run(config, stop.clone()));
