@@ -7,6 +7,7 @@
 //! - [`env`]: the environment provider and the serde helpers it needs.
 //! - [`validate`]: every check without IO, and the values it derives.
 
+mod bounds;
 mod env;
 mod validate;
 
