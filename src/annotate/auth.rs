@@ -4,6 +4,8 @@
 //! (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's file, or the metadata server of GKE and GCE).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use google_cloud_auth::credentials::{
     Builder, CacheableResource, Credentials, service_account, user_account,
@@ -41,7 +43,108 @@ pub enum Auth {
     /// No credentials: dry runs only, which never call.
     None,
     ApiKey(HeaderValue),
-    Google(Credentials),
+    Google(Arc<GoogleAuth>),
+}
+
+/// Google credentials that are built again after a token error no retry can fix.
+///
+/// google-cloud-auth refreshes tokens in a task of its own, which ends on a non-transient
+/// error (a metadata server's 403 or 404 while a Workload Identity binding propagates, an
+/// `invalid_grant`): those credentials then repeat that error for ever, without asking
+/// again. So after such an error, or a token source that does not answer within the call's
+/// timeout, the credentials are built again (at most once per backoff, 1 s doubling to
+/// 1 minute), and the next call asks afresh: the service resumes by itself once IAM is fixed.
+pub struct GoogleAuth {
+    build: Box<dyn Fn() -> Result<Credentials, AuthError> + Send + Sync>,
+    current: Mutex<Current>,
+}
+
+struct Current {
+    credentials: Credentials,
+    /// No rebuild before this.
+    rebuild_at: Instant,
+    /// The next wait between rebuilds.
+    backoff: Duration,
+}
+
+/// The first wait between two rebuilds of failing credentials; it doubles up to the most.
+const REBUILD_FIRST: Duration = Duration::from_secs(1);
+const REBUILD_MOST: Duration = Duration::from_secs(60);
+
+impl GoogleAuth {
+    /// Credentials from `build`, which is called again for every rebuild.
+    pub fn new(
+        build: impl Fn() -> Result<Credentials, AuthError> + Send + Sync + 'static,
+    ) -> Result<Self, AuthError> {
+        let credentials = build()?;
+        Ok(Self {
+            build: Box::new(build),
+            current: Mutex::new(Current {
+                credentials,
+                rebuild_at: Instant::now(),
+                backoff: REBUILD_FIRST,
+            }),
+        })
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The headers of one call, or why there are none.
+    async fn headers(&self, timeout: Duration) -> Result<HeaderMap, AuthError> {
+        let credentials = self.current().credentials.clone();
+        // Boxed: the token source's future is large and every call's future would carry
+        // its size, API key or not.
+        let fetched = tokio::time::timeout(
+            timeout,
+            Box::pin(credentials.headers(http::Extensions::new())),
+        )
+        .await;
+        match fetched {
+            Ok(Ok(CacheableResource::New { data, .. })) => {
+                self.current().backoff = REBUILD_FIRST;
+                Ok(data)
+            }
+            Ok(Ok(CacheableResource::NotModified)) => {
+                Err(AuthError::Google("credentials returned no headers".into()))
+            }
+            Ok(Err(e)) if e.is_transient() => Err(AuthError::Google(token_error(&e))),
+            Ok(Err(e)) => {
+                self.rebuild();
+                Err(AuthError::Google(token_error(&e)))
+            }
+            Err(_) => {
+                self.rebuild();
+                Err(AuthError::Google(format!(
+                    "Google credentials: no token within recaptcha.request_timeout ({}): the token source (the metadata server, or the key file's token_uri) does not answer",
+                    humantime::format_duration(timeout)
+                )))
+            }
+        }
+    }
+
+    /// Builds the credentials again, unless that was done within the backoff.
+    fn rebuild(&self) {
+        let now = Instant::now();
+        let mut current = self.current();
+        if now < current.rebuild_at {
+            return;
+        }
+        current.rebuild_at = now + current.backoff;
+        current.backoff = (current.backoff * 2).min(REBUILD_MOST);
+        match (self.build)() {
+            Ok(credentials) => {
+                current.credentials = credentials;
+                tracing::info!(
+                    "Google credentials built again after a token error; the next call asks for a new token"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "Google credentials could not be built again"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Auth {
@@ -169,7 +272,17 @@ impl Auth {
     /// Application Default Credentials. `recaptcha.quota_project` is sent as
     /// `x-goog-user-project`, which user credentials need for quota.
     pub fn google(config: &RecaptchaConfig) -> Result<Self, AuthError> {
-        let built = match &config.credentials_file {
+        let file = config.credentials_file.clone();
+        let quota_project = config.quota_project.clone();
+        GoogleAuth::new(move || Self::build_google(file.as_deref(), quota_project.as_deref()))
+            .map(|auth| Self::Google(Arc::new(auth)))
+    }
+
+    fn build_google(
+        credentials_file: Option<&Path>,
+        quota_project: Option<&str>,
+    ) -> Result<Credentials, AuthError> {
+        let built = match credentials_file {
             Some(path) => {
                 let json = read_key_file(path)?;
                 match json.get("type").and_then(Value::as_str) {
@@ -177,14 +290,14 @@ impl Auth {
                         let mut b = service_account::Builder::new(json).with_access_specifier(
                             service_account::AccessSpecifier::from_scopes([CLOUD_PLATFORM]),
                         );
-                        if let Some(p) = &config.quota_project {
+                        if let Some(p) = quota_project {
                             b = b.with_quota_project_id(p);
                         }
                         b.build()
                     }
                     Some("authorized_user") => {
                         let mut b = user_account::Builder::new(json).with_scopes([CLOUD_PLATFORM]);
-                        if let Some(p) = &config.quota_project {
+                        if let Some(p) = quota_project {
                             b = b.with_quota_project_id(p);
                         }
                         b.build()
@@ -200,19 +313,17 @@ impl Auth {
             }
             None => {
                 let mut b = Builder::default().with_scopes([CLOUD_PLATFORM]);
-                if let Some(p) = &config.quota_project {
+                if let Some(p) = quota_project {
                     b = b.with_quota_project_id(p);
                 }
                 b.build()
             }
         };
-        built
-            .map(Self::Google)
-            .map_err(|e| AuthError::Google(e.to_string()))
+        built.map_err(|e| AuthError::Google(e.to_string()))
     }
 
-    /// The headers to add to one request.
-    pub async fn headers(&self) -> Result<HeaderMap, AuthError> {
+    /// The headers to add to one request; a token source gets `timeout` to answer.
+    pub async fn headers(&self, timeout: Duration) -> Result<HeaderMap, AuthError> {
         match self {
             Self::None => Ok(HeaderMap::new()),
             Self::ApiKey(value) => {
@@ -220,17 +331,7 @@ impl Auth {
                 headers.insert("x-goog-api-key", value.clone());
                 Ok(headers)
             }
-            // Boxed: the token source's future is large and every call's future would carry
-            // its size, API key or not.
-            Self::Google(credentials) => {
-                match Box::pin(credentials.headers(http::Extensions::new())).await {
-                    Ok(CacheableResource::New { data, .. }) => Ok(data),
-                    Ok(CacheableResource::NotModified) => {
-                        Err(AuthError::Google("credentials returned no headers".into()))
-                    }
-                    Err(e) => Err(AuthError::Google(token_error(&e))),
-                }
-            }
+            Self::Google(auth) => auth.headers(timeout).await,
         }
     }
 }

@@ -241,24 +241,42 @@ impl AnnotateClient {
         }
     }
 
+    /// The credentials' headers for one call, within `recaptcha.request_timeout`: a token
+    /// source that fails or never answers halts the service (`None` status) rather than
+    /// hold every call. Taken before the call's in-flight slot and quota token.
+    pub async fn credentials(&self) -> Result<http::HeaderMap, Failure> {
+        self.auth
+            .headers(self.timeout)
+            .await
+            .map_err(|e| Halt::no_credentials(e.to_string()))
+    }
+
     /// Sends one annotate call and classifies the answer.
     pub async fn annotate(&self, name: &AssessmentName, body: Bytes) -> CallResult {
         let started = Instant::now();
-        let headers = match self.auth.headers().await {
-            Ok(h) => h,
-            Err(e) => {
-                return CallResult {
-                    result: Err(Halt::no_credentials(e.to_string())),
-                    status: None,
-                    elapsed: started.elapsed(),
-                };
-            }
-        };
+        match self.credentials().await {
+            Ok(headers) => self.annotate_with(name, body, &headers).await,
+            Err(failure) => CallResult {
+                result: Err(failure),
+                status: None,
+                elapsed: started.elapsed(),
+            },
+        }
+    }
+
+    /// Sends one annotate call with the credentials' `headers` and classifies the answer.
+    pub async fn annotate_with(
+        &self,
+        name: &AssessmentName,
+        body: Bytes,
+        headers: &http::HeaderMap,
+    ) -> CallResult {
+        let started = Instant::now();
         // Boxed: the request future is large, and thousands of calls wait in flight; one
         // allocation per call keeps each waiting event task small.
         let exchange = Box::pin(tokio::time::timeout(
             self.timeout,
-            self.exchange(name, &headers, &body),
+            self.exchange(name, headers, &body),
         ))
         .await;
         let answered = exchange.unwrap_or_else(|_| {

@@ -90,7 +90,9 @@ async fn no_google_credentials_halts_every_call_instead_of_retrying_each_event()
     let endpoint = reqwest::Url::parse("http://127.0.0.1:1").unwrap();
     let client = AnnotateClient::new(
         &endpoint,
-        Auth::Google(credentials),
+        Auth::Google(std::sync::Arc::new(
+            crate::annotate::auth::GoogleAuth::new(move || Ok(credentials.clone())).unwrap(),
+        )),
         &RecaptchaConfig::default(),
     )
     .unwrap();

@@ -184,9 +184,9 @@ async fn check_auth(config: &Config) -> Result<String, String> {
     }
     let source = Source::find(&config.recaptcha).map_err(|e| e.to_string())?;
     let auth = app::auth(config).map_err(|e| format!("{source}: {e:#}"))?;
-    let headers = tokio::time::timeout(Duration::from_secs(20), auth.headers())
+    let headers = auth
+        .headers(Duration::from_secs(20))
         .await
-        .map_err(|_| format!("{source}: no token within 20 s"))?
         .map_err(|e| format!("{source}: {e}"))?;
     let quota = headers
         .get("x-goog-user-project")

@@ -1,32 +1,44 @@
 //! Halt gates: calls stop while the service is misconfigured (one gate for every call) or
 //! while a project answers 403 (one gate per project, so the other projects flow).
 //!
-//! A closed gate is probed: every `delivery.halt_retry` one waiting event may go through.
-//! The probe is *claimed* by whichever event waits, and a claim that is dropped unresolved
-//! (its task abandoned on revoke or shutdown) frees the next probe at once, so probing never
-//! depends on one task staying alive. A 403 can be about one event rather than its project
-//! (an assessment Google does not show us): the event refused last does not probe while
-//! others wait, and when another event's probe is accepted, the refused one is condemned
-//! (dead-lettered `forbidden`) instead of closing the gate again. After
-//! `delivery.forbidden_grace` of refusals a project gate turns *forbidden*: its waiting and
-//! new events are dead-lettered `forbidden` without a call, while one probe per
-//! `halt_retry` keeps testing; the first accepted probe opens it.
+//! One gate is a small state machine. `now` is tokio's clock; `retry` is
+//! `delivery.halt_retry`; `grace` is `delivery.forbidden_grace` (project gates only).
+//!
+//! | state                          | on                                  | becomes                                   |
+//! |--------------------------------|-------------------------------------|-------------------------------------------|
+//! | Open                           | `refuse(r)`                         | Closed { since: now, next: now + retry }  |
+//! | Closed                         | `refuse(r)`                         | Closed { next: now + retry, no probe, refused: r } |
+//! | Closed, no probe, `now ≥ next` | a waiting event claims (`pass`)     | Closed, probe `n` out                     |
+//! | Closed, probe `n` out          | `release(n)` (claim dropped unused) | Closed, no probe, `next` unchanged (at once) |
+//! | Closed, probe `n` out          | `inconclusive(n)` (429, 5xx, 408, 409, timeout, connection; the other scope's halt) | Closed, no probe, next: now + retry |
+//! | Closed                         | `answered()` (any call's answer that shows the scope works) | Open                        |
+//! | Closed, `now ≥ since + grace`  | (time)                              | forbidden: waiting events are set aside; one probe per `retry` still goes |
+//!
+//! `release` and `inconclusive` only act on the claim they name: a claim overtaken by a
+//! refusal (which clears the probe) and a later claim of another event are told apart.
+//! Waiting events sleep until the state changes, the next probe is due or the grace ends,
+//! never on a timer while a probe is out. The event refused last does not probe while
+//! others wait (a 403 can be about one event: an assessment Google does not show us).
+//!
+//! The rules across gates (an event passes the service gate, then its project's; it never
+//! holds one gate's claim while it waits at the other) and what each answer does to each
+//! gate are in `deliver.rs`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// What a waiting event may do.
-#[derive(Debug, PartialEq, Eq)]
+/// What an event at a gate may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
     /// The gate is open: call.
     Open,
     /// Call as the gate's probe (the claim is held in the event's [`Probe`]).
     Probe,
-    /// Set the event aside as `forbidden`.
+    /// The project has refused our calls for longer than its grace: set the event aside.
     Forbidden,
 }
 
@@ -36,8 +48,8 @@ struct Closed {
     since: Instant,
     /// When the next probe may go.
     next_probe: Instant,
-    /// A probe is out.
-    probing: bool,
+    /// The claim of the probe that is out, if one is.
+    probe: Option<u64>,
     /// The Kafka record of the event refused last.
     refused: Option<String>,
     /// The last refusal, for the log and `/readyz`.
@@ -47,49 +59,90 @@ struct Closed {
 #[derive(Debug, Clone, Default)]
 struct State {
     closed: Option<Closed>,
-    /// The event refused last before another event's probe was accepted: it is set aside.
-    condemned: Option<String>,
+    /// Events waiting in [`Gate::pass`] now. Changing it wakes nobody, except when it falls
+    /// to one: the event refused last may then probe.
+    waiters: usize,
 }
 
 /// One gate.
 pub struct Gate {
     state: watch::Sender<State>,
-    /// Events waiting at the gate now.
-    waiters: AtomicUsize,
+    /// Numbers the claims.
+    claims: AtomicU64,
     /// `delivery.halt_retry`.
     retry: Duration,
     /// `delivery.forbidden_grace` for a project gate; `None` for the service gate.
     grace: Option<Duration>,
+    /// How often waiting events looked at the state (tests: waiters must not spin).
+    #[cfg(test)]
+    looks: std::sync::atomic::AtomicUsize,
 }
 
-/// Counts a waiting event for as long as it waits.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The probe claims one event holds. Dropped unresolved (abandoned, or retried for another
-/// reason), a claim lets the next waiting event probe.
+/// One event's standing at the gates, kept across its retries: the probe claims it holds,
+/// and (for a 403's second try, see `deliver.rs`) when its project last refused it.
 #[derive(Default)]
 pub struct Probe {
-    claims: Vec<Arc<Gate>>,
+    claims: Vec<(Arc<Gate>, u64)>,
+    /// When a 403 last refused this event's call.
+    pub refused_at: Option<std::time::Instant>,
+    /// The send time of the newest call its project had accepted when this event's current
+    /// call was sent.
+    pub accepted_before: Option<std::time::Instant>,
 }
 
 impl Probe {
-    /// The claimed gates, taken (resolved by the caller).
-    pub fn take(&mut self) -> Vec<Arc<Gate>> {
-        std::mem::take(&mut self.claims)
+    /// Whether it holds the probe of `gate`.
+    pub fn holds(&self, gate: &Arc<Gate>) -> bool {
+        self.claims.iter().any(|(g, _)| Arc::ptr_eq(g, gate))
+    }
+
+    /// Gives back every claim unused: the next waiting event may probe at once.
+    pub fn release(&mut self) {
+        for (gate, claim) in self.claims.drain(..) {
+            gate.release(claim);
+        }
+    }
+
+    /// Gives back the claim of `gate`, if it holds it, unused.
+    pub fn release_of(&mut self, gate: &Arc<Gate>) {
+        self.claims.retain(|(g, claim)| {
+            let of = Arc::ptr_eq(g, gate);
+            if of {
+                g.release(*claim);
+            }
+            !of
+        });
+    }
+
+    /// The probes learned nothing (a retryable answer): the next goes in `halt_retry`.
+    pub fn inconclusive(&mut self) {
+        for (gate, claim) in self.claims.drain(..) {
+            gate.inconclusive(claim);
+        }
+    }
+
+    /// The claims were resolved by an answer (the gates were told directly).
+    pub fn resolved(&mut self) {
+        self.claims.clear();
     }
 }
 
 impl Drop for Probe {
     fn drop(&mut self) {
-        for gate in self.claims.drain(..) {
-            gate.release();
-        }
+        // Its task was abandoned (revoke, shutdown): the next waiting event probes at once.
+        self.release();
+    }
+}
+
+/// Counts a waiting event for as long as it waits.
+struct Waiting<'a>(&'a watch::Sender<State>);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.send_if_modified(|s| {
+            s.waiters -= 1;
+            s.waiters == 1 && s.closed.is_some()
+        });
     }
 }
 
@@ -97,21 +150,16 @@ impl Gate {
     pub fn new(retry: Duration, grace: Option<Duration>) -> Self {
         Self {
             state: watch::Sender::new(State::default()),
-            waiters: AtomicUsize::new(0),
+            claims: AtomicU64::new(0),
             retry,
             grace,
+            #[cfg(test)]
+            looks: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
     pub fn is_closed(&self) -> bool {
         self.state.borrow().closed.is_some()
-    }
-
-    /// Whether the gate is closed, or open with a condemned event still to set aside: either
-    /// way it must be kept.
-    pub fn is_needed(&self) -> bool {
-        let state = self.state.borrow();
-        state.closed.is_some() || state.condemned.is_some()
     }
 
     /// Whether the gate has been closed longer than its grace (project gates only).
@@ -135,79 +183,104 @@ impl Gate {
             .map(|c| c.detail.clone())
     }
 
+    /// What the event of `record` may do now, without waiting: `None` when it must wait.
+    /// A probe is claimed into `probe`. `waiting_self` says whether the caller is counted
+    /// among the waiters.
+    fn try_now(
+        self: &Arc<Self>,
+        record: &str,
+        probe: &mut Probe,
+        waiting_self: bool,
+    ) -> Result<Pass, Instant> {
+        let now = Instant::now();
+        let mut claimed = None;
+        let mut verdict = Err(now);
+        self.state.send_if_modified(|s| {
+            let others = s.waiters.saturating_sub(usize::from(waiting_self));
+            let Some(closed) = &mut s.closed else {
+                verdict = Ok(Pass::Open);
+                return false;
+            };
+            let mine = closed.refused.as_deref() == Some(record);
+            if closed.probe.is_none() && now >= closed.next_probe && (!mine || others == 0) {
+                let claim = self.claims.fetch_add(1, Ordering::Relaxed);
+                closed.probe = Some(claim);
+                claimed = Some(claim);
+                verdict = Ok(Pass::Probe);
+                return true;
+            }
+            if self.forbidden(Some(closed), now) {
+                verdict = Ok(Pass::Forbidden);
+                return false;
+            }
+            // Wake at the next probe only if this event could take it; else on a change.
+            let grace_end = self.grace.map(|g| closed.since + g);
+            let probe_due =
+                (closed.probe.is_none() && now < closed.next_probe).then_some(closed.next_probe);
+            verdict = Err(match (probe_due, grace_end) {
+                (Some(p), Some(g)) => p.min(g),
+                (Some(p), None) => p,
+                (None, Some(g)) => g,
+                (None, None) => now + FOREVER,
+            });
+            false
+        });
+        if let Some(claim) = claimed {
+            probe.claims.push((Arc::clone(self), claim));
+        }
+        verdict
+    }
+
+    /// What the event of `record` may do now; `None` when it would have to wait.
+    pub fn try_pass(self: &Arc<Self>, record: &str, probe: &mut Probe) -> Option<Pass> {
+        self.try_now(record, probe, false).ok()
+    }
+
     /// Waits until the event of Kafka record `record` may call, as the probe or through an
     /// open gate, or is to be set aside.
     pub async fn pass(self: &Arc<Self>, record: &str, probe: &mut Probe) -> Pass {
-        {
-            // The common case, on every call: open, nobody condemned.
-            let state = self.state.borrow();
-            if state.closed.is_none() && state.condemned.is_none() {
-                return Pass::Open;
-            }
+        if self.state.borrow().closed.is_none() {
+            // The common case, on every call.
+            return Pass::Open;
         }
-        self.waiters.fetch_add(1, Ordering::AcqRel);
-        let _waiting = Waiting(&self.waiters);
         let mut changes = self.state.subscribe();
+        self.state.send_if_modified(|s| {
+            s.waiters += 1;
+            false
+        });
+        let _waiting = Waiting(&self.state);
         loop {
-            let now = Instant::now();
-            let wake_at = {
-                let state = changes.borrow_and_update();
-                let Some(closed) = &state.closed else {
-                    if state.condemned.as_deref() == Some(record) {
-                        drop(state);
-                        self.state.send_modify(|s| s.condemned = None);
-                        return Pass::Forbidden;
-                    }
-                    return Pass::Open;
-                };
-                let others_wait = self.waiters.load(Ordering::Acquire) > 1;
-                let may_probe = !closed.probing
-                    && now >= closed.next_probe
-                    && (closed.refused.as_deref() != Some(record) || !others_wait);
-                let forbidden = self.forbidden(Some(closed), now);
-                if may_probe {
-                    None
-                } else if forbidden {
-                    return Pass::Forbidden;
-                } else {
-                    let grace_end = self.grace.map(|g| closed.since + g);
-                    Some(grace_end.map_or(closed.next_probe, |g| g.min(closed.next_probe)))
-                }
-            };
-            match wake_at {
-                None => {
-                    if self.claim(now) {
-                        probe.claims.push(Arc::clone(self));
-                        return Pass::Probe;
-                    }
-                }
-                Some(at) => {
-                    // Wake when the state changes, the next probe is due, or the grace ends.
-                    let at = at.max(now + Duration::from_millis(1));
+            changes.borrow_and_update();
+            #[cfg(test)]
+            self.looks.fetch_add(1, Ordering::Relaxed);
+            match self.try_now(record, probe, true) {
+                Ok(pass) => return pass,
+                Err(wake_at) => {
                     tokio::select! {
                         _ = changes.changed() => {}
-                        () = tokio::time::sleep_until(at) => {}
+                        () = tokio::time::sleep_until(wake_at) => {}
                     }
                 }
             }
         }
     }
 
-    fn claim(&self, now: Instant) -> bool {
+    fn release(&self, claim: u64) {
         self.state.send_if_modified(|s| match &mut s.closed {
-            Some(c) if !c.probing && now >= c.next_probe => {
-                c.probing = true;
+            Some(c) if c.probe == Some(claim) => {
+                c.probe = None;
                 true
             }
             _ => false,
-        })
+        });
     }
 
-    /// A claim given back unresolved: the next waiting event may probe at once.
-    fn release(&self) {
+    fn inconclusive(&self, claim: u64) {
+        let now = Instant::now();
         self.state.send_if_modified(|s| match &mut s.closed {
-            Some(c) if c.probing => {
-                c.probing = false;
+            Some(c) if c.probe == Some(claim) => {
+                c.probe = None;
+                c.next_probe = now + self.retry;
                 true
             }
             _ => false,
@@ -223,7 +296,7 @@ impl Gate {
             Some(c) => {
                 c.refused = Some(record.to_owned());
                 c.next_probe = now + self.retry;
-                c.probing = false;
+                c.probe = None;
                 detail.clone_into(&mut c.detail);
             }
             None => {
@@ -231,7 +304,7 @@ impl Gate {
                 s.closed = Some(Closed {
                     since: now,
                     next_probe: now + self.retry,
-                    probing: false,
+                    probe: None,
                     refused: Some(record.to_owned()),
                     detail: detail.to_owned(),
                 });
@@ -240,102 +313,17 @@ impl Gate {
         opened_before
     }
 
-    /// A call from the event of `record` was answered (accepted, or refused for the event
-    /// itself): the gate opens. When the event refused last was another one, it is
-    /// condemned. Returns true when this opened a closed gate.
-    pub fn answered(&self, record: &str) -> bool {
-        let mut was_closed = false;
-        self.state.send_if_modified(|s| {
-            let Some(closed) = s.closed.take() else {
-                return false;
-            };
-            was_closed = true;
-            // Only a project's refusal can be about one event; a service halt never is.
-            s.condemned = closed
-                .refused
-                .filter(|r| self.grace.is_some() && r != record);
-            true
-        });
-        was_closed
+    /// A call showed the gate's scope works (accepted, refused for the event itself, or,
+    /// for the service gate, refused by one project): the gate opens. Returns true when
+    /// this opened a closed gate.
+    pub fn answered(&self) -> bool {
+        self.state.send_if_modified(|s| s.closed.take().is_some())
     }
 }
+
+/// A wait with nothing to wake it but a change.
+const FOREVER: Duration = Duration::from_secs(86_400 * 365);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn gate(grace: Option<Duration>) -> Arc<Gate> {
-        Arc::new(Gate::new(Duration::from_secs(1), grace))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_abandoned_probe_lets_the_next_waiting_event_probe() {
-        let g = gate(Some(Duration::from_secs(3600)));
-        g.refuse("r1", "403");
-        let mut first = Probe::default();
-        assert_eq!(g.pass("r2", &mut first).await, Pass::Probe);
-        // The prober's task is abandoned (revoked partition): its claim goes with it.
-        drop(first);
-        let mut second = Probe::default();
-        let waited = tokio::time::timeout(Duration::from_secs(5), g.pass("r3", &mut second)).await;
-        assert_eq!(waited.ok(), Some(Pass::Probe));
-        // Accepted: the gate opens, and r1 (refused, then another event went through) is
-        // condemned.
-        assert!(g.answered("r3"));
-        assert_eq!(g.pass("r4", &mut Probe::default()).await, Pass::Open);
-        assert_eq!(g.pass("r1", &mut Probe::default()).await, Pass::Forbidden);
-        assert_eq!(g.pass("r1", &mut Probe::default()).await, Pass::Open);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_refused_event_probes_only_when_it_waits_alone() {
-        let g = gate(Some(Duration::from_secs(3600)));
-        g.refuse("bad", "403");
-        let other = {
-            let g = Arc::clone(&g);
-            tokio::spawn(async move {
-                let mut p = Probe::default();
-                let pass = g.pass("good", &mut p).await;
-                let won = !p.take().is_empty();
-                (pass, won)
-            })
-        };
-        tokio::task::yield_now().await;
-        let mut bad = Probe::default();
-        let bad_pass = tokio::spawn({
-            let g = Arc::clone(&g);
-            async move { g.pass("bad", &mut bad).await }
-        });
-        assert_eq!(other.await.unwrap(), (Pass::Probe, true));
-        g.answered("good");
-        assert_eq!(bad_pass.await.unwrap(), Pass::Forbidden);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn past_the_grace_waiting_events_are_forbidden_and_one_probe_keeps_testing() {
-        let g = gate(Some(Duration::from_secs(10)));
-        g.refuse("r1", "403");
-        let started = Instant::now();
-        let mut probe = Probe::default();
-        // Probes every second are refused...
-        loop {
-            match g.pass("rx", &mut probe).await {
-                Pass::Probe => {
-                    probe.take();
-                    g.refuse("rx", "403");
-                }
-                Pass::Forbidden => break,
-                Pass::Open => panic!("never accepted"),
-            }
-        }
-        assert!(started.elapsed() >= Duration::from_secs(10));
-        assert!(g.is_forbidden());
-        // ... and still one goes per second once forbidden; accepted, it opens the gate.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(g.pass("ry", &mut probe).await, Pass::Probe);
-        assert_eq!(g.pass("rz", &mut Probe::default()).await, Pass::Forbidden);
-        probe.take();
-        assert!(g.answered("ry"));
-        assert_eq!(g.pass("rz", &mut Probe::default()).await, Pass::Open);
-    }
-}
+#[path = "gate_tests.rs"]
+mod tests;

@@ -5,7 +5,7 @@
 //! - [`plan`]: decode, rules, reference checks (no IO) -> a [`plan::Plan`] or a dead letter;
 //! - [`lanes`]: its place among events for the same assessment (offset order);
 //! - [`event`]: its run, where every failure is settled: [`join`] (cache lookups through
-//!   [`store`], after [`catchup`]), [`deliver`] (the [`gate`]s, the call), the dead letter;
+//!   [`store`], after [`catchup`]), [`deliver`] (the [`halts`] gates, each a [`gate`]; the call), the dead letter;
 //! - [`offsets`]: its offset marked finished; [`commit`]: the finished prefix committed.
 //!
 //! Beside them: [`backpressure`] (pausing when full), [`lag`], and [`rebalance`]
@@ -18,6 +18,7 @@ pub mod concurrency;
 pub mod deliver;
 pub mod event;
 pub mod gate;
+pub mod halts;
 pub mod join;
 pub mod lag;
 pub mod lanes;
