@@ -328,3 +328,96 @@ async fn check_names_the_credential_source_and_never_prints_the_token_or_key() {
         "{out}"
     );
 }
+
+/// The admin address a config file names.
+fn admin_of(config: &Path) -> String {
+    let table: toml::Table = std::fs::read_to_string(config).unwrap().parse().unwrap();
+    table["admin"]["listen"].as_str().unwrap().to_owned()
+}
+
+async fn get(address: &str, path: &str) -> (u16, String) {
+    match reqwest::get(format!("http://{address}{path}")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// A metadata server that refuses one token request (403 while a Workload Identity binding
+/// propagates) is asked again: google-cloud-auth's refresh task ends on such an error, so the
+/// service builds its credentials again and resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_server_that_refuses_one_token_request_is_asked_again() {
+    let env = TestEnv::new("cred-mds-refuse").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_without_key(&env, "[delivery]\nhalt_retry = \"1s\"\n");
+    let host = env.endpoint.trim_start_matches("http://").to_owned();
+    let home = dir.path().to_str().unwrap();
+    let vars = clean_env(home, &[("GCE_METADATA_HOST", Some(&host))]);
+    env.sandbox.identity().refuse_tokens(1, 403);
+    let service = spawn_logged_with(config.path(), "info", &vars);
+    produce_outcomes(&env, "mdsr", 5).await;
+    let started = std::time::Instant::now();
+    while env.sandbox.accepted_count() < 5 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = service.stop("TERM");
+    let requests = token_counts(&env)["metadata_requests"].as_u64().unwrap();
+    assert_eq!(
+        env.sandbox.accepted_count(),
+        5,
+        "{requests} token requests; the service said:\n{log}"
+    );
+    assert!(requests >= 2, "asked only {requests} times");
+    assert!(log.contains("built again"), "{log}");
+}
+
+/// A token source that accepts the connection and never answers: the service halts within
+/// `request_timeout` with the reason on `/readyz`, no call goes out or is counted in flight,
+/// and it resumes once the source answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_source_that_never_answers_halts_with_its_reason_then_resumes() {
+    let env = TestEnv::new("cred-mds-hang").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_without_key(
+        &env,
+        "[recaptcha]\nrequest_timeout = \"1s\"\n[delivery]\nhalt_retry = \"1s\"\n",
+    );
+    let admin = admin_of(config.path());
+    let host = env.endpoint.trim_start_matches("http://").to_owned();
+    let home = dir.path().to_str().unwrap();
+    let vars = clean_env(home, &[("GCE_METADATA_HOST", Some(&host))]);
+    env.sandbox.identity().hang_tokens(true);
+    let service = spawn_logged_with(config.path(), "info", &vars);
+    produce_outcomes(&env, "mdsh", 5).await;
+    let started = std::time::Instant::now();
+    let (status, body) = loop {
+        let (status, body) = get(&admin, "/readyz").await;
+        if (status == 503 && body.contains("no token within"))
+            || started.elapsed() > Duration::from_secs(30)
+        {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("recaptcha.request_timeout"), "{body}");
+    let (_, metrics) = get(&admin, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "annotator_in_flight", &[]),
+        Some(0.0),
+        "no call holds a slot"
+    );
+    assert!(
+        env.sandbox.attempts().is_empty(),
+        "a call went out without a token"
+    );
+    env.sandbox.identity().hang_tokens(false);
+    let started = std::time::Instant::now();
+    while env.sandbox.accepted_count() < 5 && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = get(&admin, "/readyz").await;
+    let log = service.stop("TERM");
+    assert_eq!(env.sandbox.accepted_count(), 5, "{log}");
+    assert_eq!(status, 200, "{log}");
+}

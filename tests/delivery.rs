@@ -292,22 +292,6 @@ async fn wait_ready(port: u16, within: Duration) {
     }
 }
 
-/// Outcome events with inline names: `(event_id, project, id)` each.
-fn inline_events(items: &[(&str, &str, &str)]) -> Vec<(String, Option<String>, String)> {
-    items
-        .iter()
-        .map(|(event_id, project, id)| {
-            let event = serde_json::json!({"event_id": event_id, "outcome": "chargeback",
-                "assessment": format!("projects/{project}/assessments/{id}")});
-            (
-                "fraud-signals".to_owned(),
-                Some((*id).to_owned()),
-                event.to_string(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_refused_with_403_waits_while_the_other_projects_flow() {
     let env = TestEnv::new("project-403").await;

@@ -43,6 +43,53 @@ pub struct Identity {
     metadata_requests: AtomicU64,
     refused: AtomicU64,
     serial: AtomicU64,
+    /// Token requests still to refuse, and with which status (see [`Identity::refuse_tokens`]).
+    refuse_next: AtomicU64,
+    refuse_status: AtomicU64,
+    /// Token requests are held unanswered while set.
+    hang: AtomicBool,
+}
+
+impl Identity {
+    /// Refuses the next `n` token requests (both paths) with `status`: a metadata server
+    /// while a Workload Identity binding propagates (403, 404), a token endpoint's
+    /// `invalid_grant` (400).
+    pub fn refuse_tokens(&self, n: u64, status: u16) {
+        self.refuse_status
+            .store(u64::from(status), Ordering::Relaxed);
+        self.refuse_next.store(n, Ordering::Relaxed);
+    }
+
+    /// Holds token requests unanswered (the connection accepted, nothing said) while `on`.
+    pub fn hang_tokens(&self, on: bool) {
+        self.hang.store(on, Ordering::Relaxed);
+    }
+
+    /// A scripted fault for this token request, if one is due: hangs while told to, then
+    /// the refusal.
+    async fn fault(&self) -> Option<Response> {
+        while self.hang.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let refuse = self
+            .refuse_next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if !refuse {
+            return None;
+        }
+        let status = u16::try_from(self.refuse_status.load(Ordering::Relaxed))
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::FORBIDDEN);
+        Some(
+            (
+                status,
+                Json(json!({"error": "invalid_grant", "error_description": "scripted refusal"})),
+            )
+                .into_response(),
+        )
+    }
 }
 
 /// Why a bearer token is refused: Google's `ErrorInfo` reason.
@@ -210,6 +257,9 @@ pub(super) async fn token(
 ) -> Response {
     let identity = sandbox.identity();
     identity.token_requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(refused) = identity.fault().await {
+        return refused;
+    }
     let json = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -248,6 +298,9 @@ pub(super) async fn token(
 pub(super) async fn metadata_token(State(sandbox): State<Sandbox>, headers: HeaderMap) -> Response {
     let identity = sandbox.identity();
     identity.metadata_requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(refused) = identity.fault().await {
+        return refused;
+    }
     if headers.get("metadata-flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
         return (
             StatusCode::FORBIDDEN,

@@ -341,3 +341,19 @@ pub fn unique_events(tag: &str, n: usize) -> Vec<(String, Option<String>, String
         })
         .collect()
 }
+
+/// Outcome events with inline names: `(event_id, project, id)` each.
+pub fn inline_events(items: &[(&str, &str, &str)]) -> Vec<(String, Option<String>, String)> {
+    items
+        .iter()
+        .map(|(event_id, project, id)| {
+            let event = serde_json::json!({"event_id": event_id, "outcome": "chargeback",
+                "assessment": format!("projects/{project}/assessments/{id}")});
+            (
+                "fraud-signals".to_owned(),
+                Some((*id).to_owned()),
+                event.to_string(),
+            )
+        })
+        .collect()
+}
