@@ -302,3 +302,145 @@ fn recaptcha_annotator_now_ms() -> u64 {
     )
     .unwrap()
 }
+
+/// A proxy to `target` that delays every byte by `delay` each way (a slow link from one
+/// instance to Redis); returns its port.
+async fn slow_proxy(target: String, delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(delayed_pipe(client_read, server_write, delay));
+            tokio::spawn(delayed_pipe(server_read, client_write, delay));
+        }
+    });
+    port
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read (latency, not a bandwidth cap).
+async fn delayed_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0
+            || tx
+                .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+        {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// The admin address a config file names.
+fn admin_of(config: &std::path::Path) -> String {
+    let table: toml::Table = std::fs::read_to_string(config).unwrap().parse().unwrap();
+    table["admin"]["listen"].as_str().unwrap().to_owned()
+}
+
+/// One instance reaches Redis over a slow link (700 ms round trips, over the old 500 ms
+/// budget timeout) while the other reaches it directly: the slow one waits for the group's
+/// answers instead of falling back to a share of its own, so the group stays within rate +
+/// burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_with_a_slow_link_to_redis_keeps_the_group_within_its_budget() {
+    let env = TestEnv::with_partitions("slow-redis", 4).await;
+    env.produce_bulk(unique_events("sr", 8000)).await;
+    let direct = redis_url();
+    let target = direct
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let port = slow_proxy(target, Duration::from_millis(350)).await;
+    // Many calls in flight, so a slow instance that fell back could spend its whole share
+    // despite its slow cache round trips.
+    let budget = "[delivery]\nrate_limit = 200\nrate_burst = 20\nmax_in_flight = 256\nadaptive_concurrency = false\n";
+    let fast = env.config_file(&format!("{}{budget}", env.redis_toml(&direct)));
+    let slow = env.config_file(&format!(
+        "{}{budget}",
+        env.redis_toml(&format!("redis://127.0.0.1:{port}"))
+    ));
+    let slow_admin = admin_of(slow.path());
+    let instances = [spawn_binary(fast.path()), spawn_binary(slow.path())];
+    let started = std::time::Instant::now();
+    let mut fell_back = false;
+    let mut granted = 0.0;
+    while started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(r) = reqwest::get(format!("http://{slow_admin}/metrics")).await {
+            let text = r.text().await.unwrap_or_default();
+            fell_back |= metric(&text, "annotator_rate_budget_fallback", &[]) == Some(1.0);
+            granted = metric(&text, "annotator_rate_budget_granted_total", &[]).unwrap_or(granted);
+        }
+    }
+    for instance in &instances {
+        signal(instance, "TERM");
+    }
+    drop(instances);
+    let busiest = env.sandbox.busiest_second();
+    eprintln!(
+        "slow link: busiest second {busiest}, the slow instance got {granted} tokens, fell back: {fell_back}"
+    );
+    assert!(
+        !fell_back,
+        "the slow instance fell back to a share of its own"
+    );
+    assert!(
+        granted > 0.0,
+        "the slow instance took no token from the group's budget"
+    );
+    // As in two_instances_share_one_budget_through_redis: rate + burst and 3% of jitter.
+    assert!(
+        busiest <= 227,
+        "{busiest} calls in one second, above rate + burst"
+    );
+}
+
+/// Redis's clock stepped back an hour after a TAT was set: the TAT lies an hour ahead,
+/// which no grant can leave. The budget starts again from now instead of holding every call
+/// for an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_step_on_redis_does_not_hold_the_budget() {
+    let env = TestEnv::with_partitions("redis-clock", 1).await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let an_hour_ahead = (seconds + 3600) * 1_000_000 + micros;
+    let key = format!("{{{}budget:}}all", env.prefix);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(an_hour_ahead)
+        .arg("EX")
+        .arg(7200)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    env.produce_bulk(unique_events("clk", 20)).await;
+    let mut config = env.config();
+    env.use_redis(&mut config, &redis_url());
+    config.delivery.rate_limit = 50;
+    config.delivery.rate_burst = Some(5);
+    let service = env.start(config);
+    env.wait_accepted(20, Duration::from_secs(20)).await;
+    service.stop().await;
+}

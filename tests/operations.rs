@@ -180,7 +180,8 @@ async fn check_passes_on_a_live_stack_and_names_what_is_down() {
         "ok   broker",
         "ok   cache",
         "ok   budget",
-        "200/s, burst 20 for the whole group, shared through Redis (its script runs)",
+        "200/s, burst 20 for the whole group, shared through Redis ",
+        "(its script runs)",
         "ok   endpoint",
         "ok   credentials",
         "REDACTED",
@@ -188,6 +189,16 @@ async fn check_passes_on_a_live_stack_and_names_what_is_down() {
     ] {
         assert!(stdout.contains(line), "{line} missing:\n{stdout}");
     }
+    // The server's version is named (the script needs Redis 5 or later).
+    let version = stdout
+        .split("shared through Redis ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default();
+    assert!(
+        recaptcha_annotator::budget::redis::runs_the_script(version),
+        "{version:?} in:\n{stdout}"
+    );
     assert!(!stdout.contains(API_KEY), "API key printed:\n{stdout}");
     // A wrong key: the endpoint answers, the credentials probe fails, naming why.
     let (ok, stdout, _) = tokio::task::block_in_place(|| {

@@ -34,10 +34,25 @@ use crate::telemetry::Metrics;
 /// again.
 pub const RETRY_SHARED_AFTER: Duration = Duration::from_secs(1);
 
-/// A budget call that takes longer is treated as Redis being unreachable (long enough that
-/// a loaded Redis is not mistaken for a lost one: each instance's fallback share plus the
-/// others' shared budget could exceed the budget).
-const SHARED_TIMEOUT: Duration = Duration::from_secs(1);
+/// A budget call that takes longer is treated as Redis being unreachable. Long, so a slow
+/// Redis (or a slow link from one instance) is waited for, not mistaken for a lost one: that
+/// instance's fallback share plus the others' shared budget would exceed the budget. Its
+/// calls wait meanwhile; only a failed call (refused, reset) falls back at once.
+pub const SHARED_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest wait a budget of `limits` can ask for: `1 / rate + burst / rate` of the
+/// slowest. A longer answer from Redis is an error (its clock stepped), not a wait.
+fn longest_wait(limits: &[(&str, Rate)]) -> Duration {
+    let longest = limits
+        .iter()
+        .map(|(_, r)| {
+            r.interval_us()
+                .saturating_mul(u64::from(r.burst.max(1)).saturating_add(1))
+        })
+        .max()
+        .unwrap_or(0);
+    Duration::from_micros(longest)
+}
 
 /// Most projects with a 429 rate of their own at once.
 const MAX_THROTTLED: usize = 1000;
@@ -291,6 +306,10 @@ impl Budget {
         let refs: Vec<(&str, Rate)> = limits.iter().map(|(k, r)| (k.as_str(), *r)).collect();
         if let (Some(shared), Source::Shared) = (&self.shared, source) {
             match tokio::time::timeout(SHARED_TIMEOUT, shared.take(&refs)).await {
+                Ok(Ok(Err(wait))) if wait > longest_wait(&refs) => self.shared_failed(&format!(
+                    "Redis asked to wait {}, longer than the budget ever makes a call wait (its clock stepped?)",
+                    humantime::format_duration(wait)
+                )),
                 Ok(Ok(answer)) => {
                     self.shared_answered();
                     return answer;

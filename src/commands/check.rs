@@ -157,6 +157,15 @@ async fn check_budget(config: &Config) -> Result<String, String> {
     }
     let target = crate::cache::link::RedisTarget::from_config(&config.cache)?;
     let shared = SharedBudget::new(target, &config.cache.redis_budget_prefix).map_err(|e| e.0)?;
+    let version = tokio::time::timeout(Duration::from_secs(5), shared.server_version())
+        .await
+        .map_err(|_| "Redis did not answer INFO within 5 s".to_owned())?
+        .map_err(|e| format!("Redis did not answer INFO: {}", e.0))?;
+    if !crate::budget::redis::runs_the_script(&version) {
+        return Err(format!(
+            "Redis {version} is too old for the group's budget: its script reads TIME, which needs Redis 5 or later (effects replication)"
+        ));
+    }
     let probe = Rate {
         per_second: 1_000_000.0,
         burst: 1_000_000,
@@ -172,7 +181,7 @@ async fn check_budget(config: &Config) -> Result<String, String> {
         })?
         .map_err(|_| "the probe was refused".to_owned())?;
     Ok(format!(
-        "{rate} for the whole group, shared through Redis (its script runs){caps}"
+        "{rate} for the whole group, shared through Redis {version} (its script runs){caps}"
     ))
 }
 

@@ -156,6 +156,21 @@ impl Harness {
 
     /// Runs one annotation for `name` to its end; returns its Kafka record identity.
     pub async fn annotate(&self, event_id: &str, name: &str) -> String {
+        let (record, run) = self.run(event_id, name, CancellationToken::new());
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the event finishes");
+        record
+    }
+
+    /// The run of one annotation for `name`, abandoned when `abandon` fires, and its Kafka
+    /// record identity.
+    pub fn run(
+        &self,
+        event_id: &str,
+        name: &str,
+        abandon: CancellationToken,
+    ) -> (String, impl Future<Output = ()> + use<>) {
         let offset = self.next_offset.fetch_add(1, Ordering::Relaxed);
         let msg = Message {
             tp: TopicPartition::new("t", 0),
@@ -173,12 +188,8 @@ impl Harness {
             target: Target::Known(AssessmentName::parse(name).unwrap()),
             body: bytes::Bytes::from_static(b"{}"),
         };
-        let run =
-            Arc::clone(&self.runner).run(msg, ticket, Ok(plan), None, CancellationToken::new());
-        tokio::time::timeout(Duration::from_secs(10), run)
-            .await
-            .expect("the event finishes");
-        record
+        let run = Arc::clone(&self.runner).run(msg, ticket, Ok(plan), None, abandon);
+        (record, run)
     }
 }
 
@@ -218,4 +229,26 @@ async fn a_crashed_event_is_counted_and_its_partition_shown_as_stalled() {
     cache.panic.store(false, Ordering::Relaxed);
     h.annotate("e-2", "projects/p/assessments/a2").await;
     assert_eq!(h.sandbox.accepted_count(), 2);
+}
+
+#[tokio::test]
+async fn an_abandoned_call_is_no_longer_counted_in_flight() {
+    let h = Harness::new(Arc::new(FlakyCache::default()) as Arc<dyn Cache>).await;
+    h.sandbox.set_script(crate::sandbox::Script {
+        default: Some(crate::sandbox::DefaultAnswer {
+            delay_ms: 60_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let abandon = CancellationToken::new();
+    let (_, run) = h.run("e-1", "projects/p/assessments/a1", abandon.clone());
+    let run = tokio::spawn(run);
+    while h.metrics.in_flight.get() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The partition is revoked while the call is out.
+    abandon.cancel();
+    run.await.unwrap();
+    assert_eq!(h.metrics.in_flight.get(), 0);
 }

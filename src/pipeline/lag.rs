@@ -87,10 +87,17 @@ impl Lag {
                 if !book.owns(&tp) {
                     continue;
                 }
+                let labels = [labels[0].as_str(), labels[1].as_str()];
                 metrics
                     .consumer_lag
-                    .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
+                    .with_label_values(&labels)
                     .set((high - position).max(0));
+                // Revoked while this reading ran: its series were removed after the book let
+                // the partition go, so looking again after setting never leaves one behind.
+                if !book.owns(&tp) {
+                    let _ = metrics.consumer_lag.remove_label_values(&labels);
+                    let _ = metrics.committed_offset.remove_label_values(&labels);
+                }
             }
             running.store(false, Ordering::Release);
         });
