@@ -239,8 +239,9 @@ fn pipeline(config: &Config, validated: &Validated, parts: Parts) -> anyhow::Res
         gate,
         metrics.clone(),
     );
-    let dead_letters = DeadLetterWriter::new(&config.kafka, &log, Arc::clone(&health))
-        .context("creating the dead-letter producer")?;
+    let dead_letters =
+        DeadLetterWriter::new(&config.kafka, &log, Arc::clone(&health), metrics.clone())
+            .context("creating the dead-letter producer")?;
     let runner = Runner {
         store,
         joiner,

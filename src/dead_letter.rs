@@ -13,6 +13,7 @@ use crate::config::KafkaConfig;
 use crate::failure::{DeadLetter, Failure, RetryCause};
 use crate::health::Health;
 use crate::kafka::{self, REPLAY_COUNT};
+use crate::telemetry::Metrics;
 
 /// Where a message came from.
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct DeadLetterWriter {
     max_bytes: usize,
     /// Readiness: says why dead letters cannot be written while the broker refuses them.
     health: Arc<Health>,
+    /// `annotator_dead_letters_refused`.
+    metrics: Metrics,
 }
 
 impl DeadLetterWriter {
@@ -45,38 +48,56 @@ impl DeadLetterWriter {
         config: &KafkaConfig,
         log: &kafka::LogContext,
         health: Arc<Health>,
+        metrics: Metrics,
     ) -> Result<Self, KafkaError> {
         Ok(Self {
             producer: kafka::dead_letter_producer(config, log)?,
             topic: config.topics.dead_letter.clone(),
             max_bytes: kafka::max_message_bytes(config),
             health,
+            metrics,
         })
+    }
+
+    fn refused(&self, why: Option<String>) {
+        self.metrics
+            .dead_letters_refused
+            .set(i64::from(why.is_some()));
+        self.health.set_dead_letters_refused(why);
     }
 
     /// Writes one record and waits for the broker's acknowledgement; a failure is retried.
     /// A value the topic cannot take whole is cut to fit, with `annotator.truncated` = its
-    /// size; a record refused as too large is cut further, never retried as it is.
+    /// size; a record refused as too large is cut further, never retried as it is. A key too
+    /// large for the record even without a value is cut too, with `annotator.key_truncated`
+    /// = its length and `annotator.key_sha256` = the whole key's hash, so it can be matched.
     pub async fn write(&self, source: &Source<'_>, letter: &DeadLetter) -> Result<(), Failure> {
         let payload = source.payload.unwrap_or_default();
-        let overhead = RECORD_OVERHEAD
-            + source.key.map_or(0, <[u8]>::len)
-            + letter.detail.len()
-            + source.topic.len();
-        let mut keep = payload.len().min(self.max_bytes.saturating_sub(overhead));
+        let key = source.key.unwrap_or_default();
+        let room = self
+            .max_bytes
+            .saturating_sub(RECORD_OVERHEAD + letter.detail.len() + source.topic.len());
+        // A key (small, as a rule) at most half the room; the value the rest.
+        let mut keep_key = key.len().min(room / 2);
+        let mut keep = payload.len().min(room - keep_key);
         loop {
-            match self.send(source, letter, keep).await {
+            match self.send(source, letter, keep_key, keep).await {
                 Err(KafkaError::MessageProduction(
                     RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize,
-                )) if keep > 0 => {
-                    // Permanent for this size: cut the value further.
-                    keep /= 2;
+                )) if keep > 0 || keep_key > 0 => {
+                    // Permanent for this size: cut the larger of the two further.
+                    if keep_key > keep {
+                        keep_key /= 2;
+                    } else {
+                        keep /= 2;
+                    }
                 }
                 Err(e) => {
                     // The event keeps its partition's commit point and is tried again; a
-                    // refusal that only an operator can lift is also said on `/readyz`.
+                    // refusal that only an operator can lift is also said on `/readyz` and
+                    // in `annotator_dead_letters_refused`.
                     if let Some(why) = self.refusal(&e) {
-                        self.health.set_dead_letters_refused(Some(why));
+                        self.refused(Some(why));
                     }
                     return Err(Failure::retry(
                         RetryCause::DeadLetterWrite,
@@ -85,7 +106,7 @@ impl DeadLetterWriter {
                     ));
                 }
                 Ok(()) => {
-                    self.health.set_dead_letters_refused(None);
+                    self.refused(None);
                     return Ok(());
                 }
             }
@@ -118,11 +139,12 @@ impl DeadLetterWriter {
         })
     }
 
-    /// Sends the record with the first `keep` bytes of the value.
+    /// Sends the record with the first `keep_key` bytes of the key and `keep` of the value.
     async fn send(
         &self,
         source: &Source<'_>,
         letter: &DeadLetter,
+        keep_key: usize,
         keep: usize,
     ) -> Result<(), KafkaError> {
         let origin = format!("{}/{}/{}", source.topic, source.partition, source.offset);
@@ -162,9 +184,25 @@ impl DeadLetterWriter {
                 value: Some(size.as_str()),
             });
         }
+        let key = source.key.map(|k| &k[..keep_key.min(k.len())]);
+        let key_cut = source
+            .key
+            .filter(|k| keep_key < k.len())
+            .map(|k| (k.len().to_string(), sha256_hex(k)));
+        if let Some((length, hash)) = &key_cut {
+            headers = headers
+                .insert(Header {
+                    key: "annotator.key_truncated",
+                    value: Some(length.as_str()),
+                })
+                .insert(Header {
+                    key: "annotator.key_sha256",
+                    value: Some(hash.as_str()),
+                });
+        }
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&self.topic).headers(headers);
-        if let Some(key) = source.key {
+        if let Some(key) = key {
             record = record.key(key);
         }
         if let Some(payload) = payload {
@@ -176,4 +214,17 @@ impl DeadLetterWriter {
             .map(|_| ())
             .map_err(|(e, _)| e)
     }
+}
+
+/// The SHA-256 of `bytes`, in hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }

@@ -444,6 +444,7 @@ async fn oversized_events_are_dead_lettered_and_cut_to_fit_the_topic() {
     assert_eq!(whole.value.as_deref(), Some(big.as_str()));
     let cut = by_source(&format!("event of {} bytes", huge.len() + 2));
     assert_eq!(cut.headers["annotator.truncated"], huge.len().to_string());
+    assert_eq!(cut.key.as_deref(), Some("k2"), "a small key is kept whole");
     let kept = cut.value.as_deref().unwrap();
     assert!(
         kept.len() < 1_000_000 && huge.starts_with(kept),

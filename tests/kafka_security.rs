@@ -213,6 +213,11 @@ async fn over_sasl_scram_and_tls_the_service_does_what_its_acls_allow_and_holds_
         body.contains("TOPIC_AUTHORIZATION_FAILED") && body.contains("WRITE"),
         "{body}"
     );
+    let (_, metrics) = env.http_get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "annotator_dead_letters_refused", &[]),
+        Some(1.0)
+    );
     env.wait_accepted(8, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -225,6 +230,11 @@ async fn over_sasl_scram_and_tls_the_service_does_what_its_acls_allow_and_holds_
     tokio::task::block_in_place(|| broker.grant_dead_letter_write(&env));
     env.wait_all_committed(Duration::from_secs(60)).await;
     env.wait_ready(Duration::from_secs(30)).await;
+    let (_, metrics) = env.http_get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "annotator_dead_letters_refused", &[]),
+        Some(0.0)
+    );
     service.stop().await;
     assert_eq!(env.dead_letters(2, Duration::from_secs(10)).len(), 2);
     assert_eq!(env.sandbox.accepted_count(), 8);

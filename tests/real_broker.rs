@@ -366,3 +366,44 @@ async fn a_commit_below_the_log_start_does_not_hold_the_catch_up_for_ever() {
     }
     service.stop().await;
 }
+
+/// A record whose key alone is larger than the dead-letter topic takes: its dead letter
+/// keeps the key's start, its length and its hash, instead of being retried for ever while
+/// it holds its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_too_large_for_the_dead_letter_topic_is_cut_with_its_length_and_hash() {
+    let env = TestEnv::with_partitions("huge-key", 1).await;
+    env.set_topic_config("fraud-signals", "max.message.bytes", "2000000")
+        .await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", env.brokers.as_str())
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    let key = "k".repeat(1_200_000);
+    env.produce_with(&producer, "fraud-signals", &key, "not json")
+        .await;
+    env.produce_bulk(unique_events("after-key", 1)).await;
+    let service = env.start(env.config());
+    env.wait_all_committed(Duration::from_secs(60)).await;
+    service.stop().await;
+    let letters = env.dead_letters(1, Duration::from_secs(10));
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter.headers["annotator.error"], "decode");
+    assert_eq!(
+        letter.headers["annotator.key_truncated"],
+        key.len().to_string()
+    );
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(letter.headers["annotator.key_sha256"], hex);
+    let kept = letter.key.as_deref().unwrap();
+    assert!(
+        kept.len() < 1_000_000 && key.starts_with(kept),
+        "{}",
+        kept.len()
+    );
+    assert_eq!(letter.value.as_deref(), Some("not json"));
+    assert_eq!(env.sandbox.accepted_count(), 1, "the stream went on");
+}

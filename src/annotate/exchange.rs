@@ -100,6 +100,19 @@ pub fn push_field(out: &mut Vec<u8>, name: &http::HeaderName, value: &http::Head
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether `buf` holds a head's end (an empty line; httparse takes a bare LF too) that was
+/// not there before `scanned`.
+fn head_ends(buf: &[u8], scanned: usize) -> bool {
+    let new = &buf[scanned.saturating_sub(3)..];
+    new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n")
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How often this thread parsed a head (tests: once per head however it arrives).
+    pub static HEAD_PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Writes `request` and reads its answer; `max_body` bytes of the body are kept.
 pub async fn exchange(
     stream: &mut TcpStream,
@@ -111,13 +124,18 @@ pub async fn exchange(
     drop(request);
     let mut buf = Vec::new();
     let mut interim = 0;
+    // How much of `buf` was looked at for the head's end: a head that arrives a byte at a
+    // time is parsed once, when its end is in, not from its start on every read.
+    let mut scanned = 0;
     let head = loop {
-        // Nothing to parse before the first read.
-        let parsed = if buf.is_empty() {
-            None
-        } else {
+        let parsed = if head_ends(&buf, scanned) {
+            #[cfg(test)]
+            HEAD_PARSES.with(|n| n.set(n.get() + 1));
             parse_head(&buf).map_err(H1Error::from)?
+        } else {
+            None
         };
+        scanned = buf.len();
         if let Some(head) = parsed {
             if (100..200).contains(&head.status) {
                 // An interim answer (100 Continue, 103 Early Hints): the real one follows.
@@ -127,6 +145,7 @@ pub async fn exchange(
                     return Err(H1Error::from(Malformed(many)).into());
                 }
                 buf.drain(..head.len);
+                scanned = 0;
                 continue;
             }
             break head;

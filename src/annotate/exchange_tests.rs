@@ -187,3 +187,13 @@ async fn a_body_past_the_cap_is_cut_and_its_connection_not_reused() {
     }
     assert_eq!(opened, 2, "the rest of the body was not read");
 }
+
+#[tokio::test]
+async fn a_head_that_arrives_a_few_bytes_at_a_time_is_parsed_once() {
+    let before = super::HEAD_PARSES.with(std::cell::Cell::get);
+    let answer: &'static [u8] = b"HTTP/1.1 200 OK\r\nx-a: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\nx-b: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\r\nx-c: cccccccccccccccccccccccccccccc\r\ncontent-length: 2\r\n\r\n{}";
+    let (calls, _) = two_calls(answer, false, true).await;
+    assert!(calls.iter().all(|c| c.result.is_ok()), "{calls:?}");
+    let parses = super::HEAD_PARSES.with(std::cell::Cell::get) - before;
+    assert_eq!(parses, 2, "one parse per head, not one per read");
+}

@@ -254,6 +254,8 @@ impl Config {
                 errors.push(format!(
                     "delivery.project_rate_limits.{project}: must be at least 1 (remove the entry for no cap)"
                 ));
+            } else if let Some(why) = never_matches(project, self.recaptcha.project.as_deref()) {
+                warnings.push(format!("delivery.project_rate_limits.{project}: {why}"));
             } else if d.rate_limit > 0 && *cap > d.rate_limit {
                 warnings.push(format!(
                     "delivery.project_rate_limits.{project} = {cap} is above delivery.rate_limit = {}: the budget caps it first",
@@ -379,3 +381,25 @@ impl Config {
 #[cfg(test)]
 #[path = "validate_tests.rs"]
 mod tests;
+
+/// Why a project cap keyed `cap` never meets events when `recaptcha.project` (the project
+/// events are named under) is written in the other form: caps, 429 throttles and halt gates
+/// are keyed by the project exactly as assessment names spell it, a number or an id.
+fn never_matches(cap: &str, project: Option<&str>) -> Option<String> {
+    let project = project?;
+    let number = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    let form = |p: &str| {
+        if number(p) {
+            "a project number"
+        } else {
+            "a project id"
+        }
+    };
+    (number(cap) != number(project)).then(|| {
+        format!(
+            "{cap} is {} but recaptcha.project = {project} is {}: assessment names spell their project one way, and this cap only applies to names spelling it exactly {cap:?}",
+            form(cap),
+            form(project)
+        )
+    })
+}

@@ -220,6 +220,25 @@ fn reading_uncommitted_transactions_is_warned_about() {
 }
 
 #[test]
+fn a_project_cap_spelt_in_the_other_form_than_recaptcha_project_is_warned_about() {
+    let warned = |project: &str, cap: &str| {
+        let config = Config::from_toml(&format!(
+            "[recaptcha]\nproject = \"{project}\"\n[delivery]\nproject_rate_limits = {{ \"{cap}\" = 10 }}"
+        ))
+        .unwrap();
+        let validated = config.validate().unwrap();
+        validated
+            .warnings
+            .iter()
+            .any(|w| w.contains(&format!("project_rate_limits.{cap}")) && w.contains("exactly"))
+    };
+    assert!(warned("123456789012", "shop-prod"));
+    assert!(warned("shop-prod", "123456789012"));
+    assert!(!warned("shop-prod", "blog-prod"));
+    assert!(!warned("123456789012", "987654321098"));
+}
+
+#[test]
 fn absurd_durations_and_counts_are_refused_not_panicked_on() {
     let config = Config::from_toml(
         "[delivery]\nrebalance_timeout = \"1000000000d\"\nhalt_retry = \"999999999d\"\nmax_in_flight = 3000000000\nmax_pending = 3000000000\n[admin]\nlag_interval = \"100000d\"",

@@ -135,6 +135,7 @@ impl Harness {
                 &KafkaConfig::default(),
                 &crate::kafka::LogContext::new("127.0.0.1:9092"),
                 Arc::clone(&health),
+                metrics.clone(),
             )
             .unwrap(),
             book: Arc::clone(&book),

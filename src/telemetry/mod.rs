@@ -63,6 +63,8 @@ pub struct Metrics {
     pub stalled_partitions: IntGauge,
     /// `annotator_halted_projects`: projects whose calls are halted by 403.
     pub halted_projects: IntGauge,
+    /// `annotator_dead_letters_refused`: 1 while the broker refuses every dead letter.
+    pub dead_letters_refused: IntGauge,
     /// The adaptive in-flight limit.
     pub concurrency_limit: IntGauge,
     pub budget_granted: IntCounter,
@@ -228,6 +230,11 @@ impl Metrics {
                 &registry,
                 "annotator_halted_projects",
                 "Projects whose annotate calls are halted because the endpoint answers 403 (the others flow)",
+            ),
+            dead_letters_refused: gauge(
+                &registry,
+                "annotator_dead_letters_refused",
+                "1 while the broker refuses every dead letter (an ACL, a missing topic, a policy): the events that fail wait, holding their partitions",
             ),
             stalled_partitions: gauge(
                 &registry,
