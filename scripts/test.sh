@@ -5,7 +5,8 @@
 #
 #   scripts/test.sh          the suite CI runs (fuzzing bounded to about a minute)
 #   scripts/test.sh --long   the same, with the fuzzers run 25 times longer (about 20 minutes)
-#                            and the three-broker failover tests (tests/cluster.rs)
+#                            and the three-broker failover tests (tests/cluster.rs) and
+#                            the chaos at the halt gates (tests/halts.rs)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -37,4 +38,5 @@ cargo deny --offline check licenses bans sources
 cargo test --all-targets --locked
 if $long; then
   cargo test --locked --test cluster -- --ignored
+  cargo test --locked --test halts -- --ignored
 fi

@@ -73,3 +73,118 @@ async fn a_project_refused_for_a_while_loses_no_event_to_forbidden() {
     assert!(names.contains("projects/222/assessments/w1"), "{names:?}");
     assert!(names.contains("projects/222/assessments/w2"), "{names:?}");
 }
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// Produces a batch: four events of the healthy project, two of project 222; returns
+/// their assessment names.
+async fn produce_batch(env: &TestEnv, next: &mut usize) -> Vec<String> {
+    let mut items = Vec::new();
+    for project in [PROJECT, PROJECT, PROJECT, PROJECT, "222", "222"] {
+        items.push((format!("c-{next}"), project.to_owned(), format!("c{next}")));
+        *next += 1;
+    }
+    let refs: Vec<(&str, &str, &str)> = items
+        .iter()
+        .map(|(e, p, id)| (e.as_str(), p.as_str(), id.as_str()))
+        .collect();
+    env.produce_bulk(inline_events(&refs)).await;
+    items
+        .into_iter()
+        .map(|(_, p, id)| format!("projects/{p}/assessments/{id}"))
+        .collect()
+}
+
+/// Produces a batch every 250 ms for `span`.
+async fn produce_for(env: &TestEnv, span: Duration, next: &mut usize, names: &mut Vec<String>) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < span {
+        names.extend(produce_batch(env, next).await);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Forty seconds of faults at the gates, in rounds: project 222 refused (403) for 3 s, a
+/// 401 episode of 1.5 s whose probes then meet three 503s, and one assessment Google always
+/// refuses per round. Nothing is lost, only the always-refused assessments are dead-lettered
+/// (`forbidden`), and the healthy project flows while 222 is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: scripts/test.sh --long runs it"]
+async fn chaos_at_the_gates_loses_nothing_and_condemns_only_refused_assessments() {
+    let env = TestEnv::with_partitions("gate-chaos", 4).await;
+    let bad: Vec<String> = (0..5)
+        .map(|i| format!("projects/{PROJECT}/assessments/bad{i}"))
+        .collect();
+    env.forbid(&bad);
+    let mut config = env.config();
+    config.delivery.forbidden_grace = Duration::from_secs(60);
+    let service = env.start(config);
+    let mut next = 0;
+    let mut good = Vec::new();
+    let mut refusals = Vec::new();
+    for (round, bad_name) in bad.iter().enumerate() {
+        let id = bad_name.rsplit('/').next().unwrap();
+        env.produce_bulk(inline_events(&[(&format!("bad-{round}"), PROJECT, id)]))
+            .await;
+        let started = now_ms();
+        env.forbid(&[bad.clone(), vec!["projects/222/".to_owned()]].concat());
+        produce_for(&env, Duration::from_secs(3), &mut next, &mut good).await;
+        refusals.push((started, now_ms()));
+        env.forbid(&bad);
+        produce_for(&env, Duration::from_secs(1), &mut next, &mut good).await;
+        env.script(vec![], Some(answer(401, 0)));
+        produce_for(&env, Duration::from_millis(1500), &mut next, &mut good).await;
+        env.script(vec![scripted(503, 3)], Some(answer(200, 0)));
+        produce_for(&env, Duration::from_millis(2500), &mut next, &mut good).await;
+    }
+    env.wait_all_committed(Duration::from_secs(120)).await;
+    service.stop().await;
+
+    let letters = env.dead_letters(bad.len(), Duration::from_secs(10));
+    let condemned: BTreeSet<String> = letters
+        .iter()
+        .map(|l| {
+            assert_eq!(l.headers["annotator.error"], "forbidden", "{l:?}");
+            let value: serde_json::Value =
+                serde_json::from_str(l.value.as_deref().unwrap()).unwrap();
+            value["assessment"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(condemned, bad.iter().cloned().collect(), "false forbidden");
+    assert_eq!(letters.len(), bad.len(), "a dead letter written twice");
+    let accepted: BTreeSet<String> = env.sandbox.recorded().into_iter().map(|r| r.name).collect();
+    let lost: Vec<&String> = good.iter().filter(|n| !accepted.contains(*n)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} lost: {lost:?}",
+        lost.len(),
+        good.len()
+    );
+    let attempts = env.sandbox.attempts();
+    let healthy = format!("projects/{PROJECT}/");
+    for (from, to) in refusals {
+        let flowed = attempts
+            .iter()
+            .filter(|a| a.status == 200 && a.name.starts_with(&healthy))
+            .filter(|a| (from..to).contains(&a.at_ms))
+            .count();
+        assert!(
+            flowed > 0,
+            "the healthy project stopped while 222 was refused"
+        );
+    }
+    eprintln!(
+        "gate chaos: {} events, {} attempts, {} dead letters",
+        good.len() + bad.len(),
+        attempts.len(),
+        letters.len()
+    );
+}
