@@ -14,8 +14,9 @@ use crate::{app, sandbox};
 #[derive(Debug, Parser)]
 #[command(
     name = "recaptcha-annotator",
-    version,
-    about = "Kafka outcome events -> reCAPTCHA Enterprise annotations"
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ANNOTATOR_REVISION"), ")"),
+    about = "Kafka outcome events -> reCAPTCHA Enterprise annotations",
+    after_help = "Exit codes: 0 done; 1 the command failed (a run that stopped on an error, a failed check); 2 the command line is wrong; 78 the config is wrong (EX_CONFIG: a file that does not parse, a value the validation refuses)."
 )]
 pub struct Cli {
     /// Log format (overrides `log.format`).
@@ -29,8 +30,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the service.
     Run {
-        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
-        #[arg(long, short)]
+        /// TOML config (or ANNOTATOR_CONFIG); every key can be overridden by
+        /// ANNOTATOR__SECTION__KEY.
+        #[arg(long, short, env = "ANNOTATOR_CONFIG")]
         config: Option<PathBuf>,
         /// Decide and log every annotation, call nothing; commits as the consumer group
         /// `<kafka.group_id>-dry-run` (or --group), never as the real group.
@@ -40,6 +42,12 @@ pub enum Command {
         /// real one. Only with --dry-run.
         #[arg(long, requires = "dry_run")]
         group: Option<String>,
+    },
+    /// Print a shell's completion script (bash: `source <(recaptcha-annotator completions
+    /// bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Serve a local annotate endpoint that behaves like Google's.
     Sandbox {
@@ -84,8 +92,9 @@ pub enum Command {
     /// credentials with one annotate call (see --offline), and print the effective config
     /// with secrets redacted. Changes nothing on disk. Exits non-zero naming what failed.
     Check {
-        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
-        #[arg(long, short)]
+        /// TOML config (or ANNOTATOR_CONFIG); every key can be overridden by
+        /// ANNOTATOR__SECTION__KEY.
+        #[arg(long, short, env = "ANNOTATOR_CONFIG")]
         config: Option<PathBuf>,
         /// Skip the credentials probe (one annotate call for an assessment that cannot
         /// exist, which costs one request of the project's quota).
@@ -99,8 +108,9 @@ pub enum Command {
     },
     /// Create the configured topics (consumed ones and the dead-letter topic).
     CreateTopics {
-        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
-        #[arg(long, short)]
+        /// TOML config (or ANNOTATOR_CONFIG); every key can be overridden by
+        /// ANNOTATOR__SECTION__KEY.
+        #[arg(long, short, env = "ANNOTATOR_CONFIG")]
         config: Option<PathBuf>,
         #[arg(long, default_value_t = 3)]
         partitions: i32,
@@ -154,8 +164,9 @@ pub enum Command {
     /// Print the JSON Schemas (draft 2020-12) of the events each topic takes, with the
     /// outcome vocabulary of the config's rules (or write them into --out).
     Schemas {
-        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
-        #[arg(long, short)]
+        /// TOML config (or ANNOTATOR_CONFIG); every key can be overridden by
+        /// ANNOTATOR__SECTION__KEY.
+        #[arg(long, short, env = "ANNOTATOR_CONFIG")]
         config: Option<PathBuf>,
         /// Write one file per topic into this directory instead of printing.
         #[arg(long)]
@@ -174,8 +185,9 @@ pub enum Command {
     /// End-to-end demo on local defaults: sandbox endpoint, fresh topics, sample events for
     /// every rule, the service running until all of them are committed.
     Demo {
-        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
-        #[arg(long, short)]
+        /// TOML config (or ANNOTATOR_CONFIG); every key can be overridden by
+        /// ANNOTATOR__SECTION__KEY.
+        #[arg(long, short, env = "ANNOTATOR_CONFIG")]
         config: Option<PathBuf>,
     },
 }
@@ -187,8 +199,9 @@ pub enum DeadLetterCommand {
     /// the same command never replays a record twice, but two runs with different filters
     /// (or groups) each replay what they match.
     Replay {
-        /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
-        #[arg(long, short)]
+        /// TOML config (or ANNOTATOR_CONFIG); every key can be overridden by
+        /// ANNOTATOR__SECTION__KEY.
+        #[arg(long, short, env = "ANNOTATOR_CONFIG")]
         config: Option<PathBuf>,
         /// Only this reason (decode, unknown_outcome, invalid_reference, unjoined, rejected,
         /// forbidden);
@@ -219,6 +232,22 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
+/// Exit code of a wrong config (`EX_CONFIG` of sysexits.h), apart from a run that failed (1)
+/// and a wrong command line (2, clap's).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// The exit code of a command that ended with `error`.
+fn exit_code(error: &anyhow::Error) -> ExitCode {
+    if error
+        .chain()
+        .any(|cause| cause.downcast_ref::<crate::config::ConfigError>().is_some())
+    {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -235,7 +264,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
     }
 }
@@ -251,7 +280,9 @@ fn serve(
     let mut config = load(config)?;
     config.dry_run |= dry_run;
     config.dry_run_group = group;
-    config.consumer_group().map_err(anyhow::Error::msg)?;
+    config
+        .consumer_group()
+        .map_err(|e| crate::config::ConfigError::Invalid(vec![e]))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // 0 is refused by the config's validation in `app::run`, with the key's name.
         .worker_threads(config.delivery.worker_threads.max(1))
@@ -309,6 +340,16 @@ async fn dispatch(log_format: Option<LogFormat>, command: Command) -> anyhow::Re
             let listener = tokio::net::TcpListener::bind(&listen).await?;
             tracing::info!(listen = %listener.local_addr()?, "sandbox annotate endpoint listening");
             sandbox::serve(listener, sandbox).await?;
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(
+                shell,
+                &mut command,
+                "recaptcha-annotator",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
         Command::Check { config, offline } => check::main(&load(config.as_deref())?, offline).await,

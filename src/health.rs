@@ -1,6 +1,7 @@
 //! Readiness: what `/readyz` answers, made of the facts the parts report.
 //!
-//! Not ready: no assignment, every Kafka broker unreachable, the cache unreachable, the
+//! Not ready: not a member of the consumer group (a member with an empty assignment, when
+//! there are more members than partitions, is a ready standby), every Kafka broker unreachable, the cache unreachable, the
 //! dead-letter topic refusing writes, or every call halted (credentials, endpoint). Ready but
 //! worth saying, listed in the body while the rest flows: projects halted by 403, and
 //! partitions stalled by an event that crashed.
@@ -106,7 +107,7 @@ impl Health {
     pub fn readiness(&self) -> Readiness {
         let mut reasons = Vec::new();
         if !self.assigned.load(Ordering::Relaxed) {
-            reasons.push("not a member of the consumer group with an assignment".to_owned());
+            reasons.push("not a member of the consumer group (joining, or its partitions revoked)".to_owned());
         }
         if let Some(why) = lock(&self.brokers_down).as_ref() {
             reasons.push(format!("Kafka brokers unreachable: {why}"));

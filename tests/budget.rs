@@ -53,12 +53,17 @@ fn arrivals_of(env: &TestEnv, project: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Held by the tests that count the endpoint's busiest second: run side by side, their
+/// instances' scheduling jitter on two cores adds calls to each other's busiest seconds.
+static BUSIEST_SECOND: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn metrics(env: &TestEnv) -> String {
     env.http_get("/metrics").await.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_budget_through_redis() {
+    let _alone = BUSIEST_SECOND.lock().await;
     let env = TestEnv::with_partitions("shared-budget", 4).await;
     env.produce_bulk(unique_events("sb", 5000)).await;
     let extra = format!(
@@ -89,6 +94,7 @@ async fn two_instances_share_one_budget_through_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_project_stays_within_its_cap_and_neither_holds_back_the_other() {
+    let _alone = BUSIEST_SECOND.lock().await;
     let env = TestEnv::with_partitions("project-caps", 4).await;
     let (a, b) = ("alpha-proj", "beta-proj");
     let mut events = Vec::new();
@@ -232,6 +238,7 @@ async fn waiting_for_budget_never_runs_out_a_joined_outcomes_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_run_each_instance_spends_its_share() {
+    let _alone = BUSIEST_SECOND.lock().await;
     let env = TestEnv::with_partitions("budget-fallback", 4).await;
     let dir = tempfile::tempdir().unwrap();
     let mut redis = PrivateRedis::start(dir.path());
@@ -364,6 +371,7 @@ fn admin_of(config: &std::path::Path) -> String {
 /// burst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_with_a_slow_link_to_redis_keeps_the_group_within_its_budget() {
+    let _alone = BUSIEST_SECOND.lock().await;
     let env = TestEnv::with_partitions("slow-redis", 4).await;
     env.produce_bulk(unique_events("sr", 8000)).await;
     let direct = redis_url();

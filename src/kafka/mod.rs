@@ -109,7 +109,10 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
     // dominate memory with a backlog.
     cc.set("auto.offset.reset", "earliest")
         .set("queued.min.messages", "20000")
-        .set("queued.max.messages.kbytes", "8192");
+        .set("queued.max.messages.kbytes", "8192")
+        // librdkafka's statistics, of which a subset becomes metrics (telemetry's
+        // `KafkaStats`); `kafka.properties` may change the interval, "0" turns them off.
+        .set("statistics.interval.ms", "15000");
     if !consumer_protocol(config) {
         cc.set("partition.assignment.strategy", "cooperative-sticky");
     }

@@ -134,6 +134,7 @@ impl Partitions {
             let labels = [tp.topic.as_ref(), &tp.partition.to_string()];
             let _ = self.metrics.consumer_lag.remove_label_values(&labels);
             let _ = self.metrics.committed_offset.remove_label_values(&labels);
+            let _ = self.metrics.kafka.partition_lag.remove_label_values(&labels);
             let stalled = self
                 .health
                 .remove_stalled(&format!("{}/{}", tp.topic, tp.partition));
@@ -219,6 +220,13 @@ impl ClientContext for AnnotatorContext {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         self.log.error(&error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let book = &self.partitions.book;
+        self.metrics.kafka.update(&statistics, |topic, partition| {
+            book.owns(&TopicPartition::new(topic, partition))
+        });
     }
 }
 
@@ -327,10 +335,17 @@ impl ConsumerContext for AnnotatorContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.assignment_changed.store(true, Ordering::Release);
         let owned = self.partitions.book.owned().len();
-        self.health.set_assigned(owned > 0);
+        self.metrics
+            .assigned_partitions
+            .set(i64::try_from(owned).unwrap_or(i64::MAX));
+        // A member with an empty assignment (more members than partitions) is a healthy
+        // standby: ready. Only a member that lost everything to a revocation waits for its
+        // next assignment.
+        let member = owned > 0 || matches!(rebalance, Rebalance::Assign(_));
+        self.health.set_assigned(member);
         if !self.shared_cache && owned > 0 {
             self.warn_if_partial(owned);
         }

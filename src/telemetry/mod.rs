@@ -7,8 +7,10 @@
 //! Never keys, ids or account data.
 
 mod events;
+mod kafka;
 
 pub use self::events::Every;
+pub use self::kafka::KafkaStats;
 
 use prometheus::{
     Counter, Encoder as _, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
@@ -55,6 +57,10 @@ pub struct Metrics {
     pub halted: IntGauge,
     /// 1 when `/readyz` would answer 200.
     pub ready: IntGauge,
+    /// `annotator_assigned_partitions`: partitions this member owns (0 for a standby).
+    pub assigned_partitions: IntGauge,
+    /// A subset of librdkafka's statistics.
+    pub kafka: std::sync::Arc<KafkaStats>,
     pub cache_errors: IntCounter,
     pub end_to_end: HistogramVec,
     /// `annotator_event_crashes_total`: event tasks that panicked.
@@ -128,11 +134,22 @@ impl Metrics {
             &registry,
             "annotator_build_info",
             "Build information; always 1",
-            &["version"],
+            &["version", "revision"],
         );
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("ANNOTATOR_REVISION")])
+            .set(1);
+        // Resident memory, CPU, open files (`process_*`), read from /proc on Linux.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics registered once");
+        // From a millisecond to a day: a backlog's events land in buckets, not in +Inf.
         let latency = vec![
-            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
         ];
         let metrics = Self {
             events: counter_vec(
@@ -216,6 +233,12 @@ impl Metrics {
                 "annotator_ready",
                 "1 when ready (assigned, cache reachable, not halted), else 0",
             ),
+            assigned_partitions: gauge(
+                &registry,
+                "annotator_assigned_partitions",
+                "Partitions this member of the consumer group owns (0 for a standby when there are more members than partitions)",
+            ),
+            kafka: std::sync::Arc::new(KafkaStats::new(&registry)),
             cache_errors: counter(
                 &registry,
                 "annotator_cache_errors_total",

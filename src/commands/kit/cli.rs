@@ -9,8 +9,9 @@ use crate::telemetry::{self, LogFormat};
 /// `validate`'s arguments (the help text is on the subcommand).
 #[derive(Debug, clap::Args)]
 pub struct ValidateCommand {
-    /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
-    #[arg(long, short)]
+    /// TOML config (or ANNOTATOR_CONFIG); every key can be overridden by
+    /// ANNOTATOR__SECTION__KEY.
+    #[arg(long, short, env = "ANNOTATOR_CONFIG")]
     config: Option<PathBuf>,
     /// The topic: its Kafka name or assessments, logins, registrations, fraud-signals. It
     /// decides the outcome vocabulary.
@@ -27,8 +28,9 @@ pub struct ValidateCommand {
 /// `publish`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct PublishCommand {
-    /// TOML config; every key can be overridden by ANNOTATOR__SECTION__KEY.
-    #[arg(long, short)]
+    /// TOML config (or ANNOTATOR_CONFIG); every key can be overridden by
+    /// ANNOTATOR__SECTION__KEY.
+    #[arg(long, short, env = "ANNOTATOR_CONFIG")]
     config: Option<PathBuf>,
     /// The topic: its Kafka name or assessments, logins, registrations, fraud-signals.
     #[arg(long)]
