@@ -107,7 +107,10 @@ impl Health {
     pub fn readiness(&self) -> Readiness {
         let mut reasons = Vec::new();
         if !self.assigned.load(Ordering::Relaxed) {
-            reasons.push("not a member of the consumer group (joining, or its partitions revoked)".to_owned());
+            reasons.push(
+                "not a member of the consumer group (joining, or its partitions revoked)"
+                    .to_owned(),
+            );
         }
         if let Some(why) = lock(&self.brokers_down).as_ref() {
             reasons.push(format!("Kafka brokers unreachable: {why}"));

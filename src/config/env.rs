@@ -107,7 +107,8 @@ pub(super) fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Err
 /// `true` a boolean, `[a, b]` a list), except that a value whose key wants a string is kept
 /// verbatim (those keys are learned from the type error of a first try). Under
 /// `kafka.properties` the rest of the name is a librdkafka property, `_` read as `.`
-/// (`ANNOTATOR__KAFKA__PROPERTIES__SASL_PASSWORD` sets `sasl.password`), its value a string.
+/// (`ANNOTATOR__KAFKA__PROPERTIES__SASL_PASSWORD` sets `sasl.password`), its value a string;
+/// a trailing `_FILE` stays `_file` (`..._SASL_PASSWORD_FILE` sets `sasl.password_file`).
 struct EnvOverrides {
     vars: Vec<(Vec<String>, String)>,
     verbatim: BTreeSet<Vec<String>>,
@@ -144,7 +145,13 @@ fn env_path(name: &str) -> Option<Vec<String>> {
         .map(str::to_ascii_lowercase)
         .collect();
     if parts.len() > 2 && parts[0] == "kafka" && parts[1] == "properties" {
-        let property = parts[2..].join("__").replace('_', ".");
+        let joined = parts[2..].join("__");
+        // `..._FILE`: the property read from a file (`SASL_PASSWORD_FILE` is
+        // `sasl.password_file`).
+        let property = match joined.strip_suffix("_file") {
+            Some(name) => format!("{}_file", name.replace('_', ".")),
+            None => joined.replace('_', "."),
+        };
         return Some(vec![parts[0].clone(), parts[1].clone(), property]);
     }
     (!parts.iter().any(String::is_empty)).then_some(parts)

@@ -70,6 +70,23 @@ fn environment_overrides_every_level() {
             config.recaptcha.allowed_projects,
             vec!["123456789", "other"]
         );
+        // Secrets from files, through the environment as a Kubernetes pod gives them.
+        jail.create_file("api-key", "AIza-from-a-file\n")?;
+        jail.create_file("sasl", "sasl-from-a-file\n")?;
+        jail.set_env("ANNOTATOR__RECAPTCHA__API_KEY_FILE", "api-key");
+        jail.set_env(
+            "ANNOTATOR__KAFKA__PROPERTIES__SSL_KEY_PASSWORD_FILE",
+            "sasl",
+        );
+        let config = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(config.recaptcha.api_key.as_ref().unwrap()),
+            "AIza-from-a-file"
+        );
+        assert_eq!(
+            config.kafka.properties["ssl.key.password"],
+            "sasl-from-a-file"
+        );
         jail.set_env("ANNOTATOR__KAFKA__NOPE", "1");
         let err = Config::load(Some(Path::new("c.toml")))
             .unwrap_err()

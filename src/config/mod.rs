@@ -9,6 +9,7 @@
 
 mod bounds;
 mod env;
+mod secret_files;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -174,6 +175,9 @@ pub struct RecaptchaConfig {
     /// API key, sent as `x-goog-api-key`. Without it, Google Application Default Credentials.
     #[serde(serialize_with = "redacted_opt")]
     pub api_key: Option<SecretString>,
+    /// A file holding `api_key` (a mounted Kubernetes Secret); its contents less one
+    /// trailing line break. Not with `api_key`.
+    pub api_key_file: Option<PathBuf>,
     /// Google credentials file (a service account's key, or a user's refresh token from
     /// `gcloud auth application-default login`), used when `api_key` is not set. Without it,
     /// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's file, or
@@ -187,6 +191,8 @@ pub struct RecaptchaConfig {
     /// the account id under this key, so raw account ids never leave the site.
     #[serde(serialize_with = "redacted_opt")]
     pub account_id_hmac_key: Option<SecretString>,
+    /// A file holding `account_id_hmac_key`. Not with `account_id_hmac_key`.
+    pub account_id_hmac_key_file: Option<PathBuf>,
     /// Deadline of one annotate call.
     #[serde(with = "env::duration")]
     pub request_timeout: Duration,
@@ -215,6 +221,8 @@ impl Default for RecaptchaConfig {
             allowed_projects: Vec::new(),
             api_key: None,
             credentials_file: None,
+            api_key_file: None,
+            account_id_hmac_key_file: None,
             quota_project: None,
             account_id_hmac_key: None,
             request_timeout: Duration::from_secs(10),
@@ -248,6 +256,8 @@ pub struct CacheConfig {
     /// separated by commas are the seed nodes of a Redis Cluster.
     #[serde(serialize_with = "redacted")]
     pub redis_url: SecretString,
+    /// A file holding `redis_url` (it holds the password); when set it replaces `redis_url`.
+    pub redis_url_file: Option<PathBuf>,
     /// `redis_url` is a Redis Cluster node (several URLs imply it).
     pub redis_cluster: bool,
     /// PEM file of the CA that signs the Redis servers' certificates (`rediss://`); without
@@ -278,6 +288,7 @@ impl Default for CacheConfig {
             redis_url: SecretString::from("redis://127.0.0.1:6379"),
             redis_cluster: false,
             redis_ca_file: None,
+            redis_url_file: None,
             redis_prefix: "recaptcha-annotator:key:".into(),
             redis_done_prefix: "recaptcha-annotator:done:".into(),
             redis_budget_prefix: "recaptcha-annotator:budget:".into(),
@@ -432,7 +443,7 @@ pub struct RulesConfig {
 impl Config {
     /// Loads `path` (when given) under the environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        env::load(path)
+        env::load(path).and_then(secret_files::resolve)
     }
 
     /// Parses a TOML string (tests and examples).
@@ -441,6 +452,7 @@ impl Config {
         figment
             .extract()
             .map_err(|e| env::every_problem(&figment, &e))
+            .and_then(secret_files::resolve)
     }
 }
 

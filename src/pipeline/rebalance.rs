@@ -134,7 +134,11 @@ impl Partitions {
             let labels = [tp.topic.as_ref(), &tp.partition.to_string()];
             let _ = self.metrics.consumer_lag.remove_label_values(&labels);
             let _ = self.metrics.committed_offset.remove_label_values(&labels);
-            let _ = self.metrics.kafka.partition_lag.remove_label_values(&labels);
+            let _ = self
+                .metrics
+                .kafka
+                .partition_lag
+                .remove_label_values(&labels);
             let stalled = self
                 .health
                 .remove_stalled(&format!("{}/{}", tp.topic, tp.partition));

@@ -51,7 +51,9 @@ impl KafkaStats {
             Box::new(partition_lag.clone()),
         ] {
             // Names are unique in the catalogue; a second registration is a programming error.
-            registry.register(collector).expect("a metric registered once");
+            registry
+                .register(collector)
+                .expect("a metric registered once");
         }
         Self {
             broker_rtt,
