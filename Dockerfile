@@ -15,6 +15,10 @@ RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && rm -rf src target/release/deps/recaptcha_annotator* target/release/recaptcha-annotator*
 COPY src ./src
 COPY benches ./benches
+# The git revision for --version and annotator_build_info (.git is not sent to the build):
+#   docker build --build-arg ANNOTATOR_REVISION=$(git rev-parse --short=12 HEAD) .
+ARG ANNOTATOR_REVISION=unknown
+ENV ANNOTATOR_REVISION=${ANNOTATOR_REVISION}
 RUN cargo build --release --locked && strip target/release/recaptcha-annotator
 
 FROM debian:bookworm-slim
@@ -26,6 +30,10 @@ COPY --from=build /src/target/release/recaptcha-annotator /usr/local/bin/recaptc
 COPY config/ /etc/recaptcha-annotator/
 USER 10001:10001
 WORKDIR /var/lib/recaptcha-annotator
+# Every command finds its config without --config (`docker run IMAGE check`), and the admin
+# port answers from outside the container; a local run without the image keeps loopback.
+ENV ANNOTATOR_CONFIG=/etc/recaptcha-annotator/local.toml \
+    ANNOTATOR__ADMIN__LISTEN=0.0.0.0:9464
 EXPOSE 9464
 ENTRYPOINT ["recaptcha-annotator"]
-CMD ["run", "--config", "/etc/recaptcha-annotator/local.toml"]
+CMD ["run"]
