@@ -27,8 +27,10 @@ scripts/kafka.sh "$port"
 scripts/redis.sh
 scripts/security-tools.sh
 scripts/samples-deps.sh
+scripts/deploy-tools.sh
 
 scripts/check-deploy.sh
+scripts/check-helm.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # Licences, banned duplicate majors, sources (deny.toml); cargo-deny reads the crates of
