@@ -1,4 +1,5 @@
-//! `/metrics`, `/healthz` and `/readyz` on their own port.
+//! `/metrics`, `/healthz`, `/readyz`, `/status.json` and `/status` on their own port;
+//! read-only, every one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,20 +13,45 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
+use crate::status::{self, Fixed};
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
 struct AdminState {
     health: Arc<Health>,
     metrics: Metrics,
+    /// What `/status` shows that is fixed at start (the budget's settings, the config).
+    fixed: Arc<Fixed>,
 }
 
-pub fn router(health: Arc<Health>, metrics: Metrics) -> Router {
+pub fn router(health: Arc<Health>, metrics: Metrics, fixed: Fixed) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
-        .with_state(AdminState { health, metrics })
+        .route("/status.json", get(status_json))
+        .route("/status", get(status_page))
+        .with_state(AdminState {
+            health,
+            metrics,
+            fixed: Arc::new(fixed),
+        })
+}
+
+async fn status_json(State(state): State<AdminState>) -> impl IntoResponse {
+    axum::Json(status::snapshot(
+        &state.health,
+        &state.metrics,
+        &state.fixed,
+    ))
+}
+
+async fn status_page(State(state): State<AdminState>) -> impl IntoResponse {
+    let snapshot = status::snapshot(&state.health, &state.metrics, &state.fixed);
+    (
+        [(CONTENT_TYPE, "text/html; charset=utf-8")],
+        status::page::render(&snapshot),
+    )
 }
 
 async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
@@ -84,11 +110,15 @@ mod tests {
         let stop = CancellationToken::new();
         let server = tokio::spawn(serve(
             listener,
-            router(Arc::new(Health::default()), Metrics::new()),
+            router(
+                Arc::new(Health::default()),
+                Metrics::new(),
+                Fixed::default(),
+            ),
             stop.clone(),
         ));
         let client = reqwest::Client::new();
-        for path in ["/metrics", "/healthz", "/readyz"] {
+        for path in ["/metrics", "/healthz", "/readyz", "/status.json", "/status"] {
             let url = format!("{base}{path}");
             let status = client.get(&url).send().await.unwrap().status().as_u16();
             assert!(status == 200 || status == 503, "GET {path}: {status}");

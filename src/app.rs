@@ -74,7 +74,15 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
         listener,
-        admin::router(Arc::clone(&health), metrics.clone()),
+        admin::router(
+            Arc::clone(&health),
+            metrics.clone(),
+            crate::status::Fixed {
+                rate: config.delivery.rate_limit,
+                burst: config.delivery.burst(),
+                config: crate::commands::check::redacted(&config),
+            },
+        ),
         admin_stop.clone(),
     ));
     let Some(cache) = open_cache(&config, &health, &shutdown).await? else {

@@ -23,8 +23,8 @@ pub struct Health {
     halted: Mutex<Option<String>>,
     /// Partitions (`topic/partition`) whose commit point an event that crashed holds.
     stalled: Mutex<BTreeSet<String>>,
-    /// Projects whose calls are halted by 403, and why.
-    projects: Mutex<std::collections::BTreeMap<String, String>>,
+    /// Projects whose calls are halted by 403: why, and since when (ms since the epoch).
+    projects: Mutex<std::collections::BTreeMap<String, (String, u64)>>,
 }
 
 /// `/readyz`'s answer.
@@ -80,12 +80,28 @@ impl Health {
         let mut projects = lock(&self.projects);
         match why {
             Some(why) => {
-                projects.insert(project.to_owned(), why);
+                let since = projects
+                    .get(project)
+                    .map_or_else(unix_ms, |(_, since)| *since);
+                projects.insert(project.to_owned(), (why, since));
             }
             None => {
                 projects.remove(project);
             }
         }
+    }
+
+    /// Why every call is halted, while it is.
+    pub fn halted_reason(&self) -> Option<String> {
+        lock(&self.halted).clone()
+    }
+
+    /// The projects halted by 403: each with why and since when (ms since the epoch).
+    pub fn halted_projects(&self) -> Vec<(String, String, u64)> {
+        lock(&self.projects)
+            .iter()
+            .map(|(p, (why, since))| (p.clone(), why.clone(), *since))
+            .collect()
     }
 
     /// A partition whose commit point is held by an event that crashed; returns how many
@@ -128,11 +144,19 @@ impl Health {
         }
         let mut notes: Vec<String> = lock(&self.projects)
             .iter()
-            .map(|(p, why)| format!("project {p} halted: {why}"))
+            .map(|(p, (why, _))| format!("project {p} halted: {why}"))
             .collect();
         notes.extend(lock(&self.stalled).iter().map(|p| {
             format!("partition {p} stalled: an event crashed and holds its commit point (see the log; a restart or rebalance retries it)")
         }));
         Readiness { reasons, notes }
     }
+}
+
+/// Now, in milliseconds since the Unix epoch (for "since when" in status pages).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
 }

@@ -8,7 +8,8 @@
 //! - [`config`]: the operator's file and environment, validated without IO.
 //! - the services one event meets: [`cache`], [`annotate`], [`dead_letter`], [`budget`] (the
 //!   quota budget, shared through Redis); beside them
-//!   [`kafka`] (every rdkafka client) and [`admin`] (`/metrics`, `/healthz`, `/readyz`);
+//!   [`kafka`] (every rdkafka client) and [`admin`] (`/metrics`, `/healthz`, `/readyz`, and
+//!   [`status`]: `/status.json`, `/status`, what `top` shows);
 //!   [`sandbox`]: the local annotate endpoint (shares only `domain`).
 //! - [`pipeline`]: the only place that consumes Kafka: the poll loop and one file per step of
 //!   an event (plan, lanes, join, gates and delivery, offsets, commit), rebalance.
@@ -30,6 +31,7 @@ pub mod health;
 pub mod kafka;
 pub mod pipeline;
 pub mod sandbox;
+pub mod status;
 pub mod telemetry;
 
 /// The map of the per-event paths (lanes, offsets, partitions' tokens, halt gates, the

@@ -341,17 +341,34 @@ async fn one_assessment_refused_with_403_costs_one_dead_letter() {
     let env = TestEnv::with_partitions("event-403", 1).await;
     let bad = format!("projects/{PROJECT}/assessments/bad");
     env.forbid(std::slice::from_ref(&bad));
-    let mut items = vec![("bad-1", PROJECT, "bad")];
-    let ids: Vec<String> = (0..10).map(|i| format!("g{i}")).collect();
-    let event_ids: Vec<String> = (0..10).map(|i| format!("good-{i}")).collect();
-    for (id, event_id) in ids.iter().zip(&event_ids) {
-        items.push((event_id, PROJECT, id));
-    }
-    env.produce_bulk(inline_events(&items)).await;
+    let good = |from: usize| -> Vec<(String, String)> {
+        (from..from + 10)
+            .map(|i| (format!("good-{i}"), format!("g{i}")))
+            .collect()
+    };
+    let inline = |items: &[(String, String)]| {
+        let refs: Vec<(&str, &str, &str)> = items
+            .iter()
+            .map(|(e, id)| (e.as_str(), PROJECT, id.as_str()))
+            .collect();
+        inline_events(&refs)
+    };
+    let mut first = inline_events(&[("bad-1", PROJECT, "bad")]);
+    first.extend(inline(&good(0)));
+    env.produce_bulk(first).await;
     let service = env.start(env.config());
+    // The bad event's first 403 ...
+    let started = std::time::Instant::now();
+    while !env.sandbox.attempts().iter().any(|a| a.status == 403) {
+        assert!(started.elapsed() < Duration::from_secs(30), "no 403");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... then calls of the project sent after it are accepted: its next 403 is about the
+    // event, which is set aside.
+    env.produce_bulk(inline(&good(10))).await;
     env.wait_all_committed(Duration::from_secs(30)).await;
     service.stop().await;
-    assert_eq!(env.sandbox.accepted_count(), 10);
+    assert_eq!(env.sandbox.accepted_count(), 20);
     let letters = env.dead_letters(1, Duration::from_secs(10));
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].headers["annotator.error"], "forbidden");

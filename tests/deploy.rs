@@ -95,3 +95,35 @@ fn the_compose_sample_events_are_valid_for_their_topics() {
         assert!(text.contains(", 0 failed"), "{topic}: {text}");
     }
 }
+
+/// Every alert names its runbook entry, and the entry exists in docs/RUNBOOK.md.
+#[test]
+fn every_alert_has_a_runbook_entry() {
+    let alerts = include_str!("../deploy/alerts.yml");
+    let runbook = include_str!("../docs/RUNBOOK.md");
+    let headings: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    let mut alerts_seen = 0;
+    let mut current = None;
+    for line in alerts.lines() {
+        if let Some(name) = line.trim().strip_prefix("- alert: ") {
+            assert!(current.is_none(), "{current:?} has no runbook_url");
+            current = Some(name.to_owned());
+            alerts_seen += 1;
+        }
+        if let Some(url) = line.trim().strip_prefix("runbook_url: ") {
+            let name = current.take().expect("a runbook_url outside an alert");
+            let anchor = name.to_ascii_lowercase();
+            assert_eq!(url, format!("docs/RUNBOOK.md#{anchor}"), "{name}");
+            assert!(
+                headings.contains(&anchor),
+                "docs/RUNBOOK.md has no section {name}"
+            );
+        }
+    }
+    assert!(current.is_none(), "{current:?} has no runbook_url");
+    assert!(alerts_seen >= 10, "{alerts_seen} alerts");
+}

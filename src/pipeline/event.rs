@@ -314,7 +314,8 @@ impl Runner {
             .await
             .is_ok()
         {
-            self.metrics.dead_lettered(letter);
+            let place = format!("{}/{}/{}", msg.tp.topic, msg.tp.partition, msg.offset);
+            self.metrics.dead_lettered(letter, &place);
             let _ = self.until_done(|| self.store.remember(&id, &record)).await;
         }
     }

@@ -68,10 +68,17 @@ impl Metrics {
     }
 
     /// An event was written to the dead-letter topic and acknowledged.
-    pub fn dead_lettered(&self, letter: &DeadLetter) {
+    /// `source` is the event's `topic/partition/offset`.
+    pub fn dead_lettered(&self, letter: &DeadLetter, source: &str) {
         self.dead_letters
             .with_label_values(&[letter.reason.as_str()])
             .inc();
+        self.remember_dead_letter(super::RecentDeadLetter {
+            at_ms: crate::health::unix_ms(),
+            reason: letter.reason.as_str().to_owned(),
+            detail: letter.detail.clone(),
+            source: source.to_owned(),
+        });
         tracing::warn!(
             reason = letter.reason.as_str(), detail = %letter.detail, status = letter.status,
             "event dead-lettered"

@@ -19,6 +19,19 @@ use prometheus::{
 
 use crate::failure::{DeadLetterReason, RetryCause};
 
+/// One dead letter's reason, never its payload.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RecentDeadLetter {
+    pub at_ms: u64,
+    pub reason: String,
+    pub detail: String,
+    /// `topic/partition/offset` of the event.
+    pub source: String,
+}
+
+/// How many dead letters `/status.json` keeps.
+pub const RECENT_DEAD_LETTERS: usize = 20;
+
 /// How log lines are written.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
@@ -61,6 +74,9 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     /// A subset of librdkafka's statistics.
     pub kafka: std::sync::Arc<KafkaStats>,
+    /// The last dead letters' reasons, for `/status.json` (a rare path's short lock).
+    recent_dead_letters:
+        std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<RecentDeadLetter>>>,
     pub cache_errors: IntCounter,
     pub end_to_end: HistogramVec,
     /// `annotator_event_crashes_total`: event tasks that panicked.
@@ -239,6 +255,7 @@ impl Metrics {
                 "Partitions this member of the consumer group owns (0 for a standby when there are more members than partitions)",
             ),
             kafka: std::sync::Arc::new(KafkaStats::new(&registry)),
+            recent_dead_letters: std::sync::Arc::default(),
             cache_errors: counter(
                 &registry,
                 "annotator_cache_errors_total",
@@ -363,6 +380,28 @@ impl Metrics {
     }
 
     /// Prometheus text format.
+    /// The last dead letters, newest first.
+    pub fn recent_dead_letters(&self) -> Vec<RecentDeadLetter> {
+        self.recent_dead_letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
+    }
+
+    fn remember_dead_letter(&self, letter: RecentDeadLetter) {
+        let mut recent = self
+            .recent_dead_letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() == RECENT_DEAD_LETTERS {
+            recent.pop_front();
+        }
+        recent.push_back(letter);
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
