@@ -43,6 +43,15 @@ pub enum Command {
         #[arg(long, requires = "dry_run")]
         group: Option<String>,
     },
+    /// A live view of members in a terminal, from their admin ports' /status.json: readiness
+    /// and why, events in and annotations out, dead letters, calls in flight against the
+    /// limit, the budget, halted projects, parked joins, each partition's lag. Keys: tab
+    /// switches view, s sorts, q quits.
+    Top {
+        /// A member's admin address (host:port); repeat for each member.
+        #[arg(long = "admin", required = true)]
+        admins: Vec<String>,
+    },
     /// Print a shell's completion script (bash: `source <(recaptcha-annotator completions
     /// bash)`).
     Completions {
@@ -342,6 +351,7 @@ async fn dispatch(log_format: Option<LogFormat>, command: Command) -> anyhow::Re
             sandbox::serve(listener, sandbox).await?;
             Ok(())
         }
+        Command::Top { admins } => commands::top::main(admins).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(

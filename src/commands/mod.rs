@@ -13,6 +13,7 @@ pub mod check;
 pub mod demo;
 pub mod kit;
 pub mod replay;
+pub mod top;
 
 use crate::config::Config;
 use crate::kafka;
