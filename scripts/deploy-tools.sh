@@ -4,6 +4,7 @@
 #   kubernetes-validate   from PyPI, in a virtualenv: the Kubernetes API's JSON schemas
 #   @kubernetes-models/keda, @kubernetes-models/prometheus-operator
 #                         from npm: the KEDA and Prometheus Operator CRDs' schemas
+#   chromium, tmux        from Debian: the /status page's browser test, top's terminal test
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -25,4 +26,13 @@ if [ ! -d "$tools/node/node_modules/@kubernetes-models/keda" ]; then
   mkdir -p "$tools/node"
   (cd "$tools/node" && npm install --silent --no-audit --no-fund \
     @kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0 js-yaml@4 >&2)
+fi
+
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} from Debian (once)" >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi

@@ -69,7 +69,15 @@ async fn top_shows_the_members_and_partitions_and_survives_one_going_away() {
         env!("CARGO_BIN_EXE_recaptcha-annotator")
     );
     let started = tmux.run(&[
-        "new-session", "-d", "-s", "top", "-x", "80", "-y", "24", &command,
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &command,
     ]);
     assert!(started.status.success(), "{started:?}");
     let screen = tmux
@@ -77,12 +85,17 @@ async fn top_shows_the_members_and_partitions_and_survives_one_going_away() {
         .await;
     assert!(screen.contains("ready"), "{screen}");
     tmux.run(&["send-keys", "-t", "top", "Tab"]);
-    let screen = tmux.wait_for(&["partitions by name", "fraud-signals/0"]).await;
+    let screen = tmux
+        .wait_for(&["partitions by name", "fraud-signals/0"])
+        .await;
     assert!(screen.contains("committed/end"), "{screen}");
     tmux.run(&["send-keys", "-t", "top", "q"]);
     let started = std::time::Instant::now();
     while tmux.run(&["has-session", "-t", "top"]).status.success() {
-        assert!(started.elapsed() < Duration::from_secs(10), "q did not quit");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "q did not quit"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     service.stop().await;

@@ -68,9 +68,12 @@ pub fn body(s: &Status) -> String {
             "budget",
             "budget",
             format!(
-                "{}/s, burst {}; {} granted{}",
-                s.budget.rate,
-                s.budget.burst,
+                "{}; {} granted{}",
+                if s.budget.rate == 0 {
+                    "none (delivery.rate_limit = 0)".to_owned()
+                } else {
+                    format!("{}/s, burst {}", s.budget.rate, s.budget.burst)
+                },
                 s.budget.granted_total,
                 if s.budget.fallback {
                     "; Redis unreachable: spending this instance's share"
@@ -217,7 +220,8 @@ const SCRIPT: &str = r#"
                  : '<p class="bad" data-field="ready">not ready: ' + esc(s.reasons.join("; ")) + "</p>";
     s.notes.forEach(function (n) { b += '<p class="note">' + esc(n) + "</p>"; });
     var dead = Object.keys(s.dead_letters_total).reduce(function (a, k) { return a + s.dead_letters_total[k]; }, 0);
-    var budget = s.budget.rate + "/s, burst " + s.budget.burst + "; " + s.budget.granted_total + " granted" +
+    var budget = (s.budget.rate === 0 ? "none (delivery.rate_limit = 0)" : s.budget.rate + "/s, burst " + s.budget.burst) +
+      "; " + s.budget.granted_total + " granted" +
       (s.budget.fallback ? "; Redis unreachable: spending this instance's share" : "");
     var rows = [["events finished", "events_total", s.events_total], ["annotated", "annotated_total", s.annotated_total],
       ["dead letters", "dead_letters", dead], ["calls in flight / limit", "in_flight", s.in_flight + " / " + s.in_flight_limit],
@@ -255,7 +259,11 @@ const SCRIPT: &str = r#"
   }
   function refresh() {
     fetch("/status.json", {cache: "no-store"}).then(function (r) { return r.json(); })
-      .then(function (s) { document.getElementById("status").innerHTML = render(s); })
+      .then(function (s) {
+        var main = document.getElementById("status");
+        main.innerHTML = render(s);
+        main.setAttribute("data-refreshed", String(s.at_ms));
+      })
       .catch(function () {});
   }
   setInterval(refresh, 2000);

@@ -29,7 +29,9 @@ pub async fn main(admins: Vec<String>) -> anyhow::Result<()> {
                 tick.tick().await;
                 let answers =
                     futures::future::join_all(admins.iter().map(|a| fetch(&client, a))).await;
-                let mut board = board.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut board = board
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for (i, answer) in answers.into_iter().enumerate() {
                     board.update(i, answer);
                 }
@@ -66,7 +68,9 @@ fn interact(board: &Mutex<Board>) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<()> {
         loop {
             {
-                let board = board.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let board = board
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 terminal.draw(|frame| view::draw(frame, &board))?;
             }
             if !event::poll(Duration::from_millis(250))? {
@@ -75,7 +79,9 @@ fn interact(board: &Mutex<Board>) -> anyhow::Result<()> {
             if let Event::Key(key) = event::read()?
                 && key.kind == KeyEventKind::Press
             {
-                let mut board = board.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut board = board
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match key.code {
                     KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
                     KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {

@@ -67,7 +67,10 @@ fn check(name: &str, board: &Board) {
         return;
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(shown, expected, "{name}: the screen differs from {path}:\n{shown}");
+    assert_eq!(
+        shown, expected,
+        "{name}: the screen differs from {path}:\n{shown}"
+    );
 }
 
 fn two_members() -> Board {
@@ -90,7 +93,8 @@ fn a_halted_project() {
     let mut s = status(T0 + 2_000, 1_200, 30);
     s.halted_projects = vec![HaltedProject {
         project: "222".into(),
-        reason: "PERMISSION_DENIED: IAM_PERMISSION_DENIED (events wait; one probe every 30s)".into(),
+        reason: "PERMISSION_DENIED: IAM_PERMISSION_DENIED (events wait; one probe every 30s)"
+            .into(),
         since_ms: T0 - 300_000,
     }];
     s.notes = vec!["project 222 halted".into()];
@@ -112,7 +116,10 @@ fn a_member_that_went_away() {
 #[test]
 fn a_backlog_draining() {
     let mut board = Board::new(vec!["10.0.0.1:9464".into()]);
-    for (i, lag) in [90_000, 80_000, 64_000, 50_000, 31_000, 12_000, 900].iter().enumerate() {
+    for (i, lag) in [90_000, 80_000, 64_000, 50_000, 31_000, 12_000, 900]
+        .iter()
+        .enumerate()
+    {
         let mut s = status(T0 + 1_000 * i as u64, 10_000 * i as u64 + 100, *lag);
         s.partitions.push(Partition {
             topic: "fraud-signals".into(),

@@ -12,7 +12,11 @@ use crate::status::Status;
 pub fn draw(frame: &mut Frame<'_>, board: &Board) {
     let [title, body] =
         Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(frame.area());
-    let up = board.members.iter().filter(|m| m.error.is_none() && m.last.is_some()).count();
+    let up = board
+        .members
+        .iter()
+        .filter(|m| m.error.is_none() && m.last.is_some())
+        .count();
     let ready = board
         .members
         .iter()
@@ -47,7 +51,9 @@ fn members(frame: &mut Frame<'_>, area: ratatui::layout::Rect, board: &Board) {
         order.sort_by_key(|m| std::cmp::Reverse(total_lag(m.last.as_ref())));
     }
     let rows: Vec<Row<'_>> = order.iter().map(|m| member_row(m)).collect();
-    let height = u16::try_from(rows.len()).unwrap_or(u16::MAX).saturating_add(3);
+    let height = u16::try_from(rows.len())
+        .unwrap_or(u16::MAX)
+        .saturating_add(3);
     let [table, why] =
         Layout::vertical([Constraint::Length(height), Constraint::Min(0)]).areas(area);
     let widths = [
@@ -63,8 +69,10 @@ fn members(frame: &mut Frame<'_>, area: ratatui::layout::Rect, board: &Board) {
     frame.render_widget(
         Table::new(rows, widths)
             .header(
-                Row::new(["member", "state", "in/s", "out/s", "dl/s", "flight", "budget/s", "parked"])
-                    .style(Style::default().add_modifier(Modifier::BOLD)),
+                Row::new([
+                    "member", "state", "in/s", "out/s", "dl/s", "flight", "budget/s", "parked",
+                ])
+                .style(Style::default().add_modifier(Modifier::BOLD)),
             )
             .block(Block::default().borders(Borders::TOP | Borders::BOTTOM)),
         table,
@@ -143,7 +151,10 @@ fn reasons<'a>(order: &[&Member]) -> Vec<Line<'a>> {
             .map(|(reason, n)| format!("{reason} {n}"))
             .collect();
         if !dead.is_empty() {
-            lines.push(Line::from(format!("{who}: dead letters: {}", dead.join(", "))));
+            lines.push(Line::from(format!(
+                "{who}: dead letters: {}",
+                dead.join(", ")
+            )));
         }
     }
     if lines.is_empty() {
@@ -158,7 +169,14 @@ fn partitions(frame: &mut Frame<'_>, area: ratatui::layout::Rect, board: &Board)
         .iter()
         .filter_map(|m| m.last.as_ref())
         .flat_map(|s| s.partitions.iter())
-        .map(|p| (format!("{}/{}", p.topic, p.partition), p.lag, p.committed, p.end))
+        .map(|p| {
+            (
+                format!("{}/{}", p.topic, p.partition),
+                p.lag,
+                p.committed,
+                p.end,
+            )
+        })
         .collect();
     match board.sort {
         Sort::Name => rows.sort(),
@@ -169,7 +187,10 @@ fn partitions(frame: &mut Frame<'_>, area: ratatui::layout::Rect, board: &Board)
     let table: Vec<Row<'_>> = rows
         .into_iter()
         .map(|(name, lag, committed, end)| {
-            let spark = board.lag.get(&name).map_or(String::new(), |h| sparkline(h, 12));
+            let spark = board
+                .lag
+                .get(&name)
+                .map_or(String::new(), |h| sparkline(h, 12));
             Row::new(vec![
                 keep_end(&name, room),
                 spark,
