@@ -53,6 +53,14 @@ fn arrivals_of(env: &TestEnv, project: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The sum of `name`'s series whose labels hold `label` (e.g. `result="annotated"`).
+fn metric_sum_where(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Held by the tests that count the endpoint's busiest second: run side by side, their
 /// instances' scheduling jitter on two cores adds calls to each other's busiest seconds.
 static BUSIEST_SECOND: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -248,22 +256,52 @@ async fn redis_stopped_mid_run_each_instance_spends_its_share() {
         "{}dedup_ttl = \"0s\"\n[delivery]\nrate_limit = 200\nrate_burst = 20\n",
         env.redis_toml(&redis.url())
     );
-    let mut first = instance(&env, &extra);
-    first.admin.listen = format!("127.0.0.1:{}", env.admin_port);
-    let first = env.start(first);
-    let second = env.start(instance(&env, &extra));
+    let ports = [free_port(), free_port()];
+    let start = |port: u16| {
+        let mut config = instance(&env, &extra);
+        config.admin.listen = format!("127.0.0.1:{port}");
+        env.start(config)
+    };
+    let (first, second) = (start(ports[0]), start(ports[1]));
     env.wait_accepted(1500, Duration::from_secs(60)).await;
-    // The instance whose metrics are read holds partitions (a member that joined first can
-    // hold them all until the second's rebalance completes), so it calls during the outage.
-    env.wait_ready(Duration::from_secs(60)).await;
+    // The instance whose metrics are read must be calling (own a partition the events are
+    // on): the one whose annotated count grows the most over a second.
+    let annotated = |port: u16| async move {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_sum_where(&text, "annotator_events_total", "result=\"annotated\"")
+    };
+    let before = [annotated(ports[0]).await, annotated(ports[1]).await];
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grown = [
+        annotated(ports[0]).await - before[0],
+        annotated(ports[1]).await - before[1],
+    ];
+    let port = if grown[0] >= grown[1] {
+        ports[0]
+    } else {
+        ports[1]
+    };
+    let read = || async move {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
     redis.stop();
-    let stopped = recaptcha_annotator_now_ms();
+    let stopped = recaptcha_annotator::health::unix_ms();
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let text = metrics(&env).await;
+    let text = read().await;
     redis.restart();
-    let restarted = recaptcha_annotator_now_ms();
+    let restarted = recaptcha_annotator::health::unix_ms();
     env.wait_all_committed(Duration::from_secs(90)).await;
-    let after = metrics(&env).await;
+    let after = read().await;
     first.stop().await;
     second.stop().await;
     // From a moment after the stop (calls granted just before may still arrive) to the
@@ -298,16 +336,6 @@ async fn redis_stopped_mid_run_each_instance_spends_its_share() {
         Some(0.0)
     );
     assert_eq!(distinct_accepted(&env), 5000);
-}
-
-fn recaptcha_annotator_now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 /// A proxy to `target` that delays every byte by `delay` each way (a slow link from one

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
+use recaptcha_annotator::health::unix_ms as now_ms;
 
 /// 401, then 503, then 200 for every call: the 503 answers the probe, and the next probe
 /// goes a `halt_retry` later (it used to leave the gate marked as probed for ever).
@@ -72,16 +73,6 @@ async fn a_project_refused_for_a_while_loses_no_event_to_forbidden() {
     let names: BTreeSet<_> = env.sandbox.recorded().into_iter().map(|r| r.name).collect();
     assert!(names.contains("projects/222/assessments/w1"), "{names:?}");
     assert!(names.contains("projects/222/assessments/w2"), "{names:?}");
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 /// Produces a batch: four events of the healthy project, two of project 222; returns

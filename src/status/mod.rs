@@ -182,6 +182,16 @@ pub fn snapshot(health: &Health, metrics: &Metrics, fixed: &Fixed) -> Status {
     }
 }
 
+/// How long ago `then_ms` was at `now_ms`: "12 s", "5 min", "2 h".
+pub fn ago(now_ms: u64, then_ms: u64) -> String {
+    let s = now_ms.saturating_sub(then_ms) / 1000;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        _ => format!("{} h", s / 3600),
+    }
+}
+
 /// Every series of family `name`: its labels and value (counter or gauge).
 fn series<'a>(
     families: &'a BTreeMap<String, MetricFamily>,

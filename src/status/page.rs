@@ -161,12 +161,7 @@ pub fn body(s: &Status) -> String {
 
 /// "12 s ago", "5 min ago", ...
 fn ago(now_ms: u64, then_ms: u64) -> String {
-    let s = now_ms.saturating_sub(then_ms) / 1000;
-    match s {
-        0..60 => format!("{s} s ago"),
-        60..3600 => format!("{} min ago", s / 60),
-        _ => format!("{} h ago", s / 3600),
-    }
+    format!("{} ago", super::ago(now_ms, then_ms))
 }
 
 /// Escapes text for HTML.

@@ -357,3 +357,22 @@ pub fn inline_events(items: &[(&str, &str, &str)]) -> Vec<(String, Option<String
         })
         .collect()
 }
+
+/// Waits until the instance whose admin port is `port` owns at least one partition
+/// (`annotator_assigned_partitions`): a ready member may be a standby with none.
+pub async fn wait_assigned(port: u16, within: Duration) {
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            let text = r.text().await.unwrap_or_default();
+            if super::metric(&text, "annotator_assigned_partitions", &[]).is_some_and(|n| n > 0.0) {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < within,
+            "the instance on {port} never owned a partition"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

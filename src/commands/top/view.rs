@@ -7,7 +7,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table, Wrap};
 
 use super::board::{Board, Member, Sort, View};
-use crate::status::Status;
+use crate::status::{Status, ago};
 
 pub fn draw(frame: &mut Frame<'_>, board: &Board) {
     let [title, body] =
@@ -243,13 +243,4 @@ fn keep_end(text: &str, width: usize) -> String {
 
 fn total_lag(s: Option<&Status>) -> i64 {
     s.map_or(0, |s| s.partitions.iter().map(|p| p.lag).sum())
-}
-
-fn ago(now_ms: u64, then_ms: u64) -> String {
-    let s = now_ms.saturating_sub(then_ms) / 1000;
-    match s {
-        0..60 => format!("{s} s"),
-        60..3600 => format!("{} min", s / 60),
-        _ => format!("{} h", s / 3600),
-    }
 }
