@@ -301,7 +301,24 @@ async fn redis_stopped_mid_run_each_instance_spends_its_share() {
     redis.restart();
     let restarted = recaptcha_annotator::health::unix_ms();
     env.wait_all_committed(Duration::from_secs(90)).await;
-    let after = read().await;
+    // The shared budget is used again at the first budget call after Redis answers; the
+    // backlog may have drained in the fallback second before, so a few more events give
+    // the instance its next calls.
+    let started = std::time::Instant::now();
+    let mut round = 0;
+    let after = loop {
+        let after = read().await;
+        if metric(&after, "annotator_rate_budget_fallback", &[]) == Some(0.0)
+            || started.elapsed() > Duration::from_secs(30)
+        {
+            break after;
+        }
+        round += 1;
+        env.produce_bulk(unique_events(&format!("again{round}x"), 20))
+            .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    };
+    env.wait_all_committed(Duration::from_secs(30)).await;
     first.stop().await;
     second.stop().await;
     // From a moment after the stop (calls granted just before may still arrive) to the
@@ -335,7 +352,7 @@ async fn redis_stopped_mid_run_each_instance_spends_its_share() {
         metric(&after, "annotator_rate_budget_fallback", &[]),
         Some(0.0)
     );
-    assert_eq!(distinct_accepted(&env), 5000);
+    assert!(distinct_accepted(&env) >= 5000);
 }
 
 /// A proxy to `target` that delays every byte by `delay` each way (a slow link from one
