@@ -29,6 +29,9 @@ pub struct TestEnv {
     pub consumer_protocol: bool,
     /// (topic, partition) -> one past the highest offset this test produced.
     pub(super) produced: std::sync::Mutex<Offsets>,
+    /// Why an instance started by [`TestEnv::start`] stopped by itself, if one did: the
+    /// waits name it instead of timing out in silence.
+    pub(super) ended: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// What each test may tweak before starting the service.
@@ -110,6 +113,7 @@ impl TestEnv {
             partitions,
             consumer_protocol: false,
             produced: std::sync::Mutex::default(),
+            ended: std::sync::Arc::default(),
         }
     }
 
@@ -239,10 +243,26 @@ join_retry = "100ms"
         repeated
     }
 
+    /// The service in this process. If it stops by itself with an error, the error is
+    /// logged and kept for [`TestEnv::service_error`].
     pub fn start(&self, config: Config) -> Running {
         let stop = CancellationToken::new();
-        let handle = tokio::spawn(app::run(config, stop.clone()));
+        let run = app::run(config, stop.clone());
+        let ended = std::sync::Arc::clone(&self.ended);
+        let handle = tokio::spawn(async move {
+            let result = run.await;
+            if let Err(e) = &result {
+                tracing::error!("the service stopped: {e:#}");
+                *ended.lock().unwrap() = Some(format!("{e:#}"));
+            }
+            result
+        });
         Running { stop, handle }
+    }
+
+    /// The error an instance of [`TestEnv::start`] stopped with, if one did.
+    pub fn service_error(&self) -> Option<String> {
+        self.ended.lock().unwrap().clone()
     }
 
     pub fn script(&self, responses: Vec<Scripted>, default: Option<DefaultAnswer>) {

@@ -116,7 +116,9 @@ impl TestEnv {
             }
             assert!(
                 started.elapsed() < within,
-                "not committed within {within:?}: {state:?}"
+                "not committed within {within:?}: {state:?}{}",
+                self.service_error()
+                    .map_or_else(String::new, |e| format!(" (the service stopped: {e})"))
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -126,6 +128,12 @@ impl TestEnv {
     pub async fn wait_accepted(&self, n: u64, within: Duration) {
         let started = Instant::now();
         while self.sandbox.accepted_count() < n {
+            if let Some(error) = self.service_error() {
+                panic!(
+                    "only {} of {n} accepted: the service stopped: {error}",
+                    self.sandbox.accepted_count()
+                );
+            }
             assert!(
                 started.elapsed() < within,
                 "only {} of {n} accepted",

@@ -42,11 +42,34 @@ pub fn brokers() -> String {
     std::env::var("ANNOTATOR_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-/// A free loopback port.
+/// Where [`free_port`] hands out ports: below the kernel's ephemeral range (32768 and up
+/// on Linux), where outgoing connections take their local ports.
+const TEST_PORTS: std::ops::Range<u32> = 20_000..30_000;
+
+/// A loopback port free now, never handed out before in this process.
+///
+/// A port from `bind(0)` comes from the ephemeral range: between the test releasing it and
+/// the service binding it, any outgoing connection (the tests open many) may take it as its
+/// local port, and the service then stops with "cannot listen". Ports from [`TEST_PORTS`]
+/// are never picked by `connect`, and a counter keeps two tests of a binary apart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    // Each process starts at its own place, so binaries run one after another do not
+    // reuse the ports the previous one left in TIME_WAIT.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = TEST_PORTS.start + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = u16::try_from(port).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}");
 }
