@@ -6,7 +6,7 @@
 #   scripts/kafka.sh --cluster [PORT]  three nodes: brokers on PORT, PORT+1, PORT+2 (default
 #                                      19092), controllers on PORT+1000.., every node voting
 #   scripts/kafka.sh --fetch           only fetch the broker's jars (tests start brokers of
-#                                      their own from them: tests/common/broker.rs)
+#                                      their own from them: tests/suite/common/broker.rs)
 #   scripts/kafka.sh --stop [PORT]     stop what this script started on PORT (by its pids)
 #
 # The first run fetches the broker's jars through Maven into .tools/kafka/lib (from Maven

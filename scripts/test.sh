@@ -5,13 +5,13 @@
 #
 #   scripts/test.sh          the suite CI runs (fuzzing bounded to about a minute)
 #   scripts/test.sh --long   the same, with the fuzzers run 25 times longer (about 20 minutes)
-#                            and the three-broker failover tests (tests/cluster.rs) and
-#                            the chaos at the halt gates (tests/halts.rs)
+#                            and the three-broker failover tests (tests/suite/cluster.rs) and
+#                            the chaos at the halt gates (tests/suite/halts.rs)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# Cases per fuzz property (tests/fuzz.rs, the config's environment layer).
+# Cases per fuzz property (tests/suite/fuzz.rs, the config's environment layer).
 export PROPTEST_CASES=${PROPTEST_CASES:-20000}
 long=false
 if [ "${1:-}" = "--long" ]; then
@@ -27,18 +27,32 @@ scripts/kafka.sh "$port"
 scripts/redis.sh
 scripts/security-tools.sh
 scripts/samples-deps.sh
-scripts/deploy-tools.sh
+# The deployment tools install once in the background while cargo builds: helm compiles
+# from the Go module proxy (about 3 minutes, much of it downloads), and nothing else here
+# uses apt meanwhile.
+mkdir -p .tools
+scripts/deploy-tools.sh >.tools/deploy-tools.log 2>&1 &
+deploy_tools=$!
 
-scripts/check-deploy.sh
-scripts/check-helm.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # Licences, banned duplicate majors, sources (deny.toml); cargo-deny reads the crates of
 # every platform in the lock file, which a build on this one does not download.
 cargo fetch --locked
 cargo deny --offline check licenses bans sources
+
+if ! wait "$deploy_tools"; then
+  cat .tools/deploy-tools.log >&2
+  echo "scripts/deploy-tools.sh failed (its output is above)" >&2
+  exit 1
+fi
+scripts/check-deploy.sh
+scripts/check-helm.sh
+# The integration tests are one binary (tests/suite); most of their time is spent waiting
+# on the broker, timers and child processes, so four run at once on two cores.
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
 cargo test --all-targets --locked
 if $long; then
-  cargo test --locked --test cluster -- --ignored
-  cargo test --locked --test halts -- --ignored
+  cargo test --locked --test suite -- --ignored cluster::
+  cargo test --locked --test suite -- --ignored halts::
 fi

@@ -80,7 +80,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
             crate::status::Fixed {
                 rate: config.delivery.rate_limit,
                 burst: config.delivery.burst(),
-                config: crate::commands::check::redacted(&config),
+                config: config.redacted_toml(),
             },
         ),
         admin_stop.clone(),

@@ -10,6 +10,7 @@
 mod bounds;
 mod env;
 mod secret_files;
+mod shown;
 mod validate;
 
 use std::collections::BTreeMap;

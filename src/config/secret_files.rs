@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(config.kafka.properties["sasl.password"], "sasl-FROM-FILE");
         assert!(!config.kafka.properties.contains_key("sasl.password_file"));
         // Printed (as `check` prints it): the files' contents never appear.
-        let shown = crate::commands::check::redacted(&config);
+        let shown = config.redacted_toml();
         assert!(!shown.contains("FROM-FILE"), "{shown}");
 
         // Both forms of one key, and a file that cannot be read.

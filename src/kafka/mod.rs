@@ -22,10 +22,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::KafkaConfig;
 
 mod log;
-mod shown;
 
 pub use self::log::{KafkaLog, LogContext, REPORT_EVERY, Reader};
-pub use self::shown::is_shown_property;
 
 /// Longest wait for one metadata, watermark or committed-offset answer.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -7,12 +7,10 @@
 //! never with the password.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const PRINCIPAL: &str = "annotator";
 const PASSWORD: &str = "scram-SECRET-5e1d";

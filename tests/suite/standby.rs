@@ -3,11 +3,9 @@
 //! rollout nor `AnnotatorNotReady` trips on them; together they own every partition once.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_beyond_the_partitions_are_ready_standbys() {

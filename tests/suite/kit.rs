@@ -5,12 +5,10 @@
 //! exactly once, across a run stopped early and a second run with `--skip`.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use recaptcha_annotator::commands::demo::sample_events;
 use recaptcha_annotator::domain::rules::{OutcomeTopic, Rules};
 use recaptcha_annotator::domain::schema;

@@ -1,12 +1,10 @@
 #![allow(clippy::unwrap_used)]
 //! Delivery under faults, load, rebalances and process death, against the real broker.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use recaptcha_annotator::sandbox::{DefaultAnswer, Scripted};
 use serde_json::json;
 
@@ -504,12 +502,9 @@ async fn a_stalled_endpoint_never_lets_rate_tokens_pile_up_into_a_burst() {
     service.stop().await;
     let busiest = env.sandbox.busiest_second();
     eprintln!("busiest second at the endpoint: {busiest} calls (rate 100, burst 10)");
-    // The limiter sends at most rate + burst (110) in any second; arrival times at the
-    // endpoint carry a few milliseconds of scheduling jitter on a loaded machine, worth at
-    // most a call or two at a window's edge. Taking the token before the slot (the defect)
-    // measured 669 here.
+    // Taking the token before the slot (the defect) measured 669 here.
     assert!(
-        busiest <= 112,
+        busiest <= busiest_allowed(100, 10),
         "{busiest} calls in one second, above rate + burst"
     );
     assert_eq!(env.sandbox.accepted_count(), 1200);

@@ -2,13 +2,11 @@
 //! The key-value cache: the real Redis server (each test under its own key prefix) and the
 //! embedded store, with the real broker.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use recaptcha_annotator::cache::embedded::EmbeddedCache;
 use recaptcha_annotator::cache::redis::RedisCache;
 use recaptcha_annotator::cache::{Cache, Lookup};

@@ -18,13 +18,13 @@ fn names_in(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn alerts_and_dashboard_use_exported_metrics() {
-    let mut catalogue = names_in(include_str!("../src/telemetry/mod.rs"));
-    catalogue.extend(names_in(include_str!("../src/telemetry/kafka.rs")));
+    let mut catalogue = names_in(include_str!("../../src/telemetry/mod.rs"));
+    catalogue.extend(names_in(include_str!("../../src/telemetry/kafka.rs")));
     for (file, text) in [
-        ("deploy/alerts.yml", include_str!("../deploy/alerts.yml")),
+        ("deploy/alerts.yml", include_str!("../../deploy/alerts.yml")),
         (
             "deploy/grafana-dashboard.json",
-            include_str!("../deploy/grafana-dashboard.json"),
+            include_str!("../../deploy/grafana-dashboard.json"),
         ),
     ] {
         let used = names_in(text);
@@ -41,7 +41,7 @@ fn alerts_and_dashboard_use_exported_metrics() {
 
 #[test]
 fn compose_runs_the_whole_stack() {
-    let compose = include_str!("../docker-compose.yml");
+    let compose = include_str!("../../docker-compose.yml");
     for needle in [
         "image: apache/kafka:4.",
         "KAFKA_PROCESS_ROLES: broker,controller",
@@ -64,7 +64,7 @@ fn compose_runs_the_whole_stack() {
             "docker-compose.yml lacks {needle}"
         );
     }
-    let dockerfile = include_str!("../Dockerfile");
+    let dockerfile = include_str!("../../Dockerfile");
     assert!(
         dockerfile.contains("USER 10001"),
         "the image runs as non-root"
@@ -99,8 +99,8 @@ fn the_compose_sample_events_are_valid_for_their_topics() {
 /// Every alert names its runbook entry, and the entry exists in docs/RUNBOOK.md.
 #[test]
 fn every_alert_has_a_runbook_entry() {
-    let alerts = include_str!("../deploy/alerts.yml");
-    let runbook = include_str!("../docs/RUNBOOK.md");
+    let alerts = include_str!("../../deploy/alerts.yml");
+    let runbook = include_str!("../../docs/RUNBOOK.md");
     let headings: BTreeSet<String> = runbook
         .lines()
         .filter_map(|l| l.strip_prefix("## "))

@@ -13,7 +13,7 @@ struct Captured {
 
 /// Parses `official-client-requests.txt` (requests seen by a loopback server).
 fn captured() -> Vec<Captured> {
-    let text = include_str!("fixtures/official-client-requests.txt");
+    let text = include_str!("../fixtures/official-client-requests.txt");
     let mut out = Vec::new();
     for block in text.split("=== ").filter(|b| !b.trim().is_empty()) {
         let (head, body) = block

@@ -2,11 +2,9 @@
 //! Operating the service: metrics, readiness, `check`, `dead-letter replay`, and logs that
 //! never carry secrets. Real broker, real Redis, the sandbox endpoint.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +149,7 @@ async fn readiness_goes_from_starting_to_ready() {
     assert!(seen_starting, "was ready before joining the group");
     assert_eq!(env.http_get("/healthz").await.0, 200);
     service.stop().await;
-    // Cache down and halted on credentials are covered in tests/cache.rs and tests/delivery.rs.
+    // Cache down and halted on credentials are covered in tests/suite/cache.rs and tests/suite/delivery.rs.
 }
 
 fn run_command(args: &[&str], env_vars: &[(&str, &str)]) -> (bool, String, String) {

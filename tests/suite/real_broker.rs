@@ -1,15 +1,13 @@
 //! What only Apache Kafka shows: every compression codec, transactions, a compacted
 //! `assessments` topic cleaned by the broker's log cleaner, a commit below the log start, and
 //! `validate`'s counts after batched produce. (A broker restarting under load:
-//! `tests/broker_restart.rs`.)
+//! `tests/suite/broker_restart.rs`.)
 #![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use serde_json::json;

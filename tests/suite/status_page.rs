@@ -5,11 +5,9 @@
 //! docs/status-page.png (README shows it).
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn chromium(args: &[&str], profile: &std::path::Path) -> std::process::Output {
     std::process::Command::new("chromium")

@@ -42,6 +42,20 @@ pub fn brokers() -> String {
     std::env::var("ANNOTATOR_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// How much later than its grant a call may reach the sandbox: scheduling on two loaded
+/// cores (the broker, Redis, the instances, the endpoint and the suite's other tests) delays
+/// each call by a variable few milliseconds, measured up to about 100.
+pub const ARRIVAL_JITTER_MS: u64 = 100;
+
+/// The most calls the sandbox may see in one second from limiters that grant `rate` a
+/// second after a `burst`, together: GCRA grants at most `rate + burst - 1` in any second
+/// of the limiter's clock, and calls delayed by up to [`ARRIVAL_JITTER_MS`] move at most
+/// that fraction of a second's grants into one window. A bound in time, not a percentage:
+/// a limiter not applied at all still shows far above it.
+pub fn busiest_allowed(rate: u64, burst: u64) -> usize {
+    usize::try_from(rate + burst - 1 + (rate * ARRIVAL_JITTER_MS).div_ceil(1000)).unwrap()
+}
+
 /// Where [`free_port`] hands out ports: below the kernel's ephemeral range (32768 and up
 /// on Linux), where outgoing connections take their local ports.
 const TEST_PORTS: std::ops::Range<u32> = 20_000..30_000;

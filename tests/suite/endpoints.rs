@@ -3,13 +3,11 @@
 //! naming `recaptcha.endpoint`; nothing is dead-lettered, nothing committed.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A server answering every request with `status` and an HTML page; returns its URL and

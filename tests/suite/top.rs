@@ -3,11 +3,9 @@
 //! a member that goes away is shown unreachable while the view goes on, and `q` quits.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// A tmux server of this test's own (`-L`), 80x24.
 struct Tmux {

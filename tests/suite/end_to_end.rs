@@ -2,12 +2,10 @@
 //! End to end against the real broker and the sandbox endpoint: every rule across the three
 //! outcome topics and all three reference forms, bad input, commit-point behaviour.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use recaptcha_annotator::kafka;
 use serde_json::{Value, json};
 

@@ -4,15 +4,13 @@
 //! calls in flight, and dead letters are still written (`acks=all`, idempotent).
 //!
 //! Three brokers take a minute of CI's two cores: these run with `scripts/test.sh --long`
-//! (`cargo test --test cluster -- --ignored`).
+//! (`cargo test --test suite -- --ignored cluster::`).
 #![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};

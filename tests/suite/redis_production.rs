@@ -4,11 +4,9 @@
 //! script: the group's limit and a project's cap) all work, and a wrong CA is refused.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use recaptcha_annotator::config::Config;
 
 const PASSWORD: &str = "tls-redis-SECRET-3e1";

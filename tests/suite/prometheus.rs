@@ -4,11 +4,9 @@
 //! day, librdkafka's statistics).
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// A Prometheus scraping `target` every second, on a port of its own; killed on drop.

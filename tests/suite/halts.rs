@@ -3,12 +3,10 @@
 //! (The races between the two scopes are forced in `pipeline::halts`' unit tests.)
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use recaptcha_annotator::health::unix_ms as now_ms;
 
 /// 401, then 503, then 200 for every call: the 503 answers the probe, and the next probe

@@ -2,12 +2,10 @@
 //! The quota budget against the real broker and Redis: shared by the group, per project,
 //! learning from 429s, falling back when Redis stops; the adaptive in-flight limit.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use recaptcha_annotator::config::Config;
 use recaptcha_annotator::sandbox::{Script, busiest_second};
 use serde_json::json;
@@ -88,13 +86,9 @@ async fn two_instances_share_one_budget_through_redis() {
     drop(instances);
     let busiest = env.sandbox.busiest_second();
     eprintln!("two instances, one budget of 200/s (burst 20): busiest second {busiest} calls");
-    // GCRA grants at most 219 in any second of Redis's clock (the burst, then one per 5 ms).
-    // The endpoint sees each call a variable few milliseconds later: with the broker, Redis,
-    // two instances and this endpoint on two cores, 220-224 were measured; 227 allows that
-    // jitter (3% of rate + burst) and still fails an instance spending on its own (400 and
-    // more).
+    // 220-224 measured; an instance spending on its own shows 400 and more.
     assert!(
-        busiest <= 227,
+        busiest <= busiest_allowed(200, 20),
         "{busiest} calls in one second, above rate + burst"
     );
     assert_eq!(distinct_accepted(&env), 5000);
@@ -126,15 +120,14 @@ async fn each_project_stays_within_its_cap_and_neither_holds_back_the_other() {
         busiest_second(&arrivals_of(&env, b)),
     );
     eprintln!("caps 50 and 150 under 200: busiest seconds {busiest_a} and {busiest_b}");
-    // GCRA grants at most cap + burst - 1 in a second of Redis's clock (54 and 164); as in
-    // the shared budget's test, the endpoint sees 3% more from scheduling jitter on two
-    // cores (168 measured once).
+    // Each cap's burst is a tenth of it; 168 and 171 were measured for beta-proj, whose
+    // calls without its cap would take the group's whole 200 a second.
     assert!(
-        busiest_a <= 57,
+        busiest_a <= busiest_allowed(50, 5),
         "{a}: {busiest_a} calls in one second, cap 50"
     );
     assert!(
-        busiest_b <= 170,
+        busiest_b <= busiest_allowed(150, 15),
         "{b}: {busiest_b} calls in one second, cap 150"
     );
     // The capped project waiting for its turn did not take the other's slots or tokens.
@@ -335,8 +328,10 @@ async fn redis_stopped_mid_run_each_instance_spends_its_share() {
         outage.len()
     );
     assert!(!outage.is_empty(), "the stream stopped with Redis");
+    // Two shares of 100 a second with a burst of 10 each; without the share, each
+    // instance spends the whole 200 (400 and more together).
     assert!(
-        busiest <= 222,
+        busiest <= 2 * busiest_allowed(100, 10),
         "{busiest} calls in one second without Redis"
     );
     assert_eq!(
@@ -462,9 +457,8 @@ async fn an_instance_with_a_slow_link_to_redis_keeps_the_group_within_its_budget
         granted > 0.0,
         "the slow instance took no token from the group's budget"
     );
-    // As in two_instances_share_one_budget_through_redis: rate + burst and 3% of jitter.
     assert!(
-        busiest <= 227,
+        busiest <= busiest_allowed(200, 20),
         "{busiest} calls in one second, above rate + burst"
     );
 }

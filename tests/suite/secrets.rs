@@ -3,11 +3,9 @@
 //! for account ids, each planted and then searched for.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const REDIS_PASSWORD: &str = "redis-pw-SECRET-7f3a";
 const SASL_PASSWORD: &str = "sasl-pw-SECRET-91c2";
