@@ -62,7 +62,8 @@ async fn broker_restart_under_load(signal_name: &str) {
                 });
                 tokio::time::sleep(Duration::from_millis(16)).await;
             }
-            producer.flush(Duration::from_secs(180)).unwrap();
+            // A blocking call: off the runtime's workers, which the test's waits need.
+            tokio::task::block_in_place(|| producer.flush(Duration::from_secs(180))).unwrap();
             produced.store(true, Ordering::Release);
         })
     };

@@ -260,12 +260,7 @@ async fn redis_stopped_mid_run_each_instance_spends_its_share() {
     // The instance whose metrics are read must be calling (own a partition the events are
     // on): the one whose annotated count grows the most over a second.
     let annotated = |port: u16| async move {
-        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, text) = admin_get(&format!("127.0.0.1:{port}"), "/metrics").await;
         metric_sum_where(&text, "annotator_events_total", "result=\"annotated\"")
     };
     let before = [annotated(ports[0]).await, annotated(ports[1]).await];
@@ -279,14 +274,7 @@ async fn redis_stopped_mid_run_each_instance_spends_its_share() {
     } else {
         ports[1]
     };
-    let read = || async move {
-        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let read = || async move { admin_get(&format!("127.0.0.1:{port}"), "/metrics").await.1 };
     redis.stop();
     let stopped = recaptcha_annotator::health::unix_ms();
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -435,8 +423,8 @@ async fn an_instance_with_a_slow_link_to_redis_keeps_the_group_within_its_budget
     let mut granted = 0.0;
     while started.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Ok(r) = reqwest::get(format!("http://{slow_admin}/metrics")).await {
-            let text = r.text().await.unwrap_or_default();
+        let (status, text) = admin_get(&slow_admin, "/metrics").await;
+        if status == 200 {
             fell_back |= metric(&text, "annotator_rate_budget_fallback", &[]) == Some(1.0);
             granted = metric(&text, "annotator_rate_budget_granted_total", &[]).unwrap_or(granted);
         }

@@ -333,13 +333,6 @@ fn admin_of(config: &Path) -> String {
     table["admin"]["listen"].as_str().unwrap().to_owned()
 }
 
-async fn get(address: &str, path: &str) -> (u16, String) {
-    match reqwest::get(format!("http://{address}{path}")).await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-        Err(_) => (0, String::new()),
-    }
-}
-
 /// A metadata server that refuses one token request (403 while a Workload Identity binding
 /// propagates) is asked again: google-cloud-auth's refresh task ends on such an error, so the
 /// service builds its credentials again and resumes by itself.
@@ -389,7 +382,7 @@ async fn a_token_source_that_never_answers_halts_with_its_reason_then_resumes() 
     produce_outcomes(&env, "mdsh", 5).await;
     let started = std::time::Instant::now();
     let (status, body) = loop {
-        let (status, body) = get(&admin, "/readyz").await;
+        let (status, body) = admin_get(&admin, "/readyz").await;
         if (status == 503 && body.contains("no token within"))
             || started.elapsed() > Duration::from_secs(30)
         {
@@ -399,7 +392,7 @@ async fn a_token_source_that_never_answers_halts_with_its_reason_then_resumes() 
     };
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("recaptcha.request_timeout"), "{body}");
-    let (_, metrics) = get(&admin, "/metrics").await;
+    let (_, metrics) = admin_get(&admin, "/metrics").await;
     assert_eq!(
         metric(&metrics, "annotator_in_flight", &[]),
         Some(0.0),
@@ -414,7 +407,7 @@ async fn a_token_source_that_never_answers_halts_with_its_reason_then_resumes() 
     while env.sandbox.accepted_count() < 5 && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, _) = get(&admin, "/readyz").await;
+    let (status, _) = admin_get(&admin, "/readyz").await;
     let log = service.stop("TERM");
     assert_eq!(env.sandbox.accepted_count(), 5, "{log}");
     assert_eq!(status, 200, "{log}");

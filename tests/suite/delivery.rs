@@ -246,16 +246,12 @@ async fn wait_group_settled(ports: &[u16], within: Duration) {
         let mut rebalances = 0.0;
         let mut ready = true;
         for port in ports {
-            let base = format!("http://127.0.0.1:{port}");
-            ready &= reqwest::get(format!("{base}/readyz"))
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if let Ok(r) = reqwest::get(format!("{base}/metrics")).await {
-                rebalances += metric_sum(
-                    &r.text().await.unwrap_or_default(),
-                    "annotator_rebalances_total",
-                );
-            }
+            let address = format!("127.0.0.1:{port}");
+            ready &= admin_get(&address, "/readyz").await.0 == 200;
+            rebalances += metric_sum(
+                &admin_get(&address, "/metrics").await.1,
+                "annotator_rebalances_total",
+            );
         }
         match last {
             Some((seen, since)) if ready && seen == rebalances => {

@@ -43,7 +43,7 @@ fn secure_broker() -> SecureBroker {
         ),
     )
     .unwrap();
-    let (sasl, mtls) = (node_port(), node_port());
+    let (sasl, mtls) = (free_port(), free_port());
     let props = [
         (
             "authorizer.class.name",

@@ -112,6 +112,9 @@ fn start_cluster(dir: &std::path::Path) -> Cluster {
         .map(|i| {
             let node_dir = dir.join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).unwrap();
+            // The bus port is named too: by default it is the port + 10000, which lies in
+            // the ephemeral range where any outgoing connection may hold it.
+            let bus = free_port().to_string();
             PrivateRedis::start_with(
                 &node_dir,
                 &[
@@ -119,6 +122,8 @@ fn start_cluster(dir: &std::path::Path) -> Cluster {
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
+                    "--cluster-port",
+                    &bus,
                 ],
             )
         })

@@ -19,10 +19,7 @@ async fn members_beyond_the_partitions_are_ready_standbys() {
         members.push((env.start(config), port));
     }
     let get = |port: u16, path: &'static str| async move {
-        match reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {
-            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-            Err(_) => (0, String::new()),
-        }
+        admin_get(&format!("127.0.0.1:{port}"), path).await
     };
     let started = std::time::Instant::now();
     let (ready, owned) = loop {

@@ -11,20 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port for a node of a test's own cluster: below Linux's ephemeral range (32768 and up),
-/// so no outgoing connection's local port and no `bind(0)` can take it while a node is
-/// down for a restart, and never one another cluster of this process was given.
-pub fn node_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    loop {
-        let port = rand::random_range(20_000..32_000);
-        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
-            return port;
-        }
-    }
-}
+use super::free_port;
 
 /// What a test asks of its cluster.
 #[derive(Debug, Clone, Default)]
@@ -114,7 +101,7 @@ impl KafkaCluster {
             "extra listeners on one node only"
         );
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (node_port(), node_port())).collect();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let voters = ports
             .iter()
             .enumerate()

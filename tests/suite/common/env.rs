@@ -285,11 +285,7 @@ join_retry = "100ms"
     }
 
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        let r = reqwest::get(format!("http://127.0.0.1:{}{path}", self.admin_port)).await;
-        match r {
-            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-            Err(_) => (0, String::new()),
-        }
+        super::admin_get(&format!("127.0.0.1:{}", self.admin_port), path).await
     }
 
     /// Waits until `/readyz` answers 200.
@@ -383,11 +379,9 @@ pub fn inline_events(items: &[(&str, &str, &str)]) -> Vec<(String, Option<String
 pub async fn wait_assigned(port: u16, within: Duration) {
     let started = Instant::now();
     loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
-            let text = r.text().await.unwrap_or_default();
-            if super::metric(&text, "annotator_assigned_partitions", &[]).is_some_and(|n| n > 0.0) {
-                return;
-            }
+        let (_, text) = super::admin_get(&format!("127.0.0.1:{port}"), "/metrics").await;
+        if super::metric(&text, "annotator_assigned_partitions", &[]).is_some_and(|n| n > 0.0) {
+            return;
         }
         assert!(
             started.elapsed() < within,

@@ -42,6 +42,20 @@ pub fn brokers() -> String {
     std::env::var("ANNOTATOR_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// GET `path` from the admin listener at `address` (`host:port`): the status and body, or
+/// `(0, "")` when it does not answer within 5 s. A wait that asks again keeps its own bound:
+/// a call never hangs with it (one did for three minutes while a worker thread was blocked).
+pub async fn admin_get(address: &str, path: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    match client.get(format!("http://{address}{path}")).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
 /// How much later than its grant a call may reach the sandbox: scheduling on two loaded
 /// cores (the broker, Redis, the instances, the endpoint and the suite's other tests) delays
 /// each call by a variable few milliseconds, measured up to about 100.
@@ -60,12 +74,14 @@ pub fn busiest_allowed(rate: u64, burst: u64) -> usize {
 /// on Linux), where outgoing connections take their local ports.
 const TEST_PORTS: std::ops::Range<u32> = 20_000..30_000;
 
-/// A loopback port free now, never handed out before in this process.
+/// A loopback port free now, never handed out before in this process: for a service's
+/// admin listener, a private Redis, a node of a test's own Kafka cluster.
 ///
 /// A port from `bind(0)` comes from the ephemeral range: between the test releasing it and
-/// the service binding it, any outgoing connection (the tests open many) may take it as its
-/// local port, and the service then stops with "cannot listen". Ports from [`TEST_PORTS`]
-/// are never picked by `connect`, and a counter keeps two tests of a binary apart.
+/// the service binding it (or a node restarting on it), any outgoing connection (the tests
+/// open many) may take it as its local port, and the service then stops with "cannot
+/// listen". Ports from [`TEST_PORTS`] are never picked by `connect`, and a counter keeps
+/// the tests of the suite apart.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
