@@ -398,18 +398,14 @@ async fn duplicates_after_sigkill(dedup: bool) -> usize {
     // The first run commits nothing before it is killed, so all it annotated comes again
     // unless suppressed.
     let no_commits = [("ANNOTATOR__KAFKA__COMMIT_INTERVAL", "1h")];
-    let mut child = spawn_binary_with_env(file.path(), &no_commits);
-    env.wait_accepted(2_000, Duration::from_secs(60)).await;
-    signal(&child, "KILL");
-    tokio::task::block_in_place(|| child.wait()).unwrap();
-    let mut child = spawn_binary_with_env(file.path(), &[]);
-    env.wait_all_committed(Duration::from_secs(120)).await;
-    signal(&child, "TERM");
-    tokio::task::block_in_place(|| child.wait()).unwrap();
-    let recorded = env.sandbox.recorded();
-    let names: BTreeSet<_> = recorded.iter().map(|r| r.name.clone()).collect();
-    assert_eq!(names.len(), total, "every event annotated at least once");
-    recorded.len() - total
+    env.sigkill_and_restart(
+        file.path(),
+        &no_commits,
+        (2_000, Duration::from_secs(60)),
+        total,
+        Duration::from_secs(120),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

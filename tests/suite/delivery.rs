@@ -208,18 +208,14 @@ async fn sigkill_duplicates(dedup: bool, max_in_flight: usize) -> usize {
         env.redis_toml(&redis_url()),
         if dedup { "1h" } else { "0s" }
     ));
-    let mut child = spawn_binary(file.path());
-    env.wait_accepted(5_000, Duration::from_secs(120)).await;
-    signal(&child, "KILL");
-    tokio::task::block_in_place(|| child.wait()).unwrap();
-    let mut child = spawn_binary(file.path());
-    env.wait_all_committed(Duration::from_secs(180)).await;
-    signal(&child, "TERM");
-    tokio::task::block_in_place(|| child.wait()).unwrap();
-    let recorded = env.sandbox.recorded();
-    let names: BTreeSet<_> = recorded.iter().map(|r| r.name.clone()).collect();
-    assert_eq!(names.len(), total, "every event annotated at least once");
-    recorded.len() - total
+    env.sigkill_and_restart(
+        file.path(),
+        &[],
+        (5_000, Duration::from_secs(120)),
+        total,
+        Duration::from_secs(180),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

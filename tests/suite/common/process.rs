@@ -180,3 +180,32 @@ pub fn check_offline(config: &std::path::Path, vars: &[(&str, Option<&str>)]) ->
         vars,
     )
 }
+
+impl super::TestEnv {
+    /// The binary on `config` (with `first_vars` in its environment) until `accepted.0` calls
+    /// were accepted (within `accepted.1`), then SIGKILL, and again (without them) until every
+    /// partition is committed within `within`. Checks that each of the `total` events was
+    /// annotated at least once; returns how many calls were repeated.
+    pub async fn sigkill_and_restart(
+        &self,
+        config: &std::path::Path,
+        first_vars: &[(&str, &str)],
+        accepted: (u64, Duration),
+        total: usize,
+        within: Duration,
+    ) -> usize {
+        let mut child = spawn_binary_with_env(config, first_vars);
+        self.wait_accepted(accepted.0, accepted.1).await;
+        signal(&child, "KILL");
+        tokio::task::block_in_place(|| child.wait()).unwrap();
+        let mut child = spawn_binary(config);
+        self.wait_all_committed(within).await;
+        signal(&child, "TERM");
+        tokio::task::block_in_place(|| child.wait()).unwrap();
+        let recorded = self.sandbox.recorded();
+        let names: std::collections::BTreeSet<_> =
+            recorded.iter().map(|r| r.name.clone()).collect();
+        assert_eq!(names.len(), total, "every event annotated at least once");
+        recorded.len() - total
+    }
+}
