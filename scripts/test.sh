@@ -28,10 +28,11 @@ scripts/redis.sh
 scripts/security-tools.sh
 scripts/samples-deps.sh
 # The deployment tools install once in the background while cargo builds: helm compiles
-# from the Go module proxy (about 3 minutes, much of it downloads), and nothing else here
-# uses apt meanwhile.
+# from the Go module proxy (about 3 minutes, much of it downloads). At the lowest priority,
+# so it takes the cores cargo leaves idle (its serial compiles and links) without slowing
+# cargo. Nothing else here uses apt until it is done; the tests need its chromium and tmux.
 mkdir -p .tools
-scripts/deploy-tools.sh >.tools/deploy-tools.log 2>&1 &
+nice -n 19 scripts/deploy-tools.sh >.tools/deploy-tools.log 2>&1 &
 deploy_tools=$!
 
 cargo fmt --all -- --check
@@ -40,6 +41,7 @@ cargo clippy --all-targets --locked -- -D warnings
 # every platform in the lock file, which a build on this one does not download.
 cargo fetch --locked
 cargo deny --offline check licenses bans sources
+cargo test --all-targets --locked --no-run
 
 if ! wait "$deploy_tools"; then
   cat .tools/deploy-tools.log >&2
