@@ -120,8 +120,7 @@ async fn each_project_stays_within_its_cap_and_neither_holds_back_the_other() {
         busiest_second(&arrivals_of(&env, b)),
     );
     eprintln!("caps 50 and 150 under 200: busiest seconds {busiest_a} and {busiest_b}");
-    // Each cap's burst is a tenth of it; 168 and 171 were measured for beta-proj, whose
-    // calls without its cap would take the group's whole 200 a second.
+    // Each cap's burst is a tenth of it; 168 and 171 were measured for beta-proj.
     assert!(
         busiest_a <= busiest_allowed(50, 5),
         "{a}: {busiest_a} calls in one second, cap 50"
