@@ -1,6 +1,6 @@
 //! The integration tests, as one test binary: each module was once a binary of its own.
-//! One binary links once and compiles [`common`] once (building the tests took 45 seconds
-//! less in a fresh clone), and its tests share the test threads, so a long test of one module
+//! One binary links once and compiles [`common`] once (building the tests took 25 to 50
+//! seconds less in fresh clones), and its tests share the test threads, so a long test of one module
 //! runs beside the short ones of another instead of alone at the end of its binary.
 //!
 //! Run one module with its path: `cargo test --test suite budget::`.
