@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! The quota budget against the real broker and Redis: shared by the group, per project,
 //! learning from 429s, falling back when Redis stops; the adaptive in-flight limit.
 

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! The key-value cache: the real Redis server (each test under its own key prefix) and the
 //! embedded store, with the real broker.
 

@@ -5,8 +5,6 @@
 //!
 //! Three brokers take a minute of CI's two cores: these run with `scripts/test.sh --long`
 //! (`cargo test --test suite -- --ignored cluster::`).
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -4,8 +4,6 @@
 //! each counted so caching and refresh show; plus `x-goog-user-project`,
 //! `x-goog-api-client` and what `check` reports.
 
-#![allow(clippy::unwrap_used)]
-
 use std::path::Path;
 use std::time::Duration;
 

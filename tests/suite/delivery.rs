@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! Delivery under faults, load, rebalances and process death, against the real broker.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! End to end against the real broker and the sandbox endpoint: every rule across the three
 //! outcome topics and all three reference forms, bad input, commit-point behaviour.
 

@@ -6,8 +6,6 @@
 //!
 //! CI runs each property for `PROPTEST_CASES` cases (scripts/test.sh sets it so the whole
 //! file takes about a minute); `scripts/test.sh --long` runs many more.
-#![allow(clippy::unwrap_used)]
-
 use proptest::prelude::*;
 use recaptcha_annotator::annotate::AnnotateClient;
 use recaptcha_annotator::annotate::auth::Auth;

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! Operating the service: metrics, readiness, `check`, `dead-letter replay`, and logs that
 //! never carry secrets. Real broker, real Redis, the sandbox endpoint.
 

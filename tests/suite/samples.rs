@@ -2,8 +2,6 @@
 //! local broker and the sandbox's `assessments.create`: what they write passes `validate`,
 //! and the service annotates every outcome end to end, joined through the key.
 //! `scripts/samples-deps.sh` installs their libraries (the test script runs it).
-#![allow(clippy::unwrap_used)]
-
 use std::path::Path;
 use std::time::Duration;
 

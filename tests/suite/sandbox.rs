@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! The sandbox accepts what Google's own clients send and rejects malformed variants.
 
 use std::time::Duration;

@@ -1,8 +1,6 @@
 //! `recaptcha-annotator top` end to end under tmux: against a running service and the
 //! sandbox, the screen shows the member ready with its flow, `tab` shows the partitions,
 //! a member that goes away is shown unreachable while the view goes on, and `q` quits.
-#![allow(clippy::unwrap_used)]
-
 use std::time::Duration;
 
 use crate::common::*;
