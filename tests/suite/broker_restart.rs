@@ -1,5 +1,6 @@
 //! A broker that goes away under load and comes back on the same log directory: SIGTERM (a
 //! controlled shutdown) and SIGKILL (a crash) of an Apache Kafka broker of the test's own.
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

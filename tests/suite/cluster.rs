@@ -5,6 +5,7 @@
 //!
 //! Three brokers take a minute of CI's two cores: these run with `scripts/test.sh --long`
 //! (`cargo test --test suite -- --ignored cluster::`).
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

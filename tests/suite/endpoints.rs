@@ -1,6 +1,7 @@
 //! Endpoints that are not Google's annotate: a server in the test answers every call with an
 //! HTML page, as a catch-all server, a proxy or a captive portal does. The service halts
 //! naming `recaptcha.endpoint`; nothing is dead-lettered, nothing committed.
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -6,6 +6,7 @@
 //!
 //! CI runs each property for `PROPTEST_CASES` cases (scripts/test.sh sets it so the whole
 //! file takes about a minute); `scripts/test.sh --long` runs many more.
+
 use proptest::prelude::*;
 use recaptcha_annotator::annotate::AnnotateClient;
 use recaptcha_annotator::annotate::auth::Auth;

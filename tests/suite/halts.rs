@@ -1,6 +1,7 @@
 //! Fault combinations at the halt gates, black-box against the sandbox: a probe that meets
 //! a 503 after a 401, and a project refused for a while with several events waiting.
 //! (The races between the two scopes are forced in `pipeline::halts`' unit tests.)
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -5,6 +5,7 @@
 //! write on the dead-letter topic it holds the event, says why on `/readyz`, and goes on
 //! when the ACL is back. Wrong credentials and a wrong CA are named with the setting to fix,
 //! never with the password.
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,7 @@
 //! that a schema can express fail); `validate` names the right reason for each bad record
 //! and commits nothing; `publish` of a CSV with good and bad lines produces the good ones
 //! exactly once, across a run stopped early and a second run with `--skip`.
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

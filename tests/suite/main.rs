@@ -4,6 +4,7 @@
 //! runs beside the short ones of another instead of alone at the end of its binary.
 //!
 //! Run one module with its path: `cargo test --test suite budget::`.
+
 #![allow(clippy::unwrap_used)]
 
 mod common;

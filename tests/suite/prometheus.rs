@@ -2,6 +2,7 @@
 //! instance: the metrics operators' tools expect are there as Prometheus reads them
 //! (`process_*`, `annotator_build_info` with the revision, event latency buckets reaching a
 //! day, librdkafka's statistics).
+
 use std::time::Duration;
 
 use crate::common::*;

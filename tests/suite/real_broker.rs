@@ -2,6 +2,7 @@
 //! `assessments` topic cleaned by the broker's log cleaner, a commit below the log start, and
 //! `validate`'s counts after batched produce. (A broker restarting under load:
 //! `tests/suite/broker_restart.rs`.)
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 

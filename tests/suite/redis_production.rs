@@ -2,6 +2,7 @@
 //! against a CA made here), and as a Redis Cluster of three local servers joined with
 //! `redis-cli --cluster create`. Mappings, done ids and the group's budget (a two-key
 //! script: the group's limit and a project's cap) all work, and a wrong CA is refused.
+
 use std::time::{Duration, Instant};
 
 use crate::common::*;

@@ -2,6 +2,7 @@
 //! local broker and the sandbox's `assessments.create`: what they write passes `validate`,
 //! and the service annotates every outcome end to end, joined through the key.
 //! `scripts/samples-deps.sh` installs their libraries (the test script runs it).
+
 use std::path::Path;
 use std::time::Duration;
 

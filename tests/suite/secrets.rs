@@ -1,6 +1,7 @@
 //! No secret reaches a log, `check`'s output or an error message: the API key, the Redis
 //! password in its URL, a SASL password, a service account's private key and the HMAC key
 //! for account ids, each planted and then searched for.
+
 use std::time::Duration;
 
 use crate::common::*;

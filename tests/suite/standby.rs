@@ -1,6 +1,7 @@
 //! More members than partitions (a Deployment scaled past them, or for a moment while KEDA
 //! scales): the members left without a partition are ready standbys, so neither a
 //! rollout nor `AnnotatorNotReady` trips on them; together they own every partition once.
+
 use std::time::Duration;
 
 use crate::common::*;

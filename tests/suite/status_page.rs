@@ -3,6 +3,7 @@
 //! the service runs against the sandbox, lets its script refresh it from `/status.json`,
 //! and the numbers it shows agree with `/metrics`. `UPDATE_SCREENSHOT=1` also writes
 //! docs/status-page.png (README shows it).
+
 use std::time::Duration;
 
 use crate::common::*;

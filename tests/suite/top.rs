@@ -1,6 +1,7 @@
 //! `recaptcha-annotator top` end to end under tmux: against a running service and the
 //! sandbox, the screen shows the member ready with its flow, `tab` shows the partitions,
 //! a member that goes away is shown unreachable while the view goes on, and `q` quits.
+
 use std::time::Duration;
 
 use crate::common::*;
